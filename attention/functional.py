@@ -1,0 +1,68 @@
+"""Plain attention math shared by every StyleKit contribution (no ComfyUI import).
+
+Tensors follow ComfyUI's replace-patch convention: q, k, v are ``(batch, tokens, heads * dim_head)``
+with heads not yet split.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = t.shape
+    return t.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+def sdpa_attention(q, k, v, heads: int, mask: torch.Tensor | None = None, scale: float | None = None):
+    """Fused attention on unsplit heads: the same reshape and call as diffusers' AttnProcessor2_0.
+
+    ``mask`` is additive (or boolean) and broadcastable to ``(batch, heads, q_tokens, k_tokens)``;
+    ``scale`` multiplies the logits (default 1/sqrt(dim_head)).
+    """
+    out = F.scaled_dot_product_attention(
+        split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
+        attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale,
+    )
+    return merge_heads(out).to(q.dtype)
+
+
+def explicit_attention(q, k, v, heads: int, mask=None, scale=None):
+    """Reference implementation with an explicit softmax; tests compare fused paths against it."""
+    qh, kh, vh = (split_heads(t, heads).double() for t in (q, k, v))
+    d = qh.shape[-1]
+    logits = qh @ kh.transpose(-1, -2) * (scale if scale is not None else d ** -0.5)
+    if mask is not None:
+        logits = logits + mask.double()
+    return merge_heads(torch.softmax(logits, dim=-1) @ vh).to(q.dtype)
+
+
+def default_attention(q, k, v, extra_options: dict):
+    """The host's own attention for a block: what runs when no contribution is active.
+
+    The diffusers bridge names its function in ``extra_options['stylekit_default_attention']``;
+    inside ComfyUI the active ``optimized_attention`` is used so an idle router matches the unpatched
+    block; otherwise fused SDPA.
+    """
+    fn = extra_options.get("stylekit_default_attention")
+    if fn is not None:
+        return fn(q, k, v, extra_options["n_heads"])
+    comfy_attention = sys.modules.get("comfy.ldm.modules.attention")
+    if comfy_attention is not None:
+        return comfy_attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+    return sdpa_attention(q, k, v, extra_options["n_heads"])
+
+
+def chunks_by_cond(t: torch.Tensor, cond_or_uncond) -> list[tuple[int, torch.Tensor]]:
+    """Split a batch into ComfyUI's cond/uncond chunks: ``[(0 for cond | 1 for uncond, chunk), ...]``."""
+    if not cond_or_uncond:
+        return [(0, t)]
+    return list(zip(cond_or_uncond, t.chunk(len(cond_or_uncond))))

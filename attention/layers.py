@@ -1,0 +1,158 @@
+"""Which attention layers a UNet has, under ComfyUI's block keys, derived from the model itself.
+
+Keys are ``(block_name, block_id, depth_index)``: ``block_name`` in input|middle|output,
+``block_id`` the index in ComfyUI's ``input_blocks`` / ``output_blocks`` (middle is 0) and
+``depth_index`` the transformer block inside that SpatialTransformer (ComfyUI's ``block_index``).
+Both ComfyUI's ``UNetModel`` and diffusers' ``UNet2DConditionModel`` are read by duck typing, so
+this module imports neither.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SD15_LAYOUT = {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(3, 12)}
+SDXL_LAYOUT = {("input", i) for i in (4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(0, 6)}
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    key: tuple
+    channels: int      # query dim of the block's attention (inner dim)
+    heads: int
+    context_dim: int   # cross-attention context dim
+
+
+@dataclass(frozen=True)
+class ModelLayers:
+    family: str                    # "sd15" | "sdxl" (by block layout) | "unknown"
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def keys(self) -> list[tuple]:
+        return [l.key for l in self.layers]
+
+    def by_key(self, key) -> LayerInfo:
+        for l in self.layers:
+            if l.key == tuple(key):
+                return l
+        raise KeyError(key)
+
+    def blocks(self) -> list[tuple]:
+        seen = []
+        for l in self.layers:
+            if l.key[:2] not in seen:
+                seen.append(l.key[:2])
+        return seen
+
+    def select(self, spec) -> list[tuple]:
+        """Keys of a named set or of explicit blocks.
+
+        ``spec`` is a name (all, input, middle, output, or a method's set registered in
+        LAYER_SETS for this family) or an iterable of 2-part / 3-part keys.
+        """
+        if isinstance(spec, str):
+            if spec in ("all", "input", "middle", "output"):
+                return [k for k in self.keys if spec == "all" or k[0] == spec]
+            sets = LAYER_SETS.get(self.family, {})
+            if spec not in sets:
+                raise UnsupportedModelError(
+                    f"layer set {spec!r} is not defined for a {self.family} model; "
+                    f"available: all, input, middle, output, {', '.join(sorted(sets)) or '(none)'}")
+            spec = sets[spec]
+        wanted = [tuple(s) for s in spec]
+        out = [k for k in self.keys if k in wanted or k[:2] in wanted]
+        missing = [w for w in wanted if not any(k == w or k[:2] == w for k in self.keys)]
+        if missing:
+            raise UnsupportedModelError(f"blocks {missing} carry no attention in this {self.family} model; "
+                                        f"blocks with attention: {self.blocks()}")
+        return out
+
+    def require(self, *families: str, method: str = "this method") -> None:
+        if self.family not in families:
+            raise UnsupportedModelError(
+                f"{method} supports {' / '.join(f.upper() for f in families)} UNets; the model given has "
+                f"a {self.family} block layout with attention in {self.blocks()}")
+
+
+# Named layer sets per family; methods register theirs here (DESIGN.md §3).
+LAYER_SETS: dict[str, dict[str, list[tuple]]] = {"sd15": {}, "sdxl": {}}
+
+
+def register_layer_set(family: str, name: str, blocks: list[tuple]) -> None:
+    LAYER_SETS.setdefault(family, {})[name] = [tuple(b) for b in blocks]
+
+
+def _family(blocks: set) -> str:
+    if blocks == SD15_LAYOUT:
+        return "sd15"
+    if blocks == SDXL_LAYOUT:
+        return "sdxl"
+    return "unknown"
+
+
+def _attn_info(key, tblock) -> LayerInfo:
+    a1, a2 = tblock.attn1, tblock.attn2
+    heads = getattr(a1, "heads")
+    channels = a1.to_q.out_features
+    context_dim = a2.to_k.in_features if a2 is not None else channels
+    return LayerInfo(tuple(key), channels, heads, context_dim)
+
+
+def _comfy_layers(dm) -> list[LayerInfo]:
+    out = []
+    groups = [("input", list(dm.input_blocks)), ("middle", [dm.middle_block]), ("output", list(dm.output_blocks))]
+    for name, blocks in groups:
+        for bid, block in enumerate(blocks):
+            for module in block:
+                tbs = getattr(module, "transformer_blocks", None)
+                if tbs is None:
+                    continue
+                out += [_attn_info((name, bid, i), tb) for i, tb in enumerate(tbs)]
+    return out
+
+
+def _diffusers_layers(unet) -> list[LayerInfo]:
+    per_level = unet.config.layers_per_block
+    per_level = per_level if isinstance(per_level, int) else per_level[0]
+    out = []
+    for i, down in enumerate(unet.down_blocks):
+        for j, att in enumerate(getattr(down, "attentions", None) or []):
+            out += [_attn_info(("input", 1 + (per_level + 1) * i + j, t), tb) for t, tb in enumerate(att.transformer_blocks)]
+    for att in getattr(unet.mid_block, "attentions", None) or []:
+        out += [_attn_info(("middle", 0, t), tb) for t, tb in enumerate(att.transformer_blocks)]
+    for i, up in enumerate(unet.up_blocks):
+        for j, att in enumerate(getattr(up, "attentions", None) or []):
+            out += [_attn_info(("output", (per_level + 1) * i + j, t), tb) for t, tb in enumerate(att.transformer_blocks)]
+    return out
+
+
+def diffusion_model_of(model):
+    """The UNet inside a ComfyUI ModelPatcher / BaseModel, a BridgePatcher, or a bare UNet."""
+    for path in ("model.diffusion_model", "diffusion_model", "unet"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj
+    return model
+
+
+def model_layers(model) -> ModelLayers:
+    dm = diffusion_model_of(model)
+    if hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"):
+        layers = _comfy_layers(dm)
+    elif hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks"):
+        layers = _diffusers_layers(dm)
+    else:
+        raise UnsupportedModelError(
+            f"StyleKit patches UNet models (SD1.5 / SDXL); got {type(dm).__name__}, which has neither "
+            "ComfyUI's input_blocks/output_blocks nor diffusers' down_blocks/up_blocks")
+    if not layers:
+        raise UnsupportedModelError(f"{type(dm).__name__} has no transformer attention blocks to patch")
+    return ModelLayers(_family({l.key[:2] for l in layers}), tuple(layers))

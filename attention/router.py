@@ -1,0 +1,137 @@
+"""The patch router: one object per (attn1|attn2, block key) that composes StyleKit contributions.
+
+ComfyUI allows one replace function per block key. Writing a key directly would silently drop
+whatever another node (ours or another pack's) put there. Instead every StyleKit patch goes through
+:func:`add_contribution`, which installs an :class:`AttentionRouter` on the key:
+
+* it holds an ordered tuple of :class:`Contribution` (first added runs outermost);
+* a replace function that was already on the key (another pack's) becomes its ``base`` and is still
+  called, with whatever q/k/v the contributions pass down;
+* it is immutable: adding a contribution makes a new router on the clone, so the model a node was
+  given keeps its own router untouched (copy-on-write, like ComfyUI's own ``set_model_patch_replace``);
+* ``copy.deepcopy`` (every ``ModelPatcher.clone()``) shares contributions and their tensors.
+
+A contribution is ``apply(q, k, v, extra_options, call_next, weight) -> out`` where ``call_next(q,
+k, v, extra_options)`` runs the rest of the chain. The router skips a contribution whose effective
+weight is 0 or whose sigma window does not contain the current sigma, so "off" is the plain path.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from .functional import default_attention
+
+BlockKey = tuple  # ("input"|"middle"|"output", block_id, transformer_depth_index)
+ApplyFn = Callable[..., "object"]
+
+
+@dataclass(frozen=True, eq=False)
+class Contribution:
+    """One method's patch for a set of blocks.
+
+    ``sigma_start`` >= ``sigma_end``: the contribution acts while ``sigma_end <= sigma <= sigma_start``
+    (ComfyUI's ``percent_to_sigma(start_percent)`` and ``percent_to_sigma(end_percent)``).
+    ``block_weights`` multiplies ``weight`` per block; keys are 3-part or 2-part block keys.
+    """
+
+    name: str
+    apply: ApplyFn
+    weight: float = 1.0
+    sigma_start: float = math.inf
+    sigma_end: float = 0.0
+    block_weights: Mapping[tuple, float] = field(default_factory=dict)
+    info: Mapping[str, object] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo):  # immutable; share tensors held by ``apply`` across clones
+        return self
+
+    def weight_for(self, key: BlockKey) -> float:
+        w = self.block_weights.get(tuple(key), self.block_weights.get(tuple(key[:2]), 1.0))
+        return self.weight * w
+
+    def active_at(self, sigma: float | None) -> bool:
+        return sigma is None or self.sigma_end <= sigma <= self.sigma_start
+
+
+def current_sigma(extra_options: dict) -> float | None:
+    sigmas = extra_options.get("sigmas")
+    if sigmas is None:
+        return None
+    return float(sigmas.reshape(-1)[0]) if hasattr(sigmas, "reshape") else float(sigmas)
+
+
+class AttentionRouter:
+    """Replace function installed on one block key; see the module docstring."""
+
+    stylekit_router = True  # duck-typed marker: the pack may be imported under several module names
+
+    def __init__(self, attn: str, key: BlockKey, base: Callable | None = None,
+                 contributions: tuple[Contribution, ...] = ()):
+        self.attn = attn
+        self.key = tuple(key)
+        self.base = base
+        self.contributions = tuple(contributions)
+
+    def with_contribution(self, contribution: Contribution) -> "AttentionRouter":
+        return AttentionRouter(self.attn, self.key, self.base, self.contributions + (contribution,))
+
+    def __deepcopy__(self, memo):
+        return AttentionRouter(self.attn, self.key, copy.deepcopy(self.base, memo), self.contributions)
+
+    def active(self, extra_options: dict) -> list[tuple[Contribution, float]]:
+        sigma = current_sigma(extra_options)
+        chain = []
+        for c in self.contributions:
+            w = c.weight_for(self.key)
+            if w != 0 and c.active_at(sigma):
+                chain.append((c, w))
+        return chain
+
+    def __call__(self, q, k, v, extra_options):
+        chain = self.active(extra_options)
+        base = self.base if self.base is not None else default_attention
+
+        def run(i, q, k, v, extra):
+            if i == len(chain):
+                return base(q, k, v, extra)
+            c, w = chain[i]
+            return c.apply(q, k, v, extra, lambda q2, k2, v2, e2=extra: run(i + 1, q2, k2, v2, e2), w)
+
+        return run(0, q, k, v, extra_options)
+
+
+def is_router(obj) -> bool:
+    return getattr(obj, "stylekit_router", False) is True
+
+
+def installed_patch(model_options: dict, attn: str, key: BlockKey):
+    """What ComfyUI would call for this block: the 3-part key wins over the 2-part one."""
+    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(attn, {})
+    key = tuple(key)
+    if key in table:
+        return table[key]
+    return table.get(key[:2])
+
+
+def add_contribution(patcher, contribution: Contribution, keys: Iterable[BlockKey], attn: str):
+    """Install ``contribution`` on ``keys`` of ``patcher`` (which must already be a clone).
+
+    Works on ComfyUI's ModelPatcher and on :class:`stylekit.bridge.BridgePatcher` alike: only
+    ``model_options`` and ``set_model_patch_replace`` are used.
+    """
+    if attn not in ("attn1", "attn2"):
+        raise ValueError(f"attn must be 'attn1' or 'attn2', got {attn!r}")
+    for key in keys:
+        key = tuple(key)
+        if len(key) != 3:
+            raise ValueError(f"block keys must be (name, id, index) triples, got {key!r}")
+        existing = installed_patch(patcher.model_options, attn, key)
+        if is_router(existing) and existing.key == key:
+            router = existing.with_contribution(contribution)
+        else:  # nothing there, a foreign function, or a router of a 2-part key: keep it as the base
+            router = AttentionRouter(attn, key, base=existing, contributions=(contribution,))
+        patcher.set_model_patch_replace(router, attn, key[0], key[1], key[2])
+    return patcher

@@ -1,0 +1,12 @@
+"""The diffusers bridge: runs StyleKit's router objects inside a diffusers ``UNet2DConditionModel``.
+
+``BridgePatcher`` offers the part of ComfyUI's ModelPatcher that StyleKit's builders use (clone,
+model_options, set_model_patch_replace, set_model_unet_function_wrapper, get_model_object), so the
+same ``attention/`` and ``models/`` code patches a ComfyUI model and a diffusers model. It is how CI
+runs each method end to end without ComfyUI, and a Python API in its own right.
+"""
+from .schedule import DiscreteSchedule
+from .patcher import BridgePatcher
+from .sampling import calc_cond_batch, sample_euler, sample_euler_cfg
+
+__all__ = ["BridgePatcher", "DiscreteSchedule", "calc_cond_batch", "sample_euler", "sample_euler_cfg"]

@@ -1,0 +1,110 @@
+"""A ModelPatcher-shaped host around a diffusers ``UNet2DConditionModel``."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .processor import RouterAttnProcessor
+from .schedule import DiscreteSchedule
+
+
+def diffusers_attention_key(name: str, layers_per_block: int) -> tuple[str, tuple]:
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor`` -> ("attn2", ("input", 4, 0))."""
+    p = name.split(".")
+    attn, depth = p[-2], int(p[-3])
+    if p[0] == "mid_block":
+        return attn, ("middle", 0, depth)
+    level, j = int(p[1]), int(p[3])
+    if p[0] == "down_blocks":
+        return attn, ("input", 1 + (layers_per_block + 1) * level + j, depth)
+    if p[0] == "up_blocks":
+        return attn, ("output", (layers_per_block + 1) * level + j, depth)
+    raise ValueError(f"unexpected attention processor {name!r}")
+
+
+class BridgePatcher:
+    """The subset of ComfyUI's ModelPatcher that StyleKit uses, over a diffusers UNet.
+
+    ``clone()`` shares the UNet and deep-copies ``model_options`` like ComfyUI does; patches live in
+    ``model_options['transformer_options']['patches_replace']`` under ComfyUI's block keys. The UNet's
+    own attention processors are swapped in only for the duration of a call and restored after, so
+    the wrapped UNet is never left modified.
+    """
+
+    def __init__(self, unet, model_sampling: DiscreteSchedule | None = None):
+        self.unet = unet
+        self.model_sampling = model_sampling or DiscreteSchedule()
+        self.model_options = {"transformer_options": {}}
+        self._keys = None
+
+    # --- ModelPatcher surface -------------------------------------------------------------------
+    def clone(self) -> "BridgePatcher":
+        n = BridgePatcher.__new__(BridgePatcher)
+        n.unet, n.model_sampling, n._keys = self.unet, self.model_sampling, self._keys
+        n.model_options = copy.deepcopy(self.model_options)
+        return n
+
+    @property
+    def diffusion_model(self):
+        return self.unet
+
+    def get_model_object(self, name: str):
+        if name == "model_sampling":
+            return self.model_sampling
+        if name == "diffusion_model":
+            return self.unet
+        raise AttributeError(name)
+
+    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
+        to = self.model_options["transformer_options"].copy()
+        pr = dict(to.get("patches_replace", {}))
+        table = dict(pr.get(name, {}))
+        key = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+        table[key] = patch
+        pr[name] = table
+        to["patches_replace"] = pr
+        self.model_options["transformer_options"] = to
+
+    def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, "attn1", block_name, number, transformer_index)
+
+    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
+
+    def set_model_unet_function_wrapper(self, fn):
+        self.model_options["model_function_wrapper"] = fn
+
+    def set_model_sampler_cfg_function(self, fn, disable_cfg1_optimization=False):
+        self.model_options["sampler_cfg_function"] = fn
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    # --- running the UNet -----------------------------------------------------------------------
+    def _processors(self, state):
+        per_level = self.unet.config.layers_per_block
+        per_level = per_level if isinstance(per_level, int) else per_level[0]
+        return {name: RouterAttnProcessor(state, *diffusers_attention_key(name, per_level))
+                for name in self.unet.attn_processors}
+
+    def apply_model(self, x, sigma, context, transformer_options=None, **unused):
+        """ComfyUI's ``BaseModel.apply_model``: returns the denoised x0 for ``x = x0 + sigma*eps``."""
+        to = dict(transformer_options if transformer_options is not None
+                  else self.model_options["transformer_options"])
+        to.setdefault("sigmas", sigma)
+        to["original_shape"] = list(x.shape)
+        to.setdefault("transformer_index", 0)
+        state = {"transformer_options": to}
+        saved = self.unet.attn_processors
+        self.unet.set_attn_processor(self._processors(state))
+        try:
+            ms = self.model_sampling
+            t = ms.timestep(sigma).float()
+            eps = self.unet(ms.calculate_input(sigma, x).to(self.unet.dtype), t, encoder_hidden_states=context).sample
+        finally:
+            self.unet.set_attn_processor(saved)
+        return ms.calculate_denoised(sigma, eps.float(), x)
+
+    def eps(self, x, sigma, context, transformer_options=None):
+        x0 = self.apply_model(x, sigma, context, transformer_options)
+        return (x - x0) / sigma.view(-1, *[1] * (x.ndim - 1))

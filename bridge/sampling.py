@@ -1,0 +1,71 @@
+"""ComfyUI-shaped sampling for the bridge: cond/uncond batching and the Euler (DDIM eta 0) step."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def calc_cond_batch(patcher, conds: list, x: torch.Tensor, sigma: torch.Tensor, split: bool = False):
+    """Denoised x0 for each entry of ``conds`` (0 = cond, 1 = uncond order as in ComfyUI).
+
+    ``conds`` is a list of context tensors (batch like ``x``) in the order [cond, uncond]. Batched
+    like ComfyUI (one call, chunks in ``cond_or_uncond`` order) or, with ``split``, one call each,
+    as ComfyUI does when memory is low.
+    """
+    mo = patcher.model_options
+    labels = list(range(len(conds)))
+    groups = [[i] for i in labels] if split else [labels]
+    out = [None] * len(conds)
+    for group in groups:
+        to = dict(mo["transformer_options"])
+        to["cond_or_uncond"] = group[:]
+        xin = torch.cat([x] * len(group))
+        sig = torch.cat([sigma] * len(group))
+        ctx = torch.cat([conds[i] for i in group])
+        to["sigmas"] = sig
+        c = {"c_crossattn": ctx, "transformer_options": to}
+
+        def apply(input_x, timestep, c_crossattn, transformer_options, **kw):
+            return patcher.apply_model(input_x, timestep, c_crossattn, transformer_options)
+
+        if "model_function_wrapper" in mo:
+            res = mo["model_function_wrapper"](
+                lambda input_x, timestep, **c_: apply(input_x, timestep, **c_),
+                {"input": xin, "timestep": sig, "c": c, "cond_or_uncond": group[:]})
+        else:
+            res = apply(xin, sig, **c)
+        for i, chunk in zip(group, res.chunk(len(group))):
+            out[i] = chunk
+    return out
+
+
+def sample_euler(denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
+    """k-diffusion Euler: x += (sigma_next - sigma) * eps, eps = (x - x0)/sigma. DDIM with eta 0."""
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i].expand(x.shape[0])
+        x0 = denoise(x, s)
+        eps = (x - x0) / sigmas[i]
+        x = x + eps * (sigmas[i + 1] - sigmas[i])
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0, split: bool = False):
+    """Sample from ``noise * sigmas[0]`` with classifier-free guidance, ComfyUI's cfg semantics.
+
+    As in ComfyUI, cfg == 1 skips the unconditional pass unless the patcher's model_options set
+    ``disable_cfg1_optimization``.
+    """
+    mo = patcher.model_options
+    use_uncond = uncond is not None and (cfg != 1.0 or mo.get("disable_cfg1_optimization", False))
+
+    def denoise(x, s):
+        conds = [cond, uncond] if use_uncond else [cond]
+        res = calc_cond_batch(patcher, conds, x, s, split=split)
+        if not use_uncond:
+            return res[0]
+        return res[1] + (res[0] - res[1]) * cfg
+
+    return sample_euler(denoise, noise * sigmas[0], sigmas)

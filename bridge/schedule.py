@@ -1,0 +1,55 @@
+"""Discrete SD noise schedule in sigma space, matching ComfyUI's ``ModelSamplingDiscrete`` (eps).
+
+x = x0 + sigma * eps; the UNet sees x / sqrt(sigma^2 + 1) and the timestep nearest to sigma.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class DiscreteSchedule(torch.nn.Module):
+    def __init__(self, linear_start=0.00085, linear_end=0.012, timesteps=1000):
+        super().__init__()
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        dists = sigma.log().reshape(-1, 1) - self.log_sigmas.to(sigma.device).reshape(1, -1)
+        return dists.abs().argmin(dim=1).view(sigma.shape)
+
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float(), 0, len(self.sigmas) - 1)
+        low, high = t.floor().long(), t.ceil().long()
+        w = t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+    def calculate_input(self, sigma, x):
+        return x / (sigma.view(-1, *[1] * (x.ndim - 1)) ** 2 + 1.0) ** 0.5
+
+    def calculate_denoised(self, sigma, eps, x):
+        return x - eps * sigma.view(-1, *[1] * (x.ndim - 1))
+
+    def ddim_sigmas(self, steps: int) -> torch.Tensor:
+        """ComfyUI's ``ddim_uniform`` scheduler: high to low, ending in 0."""
+        c = len(self.sigmas) // steps
+        idx = list(range(1, len(self.sigmas), c))
+        sig = [float(self.sigmas[i]) for i in idx][::-1] + [0.0]
+        return torch.tensor(sig)
