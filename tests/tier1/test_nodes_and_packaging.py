@@ -1,0 +1,64 @@
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from stylekit import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_CLASS_MAPPINGS))
+def test_node_definition(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert node_id.startswith("StyleKit") and node_id in NODE_DISPLAY_NAME_MAPPINGS
+    assert NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("StyleKit ")
+    assert cls.CATEGORY.startswith("StyleKit") and cls.DESCRIPTION
+    assert callable(getattr(cls(), cls.FUNCTION))
+    it = cls.INPUT_TYPES()
+    assert set(it) <= {"required", "optional", "hidden"}
+    for section in ("required", "optional"):
+        for name, decl in it.get(section, {}).items():
+            opts = decl[1] if len(decl) > 1 else {}
+            assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+            if decl[0] in ("INT", "FLOAT") and "default" in opts:
+                assert opts.get("min", -float("inf")) <= opts["default"] <= opts.get("max", float("inf"))
+    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+
+
+def test_requirements_match_pyproject_and_exclude_torch():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert deps == reqs
+    assert not any(re.match(r"torch\b", d) for d in deps)
+
+
+def test_import_is_light_and_relative():
+    code = ("import sys, stylekit; heavy = [m for m in ('comfy', 'diffusers', 'transformers', 'safetensors') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for py in ROOT.glob("**/*.py"):
+        if "tests" in py.parts or ".venv" in py.parts:
+            continue
+        src = py.read_text()
+        assert not re.search(r"^\s*(from|import) stylekit\b", src, re.M), f"{py} imports the pack by name"
+        assert not re.search(r"^(from|import) comfy", src, re.M), f"{py} imports comfy at module level"
+
+
+def test_client_formats_comfyui_rejections_and_overrides():
+    from stylekit.tools.client import apply_overrides, format_rejection
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": ""},
+            "node_errors": {"2": {"class_type": "StyleKitPatchMap", "errors": [
+                {"message": "Required input is missing", "details": "model", "extra_info": {"input_name": "model"}}]}}}
+    text = format_rejection(body)
+    assert "prompt_outputs_failed_validation" in text and "node 2 (StyleKitPatchMap) input model" in text
+    wf = apply_overrides({"1": {"inputs": {"a": 1}}}, ["1.a=5", "1.b=hello"])
+    assert wf["1"]["inputs"] == {"a": 5, "b": "hello"}
+    with pytest.raises(SystemExit):
+        apply_overrides({"1": {"inputs": {}}}, ["9.a=1"])

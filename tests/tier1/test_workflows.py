@@ -1,0 +1,54 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from stylekit.tools.ui_workflow import api_to_ui, known_specs
+from stylekit.tools.workflow_check import check_api, check_file, check_ui
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = known_specs(ROOT)
+UI = sorted((ROOT / "workflows").glob("*.json"))
+API = sorted((ROOT / "workflows" / "api").glob("*.json"))
+
+
+def test_every_workflow_has_a_twin():
+    assert UI and {p.name for p in UI} == {p.name for p in API}
+
+
+@pytest.mark.parametrize("path", UI + API, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_workflow_is_valid(path):
+    assert check_file(path, SPECS) == []
+
+
+@pytest.mark.parametrize("path", API, ids=lambda p: p.name)
+def test_ui_twin_is_the_same_graph(path):
+    ui = json.loads((ROOT / "workflows" / path.name).read_text())
+    assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), SPECS)["nodes"]
+
+
+def test_validator_catches_broken_graphs():
+    api = json.loads((ROOT / "workflows" / "api" / "patch_map.json").read_text())
+    bad = copy.deepcopy(api)
+    del bad["2"]["inputs"]["model"]
+    bad["3"]["inputs"]["images"] = ["2", 5]
+    bad["9"] = {"class_type": "NoSuchNode", "inputs": {}}
+    errs = check_api(bad, SPECS)
+    assert any("required input 'model' is missing" in e for e in errs)
+    assert any("output 5" in e for e in errs) and any("unknown node type" in e for e in errs)
+    wrong_type = copy.deepcopy(api)
+    wrong_type["3"]["inputs"]["images"] = ["1", 0]  # MODEL into IMAGE
+    assert any("expects IMAGE but is linked to MODEL" in e for e in check_api(wrong_type, SPECS))
+    ui = api_to_ui(api, SPECS)
+    ui["links"][0][4] = 3
+    ui["nodes"][-1]["widgets_values"] = []
+    errs = check_ui(ui, SPECS)
+    assert any("does not hold it" in e for e in errs)
+
+
+def test_range_checks():
+    spec = {"X": {"required": {"w": ["FLOAT", {"min": 0.0, "max": 1.0}], "c": ["COMBO", {"choices": ["a", "b"]}]},
+                  "optional": {}, "outputs": []}}
+    errs = check_api({"1": {"class_type": "X", "inputs": {"w": 1.5, "c": "z"}}}, spec)
+    assert any("above its maximum" in e for e in errs) and any("not one of" in e for e in errs)

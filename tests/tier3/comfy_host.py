@@ -1,0 +1,68 @@
+"""Tiny in-process ComfyUI models for tier 3, built from the same weights as the bridge's tiny UNet."""
+import torch
+
+SD15_TINY = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2],
+    channel_mult=[1, 1, 2, 2], num_heads=4, num_head_channels=-1, use_spatial_transformer=True,
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=64,
+    use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False,
+    use_temporal_resblock=False, legacy=False,
+)
+
+
+def comfy_sd15_from_diffusers(unet):
+    """A ComfyUI ModelPatcher holding ``unet``'s weights in ComfyUI's own UNetModel (SD15 config)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+
+    cfg = dict(SD15_TINY)
+    model_config = comfy.supported_models.SD15(cfg)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.BaseModel(model_config, device=torch.device("cpu"))
+    key_map = comfy.utils.unet_to_diffusers(cfg)
+    sd = unet.state_dict()
+    converted = {ldm: sd[diff] for diff, ldm in key_map.items() if diff in sd}
+    missing, unexpected = model.diffusion_model.load_state_dict(converted, strict=False)
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def comfy_sd15_random(seed: int = 0):
+    """A ComfyUI ModelPatcher around a tiny SD1.5-layout UNetModel with deterministic random weights."""
+    from stylekit.bridge.tiny import tiny_sd15_unet
+    return comfy_sd15_from_diffusers(tiny_sd15_unet(seed=seed))
+
+
+def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
+    """Execute an API-format graph in-process with ComfyUI's node classes.
+
+    ``overrides`` maps a class_type to a callable standing in for it (the loaders, which would need
+    real weight files). Returns each node's outputs.
+    """
+    results = {}
+
+    def run(nid):
+        if nid in results:
+            return results[nid]
+        node = workflow[nid]
+        kwargs = {}
+        for name, v in node["inputs"].items():
+            kwargs[name] = run(v[0])[v[1]] if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) else v
+        ct = node["class_type"]
+        if ct in overrides:
+            out = overrides[ct](**kwargs)
+        else:
+            cls = mappings[ct]
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if isinstance(out, dict):
+                out = out.get("result", ())
+        results[nid] = out
+        return out
+
+    for nid in workflow:
+        run(nid)
+    return results

@@ -1,0 +1,215 @@
+"""Tier 3: StyleKit inside a real ComfyUI checkout (COMFYUI_PATH), on tiny in-process models."""
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(tmp_path_factory):
+    import folder_paths
+    import nodes
+
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_out")))
+    asyncio.run(nodes.init_builtin_extra_nodes())
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    ok = asyncio.run(nodes.load_custom_node(str(ROOT)))
+    assert ok, "ComfyUI's loader failed to import the pack (see the log above)"
+    return nodes, set(nodes.NODE_CLASS_MAPPINGS) - before
+
+
+def test_comfyui_loader_imports_every_node(comfy_nodes):
+    from stylekit import NODE_CLASS_MAPPINGS
+    nodes, added = comfy_nodes
+    assert added == set(NODE_CLASS_MAPPINGS)
+    for node_id in added:
+        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+        assert node_id in nodes.NODE_DISPLAY_NAME_MAPPINGS
+        for section in ("required", "optional"):
+            for name, decl in cls.INPUT_TYPES().get(section, {}).items():
+                assert isinstance(decl, tuple) and decl[1].get("tooltip"), f"{node_id}.{name}"
+
+
+def test_pyproject_parses_with_comfy_registry_parser():
+    from comfy_config import config_parser
+    cfg = config_parser.extract_node_configuration(str(ROOT))
+    assert cfg.project.name == "stylekit" and cfg.tool_comfy.display_name == "StyleKit"
+    assert cfg.tool_comfy.publisher_id == "stylekit"
+
+
+def test_core_node_specs_match_real_comfyui(comfy_nodes):
+    from stylekit.tools.workflow_check import spec_from_node_class
+    nodes, _ = comfy_nodes
+    ours = json.loads((ROOT / "tests" / "data" / "core_nodes.json").read_text())
+    for ct, spec in ours.items():
+        real = spec_from_node_class(nodes.NODE_CLASS_MAPPINGS[ct])
+        assert list(real["outputs"]) == spec["outputs"], ct
+        for section in ("required", "optional"):
+            assert set(real[section]) == set(spec[section]), (ct, section)
+            for name, decl in spec[section].items():
+                rtype = real[section][name][0]
+                assert rtype == decl[0] or (decl[0] == "*" and rtype in ("*", "")) or \
+                    (decl[0] == "COMBO" and rtype == "COMBO"), (ct, name, rtype, decl[0])
+                for bound in ("min", "max"):
+                    if bound in decl[1]:
+                        assert real[section][name][1].get(bound) == decl[1][bound], (ct, name, bound)
+
+
+def sample(model, seed=0, steps=4, cfg=3.0):
+    import comfy.sample
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, 64, generator=g)
+    pos, neg = [[ctx, {}]], [[torch.zeros_like(ctx), {}]]
+    with torch.no_grad():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", pos, neg, latent, seed=seed)
+
+
+def boost_contribution():
+    from stylekit.attention.router import Contribution
+    return Contribution("boost", lambda q, k, v, e, nxt, w: nxt(q * (1 + w), k, v * 0.5, e), weight=0.7)
+
+
+def test_patched_sampling_runs_and_input_model_is_untouched():
+    from comfy_host import comfy_sd15_random
+    from stylekit.attention.layers import model_layers
+    from stylekit.attention.router import add_contribution
+
+    model = comfy_sd15_random(seed=1)
+    t0 = time.perf_counter()
+    before = sample(model)
+    plain_s = time.perf_counter() - t0
+    patched = model.clone()
+    calls = []
+    spy = __import__("stylekit.attention.router", fromlist=["x"]).Contribution(
+        "spy", lambda q, k, v, e, nxt, w: (calls.append((e["block"], e["block_index"])), nxt(q, k, v, e))[1])
+    keys = model_layers(patched).keys
+    add_contribution(patched, boost_contribution(), keys, "attn1")
+    add_contribution(patched, spy, keys, "attn2")
+    out = sample(patched)
+    after = sample(model)
+    assert torch.isfinite(out).all() and not torch.allclose(out, before)
+    assert torch.equal(after, before)
+    assert {(b[0], b[1], i) for b, i in calls} == set(keys)  # every installed key is really called
+    print(f"tiny comfy UNet, 4 steps: {plain_s:.3f}s")
+
+
+def test_same_contribution_same_output_in_comfyui_and_bridge():
+    from comfy_host import comfy_sd15_from_diffusers
+    from stylekit.attention.layers import model_layers
+    from stylekit.attention.router import add_contribution
+    from stylekit.bridge import BridgePatcher
+    from stylekit.bridge.tiny import tiny_sd15_unet
+
+    unet = tiny_sd15_unet(seed=3)
+    comfy_model = comfy_sd15_from_diffusers(unet).clone()
+    bridge = BridgePatcher(unet).clone()
+    for m in (comfy_model, bridge):
+        add_contribution(m, boost_contribution(), model_layers(m).select("output"), "attn1")
+    g = torch.Generator().manual_seed(0)
+    x, ctx, sigma = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 64, generator=g), torch.tensor([2.0, 2.0])
+    to = dict(comfy_model.model_options["transformer_options"], cond_or_uncond=[0, 1], sigmas=sigma)
+    with torch.no_grad():
+        a = comfy_model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
+        b = bridge.apply_model(x, sigma, ctx, dict(bridge.model_options["transformer_options"], cond_or_uncond=[0, 1], sigmas=sigma))
+        plain = BridgePatcher(unet).apply_model(x, sigma, ctx)
+    assert (a - plain).abs().max() > 1e-2  # the contribution acts
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_shipped_api_workflows_run_in_process(comfy_nodes):
+    from comfy_host import comfy_sd15_random, run_api_workflow
+    from stylekit.tools.workflow_check import check_api, spec_from_node_class
+    nodes, _ = comfy_nodes
+    specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
+    overrides = {"CheckpointLoaderSimple": lambda ckpt_name: (comfy_sd15_random(), None, None)}
+    paths = sorted((ROOT / "workflows" / "api").glob("*.json"))
+    assert paths
+    for path in paths:
+        wf = json.loads(path.read_text())
+        errs = [e for e in check_api(wf, specs) if "ckpt_name" not in e]  # no checkpoints on disk here
+        assert errs == [], (path.name, errs)
+        results = run_api_workflow(wf, nodes.NODE_CLASS_MAPPINGS, overrides)
+        assert results, path.name
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-StyleKit")
+    shutil.copy(Path(__file__).parent / "fixture_nodes.py", base / "custom_nodes" / "stylekit_test_fixtures.py")
+    port = free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--disable-auto-launch"], cwd=os.environ["COMFYUI_PATH"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/system_stats", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(1)
+    else:
+        proc.kill()
+    if proc.poll() is not None:
+        pytest.fail("ComfyUI server did not start:\n" + (base / "server.log").read_text()[-4000:])
+    yield url, base
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_server_lists_nodes_and_cli_gets_an_image(server, tmp_path, capsys):
+    from stylekit import NODE_CLASS_MAPPINGS
+    from stylekit.tools.client import main as client_main
+    url, base = server
+    info = json.loads(urllib.request.urlopen(url + "/object_info").read())
+    for node_id in NODE_CLASS_MAPPINGS:
+        assert node_id in info, f"{node_id} missing from /object_info"
+        for section in ("required", "optional"):
+            for name, decl in info[node_id]["input"].get(section, {}).items():
+                assert decl[1].get("tooltip"), (node_id, name)
+    log = (base / "server.log").read_text()
+    failed = [l for l in log.splitlines() if "IMPORT FAILED" in l and ("StyleKit" in l or "stylekit" in l)]
+    assert not failed and "ComfyUI-StyleKit" in log, log[-3000:]  # listed in ComfyUI's import times
+    wf = json.loads((ROOT / "workflows" / "api" / "patch_map.json").read_text())
+    wf["1"] = {"class_type": "StyleKitTestTinyModel", "inputs": {"seed": 0}}
+    wf_path = tmp_path / "wf.json"
+    wf_path.write_text(json.dumps(wf))
+    rc = client_main([str(wf_path), "--server", url, "--out", str(tmp_path / "images"), "--timeout", "120"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    pngs = list((tmp_path / "images").glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
+    assert "StyleKit patch map: sd15 layout, 16 attention layers" in out  # PreviewAny's text came back
+
+    del wf["2"]["inputs"]["model"]
+    wf_path.write_text(json.dumps(wf))
+    rc = client_main([str(wf_path), "--server", url, "--out", str(tmp_path / "images2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "node 2 (StyleKitPatchMap)" in err and "model" in err, err

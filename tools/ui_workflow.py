@@ -1,0 +1,91 @@
+"""Build the UI-format twin of an API-format workflow (what ComfyUI's template browser loads).
+
+    python -m stylekit.tools.ui_workflow workflows/api/NAME.json workflows/NAME.json
+
+Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
+StyleKit's classes and the core-node specs in tests/data/core_nodes.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .workflow_check import _inputs, widget_names
+
+
+def api_to_ui(api: dict, specs: dict) -> dict:
+    ids = {nid: int(nid) for nid in api}
+    depth = {}
+
+    def d(nid):
+        if nid not in depth:
+            srcs = [v[0] for v in api[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+            depth[nid] = 1 + max((d(s) for s in srcs), default=-1)
+        return depth[nid]
+
+    nodes, links, row = [], [], {}
+    out_links = {nid: {} for nid in api}
+    lid = 0
+    pending = []
+    for nid in sorted(api, key=lambda n: (d(n), ids[n])):
+        spec = specs[api[nid]["class_type"]]
+        inputs = []
+        for name, decl, _ in _inputs(spec):
+            v = api[nid]["inputs"].get(name)
+            is_link = isinstance(v, list) and len(v) == 2
+            if decl[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") and not is_link:
+                continue
+            if v is None and decl[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                inputs.append({"name": name, "type": decl[0], "link": None})
+                continue
+            lid += 1
+            src, slot = v
+            typ = specs[api[src]["class_type"]]["outputs"][slot]
+            entry = {"name": name, "type": decl[0] if decl[0] != "COMBO" else typ, "link": lid}
+            if decl[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                entry["widget"] = {"name": name}
+            inputs.append(entry)
+            pending.append([lid, ids[src], slot, ids[nid], len(inputs) - 1, typ])
+            out_links[src].setdefault(slot, []).append(lid)
+        values = []
+        for name, decl, n in widget_names(spec):
+            v = api[nid]["inputs"].get(name, decl[1].get("default") if len(decl) > 1 else None)
+            values.append(None if isinstance(v, list) else v)
+            if n == 2:
+                values.append("fixed")
+        col = d(nid)
+        r = row.get(col, 0)
+        row[col] = r + 1
+        nodes.append({"id": ids[nid], "type": api[nid]["class_type"], "pos": [40 + 360 * col, 40 + 260 * r],
+                      "size": [320, 200], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
+                      "outputs": [], "properties": {"Node name for S&R": api[nid]["class_type"]},
+                      "widgets_values": values})
+        if "_meta" in api[nid]:
+            nodes[-1]["title"] = api[nid]["_meta"].get("title", api[nid]["class_type"])
+    for node in nodes:
+        spec = specs[node["type"]]
+        node["outputs"] = [{"name": t, "type": t, "links": out_links[str(node["id"])].get(i, [])}
+                           for i, t in enumerate(spec["outputs"])]
+    links = pending
+    return {"last_node_id": max(ids.values()), "last_link_id": lid, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def known_specs(repo: Path) -> dict:
+    from ..nodes import NODE_CLASS_MAPPINGS
+    from .workflow_check import spec_from_node_class
+    specs = json.loads((repo / "tests" / "data" / "core_nodes.json").read_text())
+    specs.update({k: spec_from_node_class(c) for k, c in NODE_CLASS_MAPPINGS.items()})
+    return specs
+
+
+def main(argv=None):
+    argv = argv or sys.argv[1:]
+    src, dst = Path(argv[0]), Path(argv[1])
+    specs = known_specs(Path(__file__).resolve().parents[1])
+    dst.write_text(json.dumps(api_to_ui(json.loads(src.read_text()), specs), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Validate ComfyUI workflow files (UI format and API format) against node definitions.
+
+A node definition here is ``{"required": {...}, "optional": {...}, "outputs": [types]}`` where each
+input is ``[type, options]`` and ``type`` is a ComfyUI type name, ``"COMBO"`` (options may carry a
+``choices`` list) or ``"*"``. :func:`spec_from_node_class` makes one from a V1 node class.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def spec_from_node_class(cls) -> dict:
+    it = cls.INPUT_TYPES()
+    spec = {"required": {}, "optional": {}, "outputs": list(cls.RETURN_TYPES)}
+    for section in ("required", "optional"):
+        for name, decl in it.get(section, {}).items():
+            typ, opts = decl[0], (decl[1] if len(decl) > 1 else {})
+            if isinstance(typ, (list, tuple)):
+                spec[section][name] = ["COMBO", dict(opts, choices=list(typ))]
+            else:
+                spec[section][name] = [typ, dict(opts)]
+    return spec
+
+
+def _inputs(spec):
+    yield from ((n, d, True) for n, d in spec.get("required", {}).items())
+    yield from ((n, d, False) for n, d in spec.get("optional", {}).items())
+
+
+def _check_value(where, name, decl, value) -> list[str]:
+    typ, opts = decl[0], decl[1] if len(decl) > 1 else {}
+    errs = []
+    if typ == "INT":
+        if not isinstance(value, int) or isinstance(value, bool):
+            return [f"{where}: {name}={value!r} is not an INT"]
+    elif typ == "FLOAT":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return [f"{where}: {name}={value!r} is not a FLOAT"]
+    elif typ == "BOOLEAN":
+        if not isinstance(value, bool):
+            return [f"{where}: {name}={value!r} is not a BOOLEAN"]
+    elif typ == "STRING":
+        if not isinstance(value, str):
+            return [f"{where}: {name}={value!r} is not a STRING"]
+    elif typ == "COMBO":
+        choices = opts.get("choices")
+        if choices is not None and value not in choices:
+            return [f"{where}: {name}={value!r} is not one of {choices}"]
+        return []
+    else:
+        return [f"{where}: {name} takes a {typ} link, not a value {value!r}"]
+    if typ in ("INT", "FLOAT"):
+        if "min" in opts and value < opts["min"]:
+            errs.append(f"{where}: {name}={value} is below its minimum {opts['min']}")
+        if "max" in opts and value > opts["max"]:
+            errs.append(f"{where}: {name}={value} is above its maximum {opts['max']}")
+    return errs
+
+
+def _types_match(out_type: str, in_type: str) -> bool:
+    if "*" in (out_type, in_type):
+        return True
+    return bool(set(out_type.split(",")) & set(in_type.split(",")))
+
+
+def check_api(workflow: dict, specs: dict) -> list[str]:
+    errs = []
+    for nid, node in workflow.items():
+        ct = node.get("class_type")
+        where = f"node {nid} ({ct})"
+        if ct not in specs:
+            errs.append(f"{where}: unknown node type")
+            continue
+        spec, given = specs[ct], node.get("inputs", {})
+        declared = {n: (d, req) for n, d, req in _inputs(spec)}
+        for name in given:
+            if name not in declared:
+                errs.append(f"{where}: unknown input {name!r}")
+        for name, (decl, required) in declared.items():
+            if name not in given:
+                if required:
+                    errs.append(f"{where}: required input {name!r} is missing")
+                continue
+            value = given[name]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                src, slot = value
+                if src not in workflow:
+                    errs.append(f"{where}: {name} links to missing node {src}")
+                    continue
+                src_ct = workflow[src].get("class_type")
+                outs = specs.get(src_ct, {}).get("outputs")
+                if outs is None:
+                    continue
+                if not (isinstance(slot, int) and 0 <= slot < len(outs)):
+                    errs.append(f"{where}: {name} links to output {slot} of {src_ct}, which has {len(outs)}")
+                elif not _types_match(outs[slot], decl[0] if decl[0] != "COMBO" else "*"):
+                    errs.append(f"{where}: {name} expects {decl[0]} but is linked to {outs[slot]} of node {src}")
+            else:
+                errs += _check_value(where, name, decl, value)
+    return errs
+
+
+def widget_names(spec: dict) -> list[tuple[str, list, int]]:
+    """Widget inputs in the order the UI stores them, with how many values each takes."""
+    out = []
+    for name, decl, _ in _inputs(spec):
+        if decl[0] in WIDGET_TYPES:
+            opts = decl[1] if len(decl) > 1 else {}
+            extra = 1 if decl[0] == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")) else 0
+            out.append((name, decl, 1 + extra))
+    return out
+
+
+def check_ui(workflow: dict, specs: dict) -> list[str]:
+    errs = []
+    nodes = {n["id"]: n for n in workflow.get("nodes", [])}
+    links = {}
+    for link in workflow.get("links", []):
+        if len(link) != 6:
+            errs.append(f"link {link!r} is not [id, from, from_slot, to, to_slot, type]")
+            continue
+        lid, a, a_slot, b, b_slot, typ = link
+        links[lid] = link
+        if a not in nodes or b not in nodes:
+            errs.append(f"link {lid} joins missing nodes {a} -> {b}")
+            continue
+        outs = nodes[a].get("outputs", [])
+        ins = nodes[b].get("inputs", [])
+        if a_slot >= len(outs) or lid not in (outs[a_slot].get("links") or []):
+            errs.append(f"link {lid}: output {a_slot} of node {a} does not list it")
+        if b_slot >= len(ins) or ins[b_slot].get("link") != lid:
+            errs.append(f"link {lid}: input {b_slot} of node {b} does not hold it")
+    for nid, node in nodes.items():
+        ct = node.get("type")
+        where = f"node {nid} ({ct})"
+        if ct not in specs:
+            errs.append(f"{where}: unknown node type")
+            continue
+        spec = specs[ct]
+        linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+        for i in node.get("inputs", []):
+            if i.get("link") is not None and i["link"] not in links:
+                errs.append(f"{where}: input {i['name']} holds unknown link {i['link']}")
+        for name, decl, req in _inputs(spec):
+            if req and decl[0] not in WIDGET_TYPES and name not in linked:
+                errs.append(f"{where}: required input {name!r} is not connected")
+        values = list(node.get("widgets_values", []))
+        widgets = widget_names(spec)
+        if len(values) != sum(n for _, _, n in widgets):
+            errs.append(f"{where}: {len(values)} widget values for widgets {[w for w, _, _ in widgets]}")
+            continue
+        pos = 0
+        for name, decl, n in widgets:
+            if name not in linked:
+                errs += _check_value(where, name, decl, values[pos])
+            pos += n
+        if len(node.get("outputs", [])) != len(spec.get("outputs", [])):
+            errs.append(f"{where}: {len(node.get('outputs', []))} outputs, the node has {len(spec['outputs'])}")
+    return errs
+
+
+def is_ui_format(workflow: dict) -> bool:
+    return "nodes" in workflow and "links" in workflow
+
+
+def check_file(path: Path, specs: dict) -> list[str]:
+    wf = json.loads(Path(path).read_text())
+    errs = check_ui(wf, specs) if is_ui_format(wf) else check_api(wf, specs)
+    return [f"{Path(path).name}: {e}" for e in errs]
