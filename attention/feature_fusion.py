@@ -1,0 +1,101 @@
+"""Feature Fusion Attention (MagicStyle) and its StyleID preset, as attn1 router contributions.
+
+For a self-attention call with current q, k, v and the stored features of the content (q_c, k_c,
+v_c) and the style (k_s, v_s) at the same block and sigma:
+
+    q' = gamma * q_c + (1 - gamma) * q
+    K  = [k_s ; k_c]   V = [v_s ; v_c]          (the content half only when content_kv > 0)
+    logits = temperature * q' K^T / sqrt(d)  + log(content_kv) on the content keys
+    fused = softmax(logits) V
+    out = weight * fused + (1 - weight) * plain,  and where MASK = 1 (spared region) out = plain
+
+``plain`` is the block's ordinary self-attention (the rest of the router chain). All on fused SDPA.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .functional import sdpa_attention
+from .router import Contribution
+
+STYLEID_BLOCKS = [("output", i) for i in range(6, 12)]
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    gamma: float = 0.75           # query preservation: weight of the content's query
+    temperature: float = 1.5      # multiplies the attention logits
+    content_kv: float = 0.0       # mass of the content's own keys/values beside the style's (0: style only)
+
+
+PRESETS = {
+    # StyleID (Chung et al., CVPR 2024), as its official code: style K/V only, q blended, T 1.5.
+    "StyleID": FusionSettings(gamma=0.75, temperature=1.5, content_kv=0.0),
+    # Our documented reading of MagicStyle's FFA (no public code): content Q/K/V fused with style K/V,
+    # i.e. the content's keys/values join the style's at equal mass; same query blend; no sharpening.
+    "MagicStyle": FusionSettings(gamma=0.75, temperature=1.0, content_kv=1.0),
+}
+
+
+def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings):
+    """The fused attention output for current queries ``q`` (batch B) and one reference pair (batch 1)."""
+    b = q.shape[0]
+    q_mix = s.gamma * q_c.to(q.dtype).expand(b, -1, -1) + (1.0 - s.gamma) * q if s.gamma else q
+    k, v = k_s.to(q.dtype), v_s.to(q.dtype)
+    mask = None
+    if s.content_kv > 0:
+        k = torch.cat([k, k_c.to(q.dtype)], dim=1)
+        v = torch.cat([v, v_c.to(q.dtype)], dim=1)
+        n_s = k_s.shape[1]
+        mask = torch.zeros(1, 1, 1, k.shape[1], dtype=q.dtype, device=q.device)
+        mask[..., n_s:] = math.log(s.content_kv)
+    d = q.shape[-1] // heads
+    return sdpa_attention(q_mix, k.expand(b, -1, -1), v.expand(b, -1, -1), heads, mask=mask,
+                          scale=s.temperature / math.sqrt(d))
+
+
+def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(H, W) or (1, H, W) MASK -> (1, h*w, 1) token weights, area-averaged."""
+    m = mask.reshape(1, 1, *mask.shape[-2:]).float()
+    return F.interpolate(m, size=hw, mode="area").reshape(1, -1, 1)
+
+
+def feature_fusion_contribution(store, settings: FusionSettings, weight: float = 1.0, mask=None,
+                                sigma_start=math.inf, sigma_end=0.0, name="feature_fusion") -> Contribution:
+    """attn1 contribution reading the content (row 0) and style (row 1) features from ``store``."""
+
+    def apply(q, k, v, extra, call_next, w):
+        if store.recording:  # the references themselves are being run (recompute mode)
+            return call_next(q, k, v, extra)
+        key = (*extra["block"], extra["block_index"])
+        sigma = float(extra["sigmas"].reshape(-1)[0])
+        fq, fk, fv = store.lookup(key, sigma)
+        fused = fuse(q, fq[0:1], fk[0:1], fv[0:1], fk[1:2], fv[1:2], extra["n_heads"], settings)
+        if w == 1.0 and mask is None:
+            return fused
+        plain = call_next(q, k, v, extra)
+        out = w * fused + (1.0 - w) * plain
+        if mask is not None:
+            hw = tuple(extra["activations_shape"][-2:])
+            m = resize_mask(mask.to(q.device), hw).to(q.dtype)
+            out = m * plain + (1 - m) * out
+        return out
+
+    return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
+                        info={"store": store, "settings": settings})
+
+
+def recording_contribution(store) -> Contribution:
+    """attn1 contribution that records q, k, v into ``store`` and changes nothing."""
+
+    def apply(q, k, v, extra, call_next, w):
+        if store.recording:
+            key = (*extra["block"], extra["block_index"])
+            store.record(key, float(extra["sigmas"].reshape(-1)[0]), q, k, v)
+        return call_next(q, k, v, extra)
+
+    return Contribution("feature_record", apply, info={"store": store})

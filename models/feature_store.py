@@ -1,0 +1,79 @@
+"""Self-attention feature store for inversion-based style transfer (MagicStyle / StyleID).
+
+The store records q, k, v of attn1 on chosen layers at chosen sigmas while references are inverted
+(content and style in one batch: row 0 content, row 1 style), and serves them back during sampling.
+Memory policy: which layers, which steps, dtype (fp16 default), device (keep or offload to CPU), or
+``recompute``: keep only the model inputs of the inversion and recompute the features at each
+sampling step (memory for one step instead of all).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StorePolicy:
+    layers: tuple = ()            # 3-part block keys to record
+    steps: str = "all"            # "all" | "first:N" (the N noisiest sampling sigmas)
+    dtype: torch.dtype = torch.float16
+    device: str | None = None     # None: keep where computed; "cpu": offload
+    mode: str = "store"           # "store" | "recompute"
+
+
+class MissingStepError(KeyError):
+    pass
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-4 * max(1.0, abs(b))
+
+
+@dataclass
+class FeatureStore:
+    policy: StorePolicy
+    sigmas: list = field(default_factory=list)       # sigmas with features (or inputs to recompute them)
+    features: dict = field(default_factory=dict)     # (block key, sigma) -> (q, k, v) each (2, N, C)
+    recording: bool = False
+    current: dict = field(default_factory=dict)      # recompute mode: this step's features
+
+    def __deepcopy__(self, memo):  # shared by every clone of a patched model, never copied
+        return self
+
+    def _key(self, sigma: float) -> float | None:
+        """The stored step a sampler sigma refers to (float32 vs float64 round-off tolerated)."""
+        for s in self.sigmas:
+            if _close(float(sigma), s):
+                return s
+        return None
+
+    def wants_step(self, sigma: float, all_sigmas: list[float]) -> bool:
+        if self.policy.steps == "all":
+            return True
+        n = int(self.policy.steps.split(":")[1])
+        return any(_close(sigma, s) for s in sorted(all_sigmas, reverse=True)[:n])
+
+    def record(self, key, sigma, q, k, v):
+        cast = lambda t: t.detach().to(dtype=self.policy.dtype, device=self.policy.device or t.device)
+        target = self.current if self.policy.mode == "recompute" else self.features
+        target[(tuple(key), self._key(sigma))] = tuple(cast(t) for t in (q, k, v))
+
+    def lookup(self, key, sigma):
+        table = self.current if self.policy.mode == "recompute" else self.features
+        hit = table.get((tuple(key), self._key(sigma)))
+        if hit is None:
+            have = [round(s, 4) for s in sorted({s for (_, s) in table}, reverse=True)]
+            raise MissingStepError(
+                f"no stored features for sigma {float(sigma):.4f} at block {tuple(key)}; the inversion stored "
+                f"sigmas {have[:8]}{' ...' if len(have) > 8 else ''}. Sample with the SIGMAS of the inversion "
+                "(StyleKit Inversion Sigmas) or invert with the same steps as the sampler.")
+        return hit
+
+    def size_bytes(self) -> int:
+        tensors = [t for trip in list(self.features.values()) + list(self.current.values()) for t in trip]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def free(self):
+        self.features.clear()
+        self.current.clear()

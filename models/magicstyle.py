@@ -1,0 +1,137 @@
+"""MagicStyle / StyleID orchestration, host-agnostic (ComfyUI ModelPatcher or BridgePatcher).
+
+1. :func:`invert_pair` DDIM-inverts the content and style latents in ONE batched pass and fills a
+   :class:`FeatureStore` with attn1 q, k, v of the chosen layers (or, in ``recompute`` mode, keeps
+   only the model inputs per sigma).
+2. :func:`fusion_model` returns a clone of the model whose chosen attn1 layers run Feature Fusion
+   Attention against the store; in ``recompute`` mode a model wrapper first re-runs the references
+   at the current sigma to refresh the features (memory for one step).
+3. :func:`start_latent`: the content's inverted latent, optionally AdaIN-ed to the style's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_contribution
+from ..attention.layers import model_layers
+from ..attention.router import add_contribution
+from .feature_store import FeatureStore, StorePolicy
+from .inversion import InversionResult, adain_latent, ddim_invert
+
+
+def ddim_uniform_sigmas(model_sampling, steps: int) -> torch.Tensor:
+    """ComfyUI's ``ddim_uniform`` scheduler over the model's own sigma table (high to low, then 0)."""
+    s = model_sampling.sigmas
+    x = 1
+    if math.isclose(float(s[x]), 0, abs_tol=1e-5):
+        steps += 1
+        sigs = []
+    else:
+        sigs = [0.0]
+    ss = max(len(s) // steps, 1)
+    while x < len(s):
+        sigs.append(float(s[x]))
+        x += ss
+    return torch.tensor(sigs[::-1], dtype=torch.float32)
+
+
+def host_apply_model(model, x, sigma, context, transformer_options):
+    """Denoised x0 from either host, running the patches in ``transformer_options``."""
+    if hasattr(model, "unet"):  # BridgePatcher
+        return model.apply_model(x, sigma, context, transformer_options)
+    return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options)
+
+
+@dataclass
+class Inversion:
+    """What the DDIM Invert node hands to Feature Fusion (a STYLEKIT_INVERSION)."""
+    result: InversionResult      # rows: 0 content, 1 style
+    store: FeatureStore
+    context: torch.Tensor        # the conditioning the references were inverted with, (2, T, C)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _recorder(model, store):
+    m = model.clone()
+    add_contribution(m, recording_contribution(store), list(store.policy.layers), "attn1")
+    return m
+
+
+def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
+                policy: StorePolicy, progress=None) -> Inversion:
+    """Invert content and style (each (1, C, H, W), model space) in one batch of 2."""
+    if content.shape != style.shape:
+        raise ValueError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
+                         "size: resize both images to the same size before encoding")
+    layers = model_layers(model)
+    layers.require("sd15", "sdxl", method="DDIM inversion with a feature store")
+    policy.layers = tuple(policy.layers) or tuple(layers.select("all"))
+    store = FeatureStore(policy, sigmas=[float(s) for s in sigmas[:-1]])
+    rec = _recorder(model, store)
+    ctx = context.expand(2, -1, -1) if context.shape[0] == 1 else context
+    x0 = torch.cat([content, style])
+    all_sigmas = store.sigmas
+
+    def eps_fn(x, sigma):
+        sig = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+        to = dict(rec.model_options["transformer_options"], sigmas=sig, cond_or_uncond=[0])
+        store.recording = policy.mode == "store" and store.wants_step(sigma, all_sigmas)
+        try:
+            with torch.no_grad():
+                x0_hat = host_apply_model(rec, x, sig, ctx, to)
+        finally:
+            store.recording = False
+        return (x - x0_hat) / sigma
+
+    result = ddim_invert(eps_fn, x0, sigmas, callback=progress)
+    return Inversion(result, store, ctx)
+
+
+def start_latent(inv: Inversion, adain: bool = True) -> torch.Tensor:
+    content, style = inv.result.latent[0:1], inv.result.latent[1:2]
+    return adain_latent(content, style) if adain else content.clone()
+
+
+def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float = 1.0, mask=None,
+                 sigma_start=math.inf, sigma_end=0.0):
+    """A clone of ``model`` whose recorded layers fuse content and style features in attn1."""
+    store = inv.store
+    m = model.clone()
+    keys = list(store.policy.layers)
+    add_contribution(m, recording_contribution(store), keys, "attn1")
+    add_contribution(m, feature_fusion_contribution(store, settings, weight, mask, sigma_start, sigma_end), keys, "attn1")
+    if store.policy.mode == "recompute":
+        inner = m.model_options.get("model_function_wrapper")
+
+        def wrapper(apply_model, args):
+            sigma = float(args["timestep"].reshape(-1)[0])
+            to = dict(args["c"].get("transformer_options", m.model_options["transformer_options"]))
+            x_ref = _nearest(inv.result.inputs, sigma)
+            sig = torch.full((2,), sigma, device=x_ref.device, dtype=x_ref.dtype)
+            store.current.clear()
+            store.recording = True
+            try:
+                with torch.no_grad():
+                    apply_model(x_ref.to(args["input"].device), sig.to(args["input"].device),
+                                c_crossattn=inv.context.to(args["input"].device),
+                                transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]))
+            finally:
+                store.recording = False
+            if inner is not None:
+                return inner(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        m.set_model_unet_function_wrapper(wrapper)
+    return m
+
+
+def _nearest(inputs: dict, sigma: float):
+    for s, x in inputs.items():
+        if abs(s - sigma) <= 1e-4 * max(1.0, abs(s)):
+            return x
+    raise KeyError(f"no inversion step at sigma {sigma:.4f}; inverted sigmas: {sorted(inputs, reverse=True)[:8]}")

@@ -1,0 +1,89 @@
+import math
+
+import torch
+
+from stylekit.attention.feature_fusion import FusionSettings, feature_fusion_contribution, fuse
+from stylekit.attention.functional import explicit_attention, sdpa_attention
+from stylekit.models.feature_store import FeatureStore, MissingStepError, StorePolicy
+from stylekit.models.inversion import adain_latent
+
+H = 2
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_identity_case_equals_plain_self_attention():
+    q, k, v = rand(1, 16, 8, seed=1), rand(1, 16, 8, seed=2), rand(1, 16, 8, seed=3)
+    out = fuse(q, q, k, v, k, v, H, FusionSettings(gamma=1.0, temperature=1.0, content_kv=0.0))
+    torch.testing.assert_close(out, sdpa_attention(q, k, v, H), atol=1e-6, rtol=1e-6)
+
+
+def test_fusion_against_explicit_softmax():
+    q, q_c = rand(3, 16, 8, seed=1), rand(1, 16, 8, seed=2)
+    k_c, v_c, k_s, v_s = (rand(1, 16, 8, seed=s) for s in (3, 4, 5, 6))
+    for s in (FusionSettings(0.75, 1.5, 0.0), FusionSettings(0.3, 0.7, 2.5)):
+        got = fuse(q, q_c, k_c, v_c, k_s, v_s, H, s)
+        q_mix = s.gamma * q_c + (1 - s.gamma) * q
+        if s.content_kv:
+            K, V = torch.cat([k_s, k_c], 1), torch.cat([v_s, v_c], 1)
+            bias = torch.cat([torch.zeros(16), torch.full((16,), math.log(s.content_kv))]).view(1, 1, 1, 32)
+        else:
+            K, V, bias = k_s, v_s, None
+        ref = explicit_attention(q_mix, K.expand(3, -1, -1), V.expand(3, -1, -1), H, mask=bias,
+                                 scale=s.temperature / math.sqrt(4))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def store_with(q_c, k_c, v_c, k_s, v_s, sigma=1.0, key=("output", 6, 0)):
+    st = FeatureStore(StorePolicy(layers=(key,), dtype=torch.float32), sigmas=[sigma])
+    st.record(key, sigma, torch.cat([q_c, q_c]), torch.cat([k_c, k_s]), torch.cat([v_c, v_s]))
+    return st
+
+
+def test_mask_spares_region_and_weight_blends():
+    q, k, v = rand(1, 16, 8, seed=1), rand(1, 16, 8, seed=2), rand(1, 16, 8, seed=3)
+    feats = [rand(1, 16, 8, seed=s) for s in (4, 5, 6, 7, 8)]
+    st = store_with(*feats)
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1.0  # spare the left half
+    extra = {"block": ("output", 6), "block_index": 0, "sigmas": torch.tensor([1.0]), "n_heads": H,
+             "activations_shape": [1, 8, 4, 4]}
+    s = FusionSettings()
+    c = feature_fusion_contribution(st, s, weight=1.0, mask=mask)
+    plain_fn = lambda q_, k_, v_, e: sdpa_attention(q_, k_, v_, H)
+    out = c.apply(q, k, v, extra, plain_fn, 1.0)
+    fused = fuse(q, *feats, H, s)
+    plain = sdpa_attention(q, k, v, H)
+    left = torch.tensor([(i % 4) < 2 for i in range(16)])
+    torch.testing.assert_close(out[:, left], plain[:, left])
+    torch.testing.assert_close(out[:, ~left], fused[:, ~left])
+    half = feature_fusion_contribution(st, s).apply(q, k, v, extra, plain_fn, 0.25)
+    torch.testing.assert_close(half, 0.25 * fused + 0.75 * plain)
+
+
+def test_store_reports_size_and_names_missing_steps():
+    st = store_with(*[rand(1, 16, 8, seed=s) for s in range(5)], sigma=2.5)
+    assert st.size_bytes() == 3 * 2 * 16 * 8 * 4
+    st.policy.dtype = torch.float16
+    st.record(("output", 6, 0), 2.5, rand(2, 16, 8), rand(2, 16, 8), rand(2, 16, 8))
+    assert st.size_bytes() == 3 * 2 * 16 * 8 * 2
+    try:
+        st.lookup(("output", 6, 0), 3.1)
+    except MissingStepError as e:
+        assert "3.1000" in str(e) and "2.5" in str(e) and "Inversion Sigmas" in str(e)
+    else:
+        raise AssertionError("a sigma with no stored step must raise")
+    st.free()
+    assert st.size_bytes() == 0
+
+
+def test_adain_latent_takes_style_statistics():
+    c, s = rand(1, 4, 8, 8, seed=1) * 3 + 1, rand(1, 4, 8, 8, seed=2) * 0.5 - 2
+    out = adain_latent(c, s)
+    torch.testing.assert_close(out.mean((-2, -1)), s.mean((-2, -1)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.std((-2, -1)), s.std((-2, -1)), atol=1e-4, rtol=1e-4)
+    # the spatial pattern is the content's: correlation 1 per channel
+    cc = ((out - out.mean((-2, -1), keepdim=True)) * (c - c.mean((-2, -1), keepdim=True))).mean((-2, -1))
+    assert torch.allclose(cc / (out.std((-2, -1), unbiased=False) * c.std((-2, -1), unbiased=False)), torch.ones(1, 4), atol=1e-4)

@@ -1,0 +1,98 @@
+import gc
+import weakref
+
+import pytest
+import torch
+
+from stylekit.attention.feature_fusion import PRESETS, STYLEID_BLOCKS
+from stylekit.attention.layers import model_layers
+from stylekit.bridge import sample_euler_cfg
+from stylekit.models.feature_store import MissingStepError, StorePolicy
+from stylekit.models.inversion import ddim_invert
+from stylekit.models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
+
+STEPS = 5
+
+
+def refs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, 64, generator=g)
+
+
+def policy(sd15, mode="store", dtype=torch.float32):
+    return StorePolicy(layers=tuple(model_layers(sd15).select(STYLEID_BLOCKS)), dtype=dtype, mode=mode)
+
+
+def run(model, inv, sig, settings=PRESETS["StyleID"], ctx=None):
+    m = fusion_model(model, inv, settings)
+    with torch.no_grad():
+        return sample_euler_cfg(m, start_latent(inv) / sig[0], sig, inv.context[0:1])
+
+
+def test_batched_inversion_equals_independent_reference_loops(sd15):
+    content, style, ctx = refs()
+    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
+    inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
+    for row, x0 in enumerate((content, style)):  # plain model, one image at a time, no recording patch
+        ref = ddim_invert(lambda x, s: sd15.eps(x, torch.tensor([s]), ctx), x0, sig)
+        torch.testing.assert_close(inv.result.latent[row:row + 1], ref.latent, atol=1e-4, rtol=1e-4)
+    assert len(inv.store.features) == len(model_layers(sd15).select(STYLEID_BLOCKS)) * STEPS
+
+
+def test_fusion_off_is_plain_sampling_and_styleid_changes_it(sd15):
+    content, style, ctx = refs(1)
+    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
+    inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
+    x_T = start_latent(inv, adain=False)
+    off = fusion_model(sd15, inv, PRESETS["StyleID"], weight=0.0)
+    with torch.no_grad():
+        plain = sample_euler_cfg(sd15, x_T / sig[0], sig, ctx)
+        got_off = sample_euler_cfg(off, x_T / sig[0], sig, ctx)
+        fused = sample_euler_cfg(fusion_model(sd15, inv, PRESETS["StyleID"]), x_T / sig[0], sig, ctx)
+    assert torch.equal(got_off, plain)
+    assert torch.isfinite(fused).all() and (fused - plain).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_recompute_mode_equals_store_mode(sd15, preset):
+    content, style, ctx = refs(2)
+    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
+    a = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store")), sig, PRESETS[preset])
+    inv_r = invert_pair(sd15, content, style, ctx, sig, policy(sd15, "recompute"))
+    assert inv_r.store.size_bytes() == 0  # nothing but the latent trajectory is kept
+    b = run(sd15, inv_r, sig, PRESETS[preset])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # fp32 store: same features up to batching round-off
+    c = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store", torch.float16)), sig, PRESETS[preset])
+    assert (c - a).abs().max() < 5e-2  # the fp16 default store: stated tolerance
+
+
+def test_sampler_steps_must_match_the_store(sd15):
+    content, style, ctx = refs(3)
+    inv = invert_pair(sd15, content, style, ctx, ddim_uniform_sigmas(sd15.model_sampling, STEPS), policy(sd15))
+    other = ddim_uniform_sigmas(sd15.model_sampling, STEPS + 2)
+    with pytest.raises(MissingStepError, match="no stored features for sigma"):
+        run(sd15, inv, other)
+
+
+def test_input_model_untouched_and_stores_freed(sd15):
+    content, style, ctx = refs(4)
+    sig = ddim_uniform_sigmas(sd15.model_sampling, 3)
+    with torch.no_grad():
+        before = sample_euler_cfg(sd15, content, sig, ctx)
+    refs_alive = []
+    for _ in range(20):
+        inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
+        run(sd15, inv, sig)
+        refs_alive.append(weakref.ref(inv.store))
+        del inv
+        gc.collect()
+    assert sum(r() is not None for r in refs_alive) == 0  # no growth: every store is released
+    with torch.no_grad():
+        assert torch.equal(sample_euler_cfg(sd15, content, sig, ctx), before)
+    assert sd15.model_options == {"transformer_options": {}}
+
+
+def test_size_mismatch_is_refused(sd15):
+    content, style, ctx = refs()
+    with pytest.raises(ValueError, match="differ in size"):
+        invert_pair(sd15, content, style[..., :8], ctx, ddim_uniform_sigmas(sd15.model_sampling, 2), policy(sd15))
