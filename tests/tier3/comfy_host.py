@@ -37,6 +37,34 @@ def comfy_sd15_random(seed: int = 0):
     return comfy_sd15_from_diffusers(tiny_sd15_unet(seed=seed))
 
 
+def standins(model_factory):
+    """Stand-ins for the nodes that need weight files (checkpoint, CLIP, VAE) or user files (images).
+
+    Everything else in a workflow, core samplers included, runs as ComfyUI's real node.
+    """
+    import hashlib
+    import torch.nn.functional as F
+
+    def encode(text, clip):
+        seed = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
+        return ([[torch.randn(1, 77, 64, generator=torch.Generator().manual_seed(seed)), {}]],)
+
+    def load_image(image, **kw):
+        seed = int(hashlib.sha1(image.encode()).hexdigest()[:8], 16)
+        return (torch.rand(1, 96, 80, 3, generator=torch.Generator().manual_seed(seed)), torch.zeros(1, 96, 80))
+
+    def vae_encode(pixels, vae):
+        p = F.avg_pool2d(pixels.movedim(-1, 1), 8)
+        return ({"samples": torch.cat([p, p.mean(1, keepdim=True)], 1) * 2 - 1},)
+
+    def vae_decode(samples, vae):
+        x = F.interpolate(samples["samples"][:, :3], scale_factor=8)
+        return (((x + 1) / 2).clamp(0, 1).movedim(1, -1),)
+
+    return {"CheckpointLoaderSimple": lambda ckpt_name: (model_factory(), None, None),
+            "CLIPTextEncode": encode, "LoadImage": load_image, "VAEEncode": vae_encode, "VAEDecode": vae_decode}
+
+
 def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
     """Execute an API-format graph in-process with ComfyUI's node classes.
 

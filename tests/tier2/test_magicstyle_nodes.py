@@ -1,0 +1,24 @@
+import torch
+
+from stylekit.bridge import sample_euler_cfg
+from stylekit.nodes.magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
+from stylekit.nodes.patch_map import StyleKitPatchMap
+
+
+def test_nodes_chain_on_the_bridge(sd15):
+    g = torch.Generator().manual_seed(0)
+    content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))
+    cond = [[torch.randn(1, 77, 64, generator=g), {}]]
+    inv, inverted, sigmas = StyleKitDDIMInvert().invert(sd15, content, style, cond, 4, "output 6-11 (StyleID)",
+                                                        "fp16", "cpu", "store")
+    assert inverted["samples"].shape == (2, 4, 16, 16) and len(sigmas) == 5 and float(sigmas[-1]) == 0
+    assert all(t.device.type == "cpu" and t.dtype == torch.float16 for trip in inv.store.features.values() for t in trip)
+    model, start = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
+                                                 mask=torch.ones(1, 64, 64))
+    summary = StyleKitPatchMap().run(model)[1]
+    assert "output 6.0 attn1: feature_record w=1" in summary and "feature_fusion w=1" in summary
+    with torch.no_grad():  # a mask of ones spares everything: the plain model's result
+        out = sample_euler_cfg(model, start["samples"] / sigmas[0], sigmas, cond[0][0])
+        plain = sample_euler_cfg(sd15, start["samples"] / sigmas[0], sigmas, cond[0][0])
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    assert sd15.model_options == {"transformer_options": {}}
