@@ -34,7 +34,7 @@ def _close(a: float, b: float) -> bool:
 class FeatureStore:
     policy: StorePolicy
     sigmas: list = field(default_factory=list)       # sigmas with features (or inputs to recompute them)
-    features: dict = field(default_factory=dict)     # (block key, sigma) -> (q, k, v) each (2, N, C)
+    features: dict = field(default_factory=dict)     # (block key, sigma) -> (q content (1,N,C), k, v (2,N,C))
     recording: bool = False
     current: dict = field(default_factory=dict)      # recompute mode: this step's features
 
@@ -57,7 +57,8 @@ class FeatureStore:
     def record(self, key, sigma, q, k, v):
         cast = lambda t: t.detach().to(dtype=self.policy.dtype, device=self.policy.device or t.device)
         target = self.current if self.policy.mode == "recompute" else self.features
-        target[(tuple(key), self._key(sigma))] = tuple(cast(t) for t in (q, k, v))
+        # q of the content only (row 0): no fusion reads the style's query
+        target[(tuple(key), self._key(sigma))] = (cast(q[0:1]), cast(k), cast(v))
 
     def lookup(self, key, sigma):
         table = self.current if self.policy.mode == "recompute" else self.features

@@ -65,10 +65,10 @@ def test_mask_spares_region_and_weight_blends():
 
 def test_store_reports_size_and_names_missing_steps():
     st = store_with(*[rand(1, 16, 8, seed=s) for s in range(5)], sigma=2.5)
-    assert st.size_bytes() == 3 * 2 * 16 * 8 * 4
+    assert st.size_bytes() == 5 * 16 * 8 * 4  # content q, k, v + style k, v
     st.policy.dtype = torch.float16
     st.record(("output", 6, 0), 2.5, rand(2, 16, 8), rand(2, 16, 8), rand(2, 16, 8))
-    assert st.size_bytes() == 3 * 2 * 16 * 8 * 2
+    assert st.size_bytes() == 5 * 16 * 8 * 2
     try:
         st.lookup(("output", 6, 0), 3.1)
     except MissingStepError as e:
