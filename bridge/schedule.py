@@ -49,7 +49,5 @@ class DiscreteSchedule(torch.nn.Module):
 
     def ddim_sigmas(self, steps: int) -> torch.Tensor:
         """ComfyUI's ``ddim_uniform`` scheduler: high to low, ending in 0."""
-        c = len(self.sigmas) // steps
-        idx = list(range(1, len(self.sigmas), c))
-        sig = [float(self.sigmas[i]) for i in idx][::-1] + [0.0]
-        return torch.tensor(sig)
+        from ..models.inversion import ddim_uniform_sigmas
+        return ddim_uniform_sigmas(self, steps)

@@ -19,23 +19,7 @@ from ..attention.feature_fusion import FusionSettings, feature_fusion_contributi
 from ..attention.layers import model_layers
 from ..attention.router import add_contribution
 from .feature_store import FeatureStore, StorePolicy
-from .inversion import InversionResult, adain_latent, ddim_invert
-
-
-def ddim_uniform_sigmas(model_sampling, steps: int) -> torch.Tensor:
-    """ComfyUI's ``ddim_uniform`` scheduler over the model's own sigma table (high to low, then 0)."""
-    s = model_sampling.sigmas
-    x = 1
-    if math.isclose(float(s[x]), 0, abs_tol=1e-5):
-        steps += 1
-        sigs = []
-    else:
-        sigs = [0.0]
-    ss = max(len(s) // steps, 1)
-    while x < len(s):
-        sigs.append(float(s[x]))
-        x += ss
-    return torch.tensor(sigs[::-1], dtype=torch.float32)
+from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
 
 def host_apply_model(model, x, sigma, context, transformer_options):
