@@ -18,7 +18,7 @@ import torch
 from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_contribution
 from ..attention.layers import model_layers
 from ..attention.router import add_contribution
-from .feature_store import FeatureStore, StorePolicy
+from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
 
@@ -116,6 +116,6 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
 
 def _nearest(inputs: dict, sigma: float):
     for s, x in inputs.items():
-        if abs(s - sigma) <= 1e-4 * max(1.0, abs(s)):
+        if _close(sigma, s):
             return x
     raise KeyError(f"no inversion step at sigma {sigma:.4f}; inverted sigmas: {sorted(inputs, reverse=True)[:8]}")
