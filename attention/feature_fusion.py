@@ -1,7 +1,8 @@
 """Feature Fusion Attention (MagicStyle) and its StyleID preset, as attn1 router contributions.
 
-For a self-attention call with current q, k, v and the stored features of the content (q_c, k_c,
-v_c) and the style (k_s, v_s) at the same block and sigma:
+For a self-attention call with current q, k, v and the stored attn1 inputs of the content (h_c) and
+the style (h_s) at the same block and sigma, projected with the layer's own weights
+(q_c = to_q(h_c), k_c = to_k(h_c), v_c = to_v(h_c), k_s = to_k(h_s), v_s = to_v(h_s)):
 
     q' = gamma * q_c + (1 - gamma) * q
     K  = [k_s ; k_c]   V = [v_s ; v_c]          (the content half only when content_kv > 0)
@@ -64,17 +65,25 @@ def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(m, size=hw, mode="area").reshape(1, -1, 1)
 
 
-def feature_fusion_contribution(store, settings: FusionSettings, weight: float = 1.0, mask=None,
-                                sigma_start=math.inf, sigma_end=0.0, name="feature_fusion") -> Contribution:
-    """attn1 contribution reading the content (row 0) and style (row 1) features from ``store``."""
+def feature_fusion_contribution(store, settings: FusionSettings, projections: dict, weight: float = 1.0,
+                                mask=None, sigma_start=math.inf, sigma_end=0.0, name="feature_fusion") -> Contribution:
+    """attn1 contribution reading the content (row 0) and style (row 1) states from ``store``.
+
+    ``projections`` maps each 3-part key to that layer's attention module (``attention_modules``);
+    its to_q / to_k / to_v turn the stored states into the reference q, k, v.
+    """
 
     def apply(q, k, v, extra, call_next, w):
         if store.recording:  # the references themselves are being run (recompute mode)
             return call_next(q, k, v, extra)
         key = (*extra["block"], extra["block_index"])
-        sigma = float(extra["sigmas"].reshape(-1)[0])
-        fq, fk, fv = store.lookup(key, sigma)
-        fused = fuse(q, fq[0:1], fk[0:1], fv[0:1], fk[1:2], fv[1:2], extra["n_heads"], settings)
+        h = store.lookup(key, float(extra["sigmas"].reshape(-1)[0])).to(q.dtype)
+        attn = projections[key]
+        h_c, h_s = h[0:1], h[1:2]
+        k_c = v_c = None
+        if settings.content_kv > 0:
+            k_c, v_c = attn.to_k(h_c), attn.to_v(h_c)
+        fused = fuse(q, attn.to_q(h_c), k_c, v_c, attn.to_k(h_s), attn.to_v(h_s), extra["n_heads"], settings)
         if w == 1.0 and mask is None:
             return fused
         plain = call_next(q, k, v, extra)
@@ -89,13 +98,18 @@ def feature_fusion_contribution(store, settings: FusionSettings, weight: float =
                         info={"store": store, "settings": settings})
 
 
-def recording_contribution(store) -> Contribution:
-    """attn1 contribution that records q, k, v into ``store`` and changes nothing."""
+def recording_patch(store):
+    """An ``attn1_patch`` (ComfyUI's pre-projection hook) that records the attn1 input into ``store``.
 
-    def apply(q, k, v, extra, call_next, w):
+    It changes nothing; it records only while ``store.recording`` is set and only on the store's layers.
+    """
+    layers = set(store.policy.layers)
+
+    def stylekit_feature_record(n, context, value, extra):
         if store.recording:
-            key = (*extra["block"], extra["block_index"])
-            store.record(key, float(extra["sigmas"].reshape(-1)[0]), q, k, v)
-        return call_next(q, k, v, extra)
+            key = (*extra["block"], extra.get("block_index", 0))
+            if key in layers:
+                store.record(key, float(extra["sigmas"].reshape(-1)[0]), n)
+        return n, context, value
 
-    return Contribution("feature_record", apply, info={"store": store})
+    return stylekit_feature_record

@@ -102,32 +102,31 @@ def _attn_info(key, tblock) -> LayerInfo:
     return LayerInfo(tuple(key), channels, heads, context_dim)
 
 
-def _comfy_layers(dm) -> list[LayerInfo]:
-    out = []
+def _comfy_blocks(dm):
+    """(key, transformer block) pairs of a ComfyUI UNetModel, in ComfyUI's block numbering."""
     groups = [("input", list(dm.input_blocks)), ("middle", [dm.middle_block]), ("output", list(dm.output_blocks))]
     for name, blocks in groups:
         for bid, block in enumerate(blocks):
             for module in block:
-                tbs = getattr(module, "transformer_blocks", None)
-                if tbs is None:
-                    continue
-                out += [_attn_info((name, bid, i), tb) for i, tb in enumerate(tbs)]
-    return out
+                for i, tb in enumerate(getattr(module, "transformer_blocks", None) or []):
+                    yield (name, bid, i), tb
 
 
-def _diffusers_layers(unet) -> list[LayerInfo]:
+def _diffusers_blocks(unet):
+    """(key, transformer block) pairs of a diffusers UNet2DConditionModel under ComfyUI's keys."""
     per_level = unet.config.layers_per_block
     per_level = per_level if isinstance(per_level, int) else per_level[0]
-    out = []
     for i, down in enumerate(unet.down_blocks):
         for j, att in enumerate(getattr(down, "attentions", None) or []):
-            out += [_attn_info(("input", 1 + (per_level + 1) * i + j, t), tb) for t, tb in enumerate(att.transformer_blocks)]
+            for t, tb in enumerate(att.transformer_blocks):
+                yield ("input", 1 + (per_level + 1) * i + j, t), tb
     for att in getattr(unet.mid_block, "attentions", None) or []:
-        out += [_attn_info(("middle", 0, t), tb) for t, tb in enumerate(att.transformer_blocks)]
+        for t, tb in enumerate(att.transformer_blocks):
+            yield ("middle", 0, t), tb
     for i, up in enumerate(unet.up_blocks):
         for j, att in enumerate(getattr(up, "attentions", None) or []):
-            out += [_attn_info(("output", (per_level + 1) * i + j, t), tb) for t, tb in enumerate(att.transformer_blocks)]
-    return out
+            for t, tb in enumerate(att.transformer_blocks):
+                yield ("output", (per_level + 1) * i + j, t), tb
 
 
 def diffusion_model_of(model):
@@ -143,16 +142,29 @@ def diffusion_model_of(model):
     return model
 
 
-def model_layers(model) -> ModelLayers:
+def _transformer_blocks(model) -> list[tuple]:
     dm = diffusion_model_of(model)
     if hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"):
-        layers = _comfy_layers(dm)
-    elif hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks"):
-        layers = _diffusers_layers(dm)
-    else:
-        raise UnsupportedModelError(
-            f"StyleKit patches UNet models (SD1.5 / SDXL); got {type(dm).__name__}, which has neither "
-            "ComfyUI's input_blocks/output_blocks nor diffusers' down_blocks/up_blocks")
-    if not layers:
-        raise UnsupportedModelError(f"{type(dm).__name__} has no transformer attention blocks to patch")
+        return list(_comfy_blocks(dm))
+    if hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks"):
+        return list(_diffusers_blocks(dm))
+    raise UnsupportedModelError(
+        f"StyleKit patches UNet models (SD1.5 / SDXL); got {type(dm).__name__}, which has neither "
+        "ComfyUI's input_blocks/output_blocks nor diffusers' down_blocks/up_blocks")
+
+
+def model_layers(model) -> ModelLayers:
+    blocks = _transformer_blocks(model)
+    if not blocks:
+        raise UnsupportedModelError(f"{type(diffusion_model_of(model)).__name__} has no transformer attention "
+                                    "blocks to patch")
+    layers = [_attn_info(key, tb) for key, tb in blocks]
     return ModelLayers(_family({l.key[:2] for l in layers}), tuple(layers))
+
+
+def attention_modules(model, attn: str = "attn1") -> dict:
+    """3-part key -> the model's own attention module (with to_q / to_k / to_v), for either host.
+
+    Read-only use: a patch may call its projections on reference features; nothing is assigned.
+    """
+    return {key: getattr(tb, attn) for key, tb in _transformer_blocks(model) if getattr(tb, attn, None) is not None}

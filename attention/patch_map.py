@@ -46,6 +46,9 @@ def summarize(model) -> str:
         parts = [f"{n} w={w:g} sigma[{_fmt_sigma(e)}..{_fmt_sigma(s)}]" for n, w, s, e in r["contributions"]]
         base = " over a foreign patch" if r["foreign_base"] else ""
         lines.append(f"  {where}: " + "; ".join(parts) + base)
+    for name, fns in sorted(model.model_options.get("transformer_options", {}).get("patches", {}).items()):
+        names = ", ".join(getattr(f, "__name__", type(f).__name__) for f in fns)
+        lines.append(f"  {name} (every block): {names}")
     return "\n".join(lines)
 
 

@@ -72,6 +72,19 @@ class BridgePatcher:
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
         self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
 
+    def set_model_patch(self, patch, name):
+        to = self.model_options["transformer_options"].copy()
+        patches = dict(to.get("patches", {}))
+        patches[name] = patches.get(name, []) + [patch]
+        to["patches"] = patches
+        self.model_options["transformer_options"] = to
+
+    def set_model_attn1_patch(self, patch):
+        self.set_model_patch(patch, "attn1_patch")
+
+    def set_model_attn2_patch(self, patch):
+        self.set_model_patch(patch, "attn2_patch")
+
     def set_model_unet_function_wrapper(self, fn):
         self.model_options["model_function_wrapper"] = fn
 

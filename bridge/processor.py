@@ -21,24 +21,37 @@ class RouterAttnProcessor:
                 or attn.residual_connection or attn.norm_cross:
             raise NotImplementedError("the StyleKit bridge supports the plain SD/SDXL transformer attention only")
         to = self.state["transformer_options"]
-        q = attn.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        k = attn.to_k(context)
-        v = attn.to_v(context)
+        patches = to.get("patches", {}).get(f"{self.attn_name}_patch", [])
         table = to.get("patches_replace", {}).get(self.attn_name, {})
         patch = table.get(self.key, table.get(self.key[:2]))
+        extra = self._extra(to, attn, hidden_states) if patches or patch is not None else None
+        n, context = hidden_states, encoder_hidden_states
+        value = None
+        if patches:  # ComfyUI's attn1_patch / attn2_patch: (n, context, value) before the projections
+            context = n if context is None else context
+            value = context
+            for p in patches:
+                n, context, value = p(n, context, value, extra)
+        context = n if context is None else context
+        q = attn.to_q(n)
+        k = attn.to_k(context)
+        v = attn.to_v(context if value is None else value)
         if patch is None:
             out = sdpa_attention(q, k, v, attn.heads)
         else:
-            extra = {k_: v_ for k_, v_ in to.items() if k_ not in ("patches", "patches_replace")}
-            extra.update(block=self.key[:2], block_index=self.key[2], n_heads=attn.heads,
-                         dim_head=q.shape[-1] // attn.heads, attn_precision=None,
-                         stylekit_default_attention=sdpa_attention)
-            if "original_shape" in to:  # latent (b, c, H, W): recover this block's (h, w) from its token count
-                b, _, H, W = to["original_shape"]
-                s = round((H * W / q.shape[1]) ** 0.5)
-                extra["activations_shape"] = [b, attn.to_out[0].out_features, H // s, W // s]
             out = patch(q, k, v, extra)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         return out / attn.rescale_output_factor
+
+    def _extra(self, to, attn, hidden_states) -> dict:
+        """ComfyUI's ``extra_options`` for this block."""
+        extra = {k_: v_ for k_, v_ in to.items() if k_ not in ("patches", "patches_replace")}
+        extra.update(block=self.key[:2], block_index=self.key[2], n_heads=attn.heads,
+                     dim_head=attn.to_q.out_features // attn.heads, attn_precision=None,
+                     stylekit_default_attention=sdpa_attention)
+        if "original_shape" in to:  # latent (b, c, H, W): recover this block's (h, w) from its token count
+            b, _, H, W = to["original_shape"]
+            s = round((H * W / hidden_states.shape[1]) ** 0.5)
+            extra["activations_shape"] = [b, attn.to_out[0].out_features, H // s, W // s]
+        return extra

@@ -1,7 +1,10 @@
 """Self-attention feature store for inversion-based style transfer (MagicStyle / StyleID).
 
-The store records q, k, v of attn1 on chosen layers at chosen sigmas while references are inverted
-(content and style in one batch: row 0 content, row 1 style), and serves them back during sampling.
+The store records, on chosen layers at chosen sigmas while the references are inverted (content and
+style in one batch: row 0 content, row 1 style), the normed hidden states that enter attn1, and
+serves them back during sampling. q, k and v are the layer's projections of those states, so one
+tensor per image and layer stands for all three (a third of storing q, k, v of both images); the
+fusion projects them with the layer's own to_q / to_k / to_v when it reads them.
 Memory policy: which layers, which steps, dtype (fp16 default), device (keep or offload to CPU), or
 ``recompute``: keep only the model inputs of the inversion and recompute the features at each
 sampling step (memory for one step instead of all).
@@ -34,7 +37,7 @@ def _close(a: float, b: float) -> bool:
 class FeatureStore:
     policy: StorePolicy
     sigmas: list = field(default_factory=list)       # sigmas with features (or inputs to recompute them)
-    features: dict = field(default_factory=dict)     # (block key, sigma) -> (q content (1,N,C), k, v (2,N,C))
+    features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
     recording: bool = False
     current: dict = field(default_factory=dict)      # recompute mode: this step's features
 
@@ -54,11 +57,11 @@ class FeatureStore:
         n = int(self.policy.steps.split(":")[1])
         return any(_close(sigma, s) for s in sorted(all_sigmas, reverse=True)[:n])
 
-    def record(self, key, sigma, q, k, v):
-        cast = lambda t: t.detach().to(dtype=self.policy.dtype, device=self.policy.device or t.device)
+    def record(self, key, sigma, h):
+        """Keep ``h`` (rows: content, style), the attn1 input of block ``key`` at ``sigma``."""
         target = self.current if self.policy.mode == "recompute" else self.features
-        # q of the content only (row 0): no fusion reads the style's query
-        target[(tuple(key), self._key(sigma))] = (cast(q[0:1]), cast(k), cast(v))
+        target[(tuple(key), self._key(sigma))] = h.detach().to(dtype=self.policy.dtype,
+                                                               device=self.policy.device or h.device)
 
     def lookup(self, key, sigma):
         table = self.current if self.policy.mode == "recompute" else self.features
@@ -72,7 +75,7 @@ class FeatureStore:
         return hit
 
     def size_bytes(self) -> int:
-        tensors = [t for trip in list(self.features.values()) + list(self.current.values()) for t in trip]
+        tensors = list(self.features.values()) + list(self.current.values())
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def free(self):

@@ -1,7 +1,7 @@
 """MagicStyle / StyleID orchestration, host-agnostic (ComfyUI ModelPatcher or BridgePatcher).
 
 1. :func:`invert_pair` DDIM-inverts the content and style latents in ONE batched pass and fills a
-   :class:`FeatureStore` with attn1 q, k, v of the chosen layers (or, in ``recompute`` mode, keeps
+   :class:`FeatureStore` with the attn1 inputs of the chosen layers (or, in ``recompute`` mode, keeps
    only the model inputs per sigma).
 2. :func:`fusion_model` returns a clone of the model whose chosen attn1 layers run Feature Fusion
    Attention against the store; in ``recompute`` mode a model wrapper first re-runs the references
@@ -15,18 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_contribution
-from ..attention.layers import model_layers
+from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_patch
+from ..attention.layers import attention_modules, model_layers
 from ..attention.router import add_contribution
 from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
 
-def host_apply_model(model, x, sigma, context, transformer_options):
-    """Denoised x0 from either host, running the patches in ``transformer_options``."""
+def host_apply_model(model, x, sigma, context, transformer_options, extra_conds=None):
+    """Denoised x0 from either host, running the patches in ``transformer_options``.
+
+    ``extra_conds``: further model inputs by name (SDXL's ``y``), batch 1 or the batch of ``x``.
+    """
+    extra = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in (extra_conds or {}).items()}
     if hasattr(model, "unet"):  # BridgePatcher
-        return model.apply_model(x, sigma, context, transformer_options)
-    return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options)
+        return model.apply_model(x, sigma, context, transformer_options, **extra)
+    return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options, **extra)
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Inversion:
     result: InversionResult      # rows: 0 content, 1 style
     store: FeatureStore
     context: torch.Tensor        # the conditioning the references were inverted with, (2, T, C)
+    extra_conds: dict = None     # further model inputs (SDXL: y), batch 2
 
     def __deepcopy__(self, memo):
         return self
@@ -42,13 +47,16 @@ class Inversion:
 
 def _recorder(model, store):
     m = model.clone()
-    add_contribution(m, recording_contribution(store), list(store.policy.layers), "attn1")
+    m.set_model_attn1_patch(recording_patch(store))
     return m
 
 
 def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                policy: StorePolicy, progress=None) -> Inversion:
-    """Invert content and style (each (1, C, H, W), model space) in one batch of 2."""
+                policy: StorePolicy, progress=None, extra_conds=None) -> Inversion:
+    """Invert content and style (each (1, C, H, W), model space) in one batch of 2.
+
+    ``extra_conds``: model inputs besides the context, by name (SDXL's ``y``: pooled prompt + sizes).
+    """
     if content.shape != style.shape:
         raise ValueError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
                          "size: resize both images to the same size before encoding")
@@ -58,6 +66,7 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
     store = FeatureStore(policy, sigmas=[float(s) for s in sigmas[:-1]])
     rec = _recorder(model, store)
     ctx = context.expand(2, -1, -1) if context.shape[0] == 1 else context
+    extra = {k: v.expand(2, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in (extra_conds or {}).items()}
     x0 = torch.cat([content, style])
     all_sigmas = store.sigmas
 
@@ -67,13 +76,13 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
         store.recording = policy.mode == "store" and store.wants_step(sigma, all_sigmas)
         try:
             with torch.no_grad():
-                x0_hat = host_apply_model(rec, x, sig, ctx, to)
+                x0_hat = host_apply_model(rec, x, sig, ctx, to, extra)
         finally:
             store.recording = False
         return (x - x0_hat) / sigma
 
     result = ddim_invert(eps_fn, x0, sigmas, callback=progress)
-    return Inversion(result, store, ctx)
+    return Inversion(result, store, ctx, extra)
 
 
 def start_latent(inv: Inversion, adain: bool = True) -> torch.Tensor:
@@ -85,10 +94,11 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
                  sigma_start=math.inf, sigma_end=0.0):
     """A clone of ``model`` whose recorded layers fuse content and style features in attn1."""
     store = inv.store
-    m = model.clone()
     keys = list(store.policy.layers)
-    add_contribution(m, recording_contribution(store), keys, "attn1")
-    add_contribution(m, feature_fusion_contribution(store, settings, weight, mask, sigma_start, sigma_end), keys, "attn1")
+    modules = attention_modules(model, "attn1")
+    m = _recorder(model, store) if store.policy.mode == "recompute" else model.clone()
+    add_contribution(m, feature_fusion_contribution(store, settings, {k: modules[k] for k in keys}, weight, mask,
+                                                    sigma_start, sigma_end), keys, "attn1")
     if store.policy.mode == "recompute":
         inner = m.model_options.get("model_function_wrapper")
 
@@ -96,14 +106,15 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
             sigma = float(args["timestep"].reshape(-1)[0])
             to = dict(args["c"].get("transformer_options", m.model_options["transformer_options"]))
             x_ref = _nearest(inv.result.inputs, sigma)
-            sig = torch.full((2,), sigma, device=x_ref.device, dtype=x_ref.dtype)
+            dev = args["input"].device
+            sig = torch.full((2,), sigma, device=dev, dtype=x_ref.dtype)
+            extra = {k: v.to(dev) for k, v in (inv.extra_conds or {}).items()}
             store.current.clear()
             store.recording = True
             try:
                 with torch.no_grad():
-                    apply_model(x_ref.to(args["input"].device), sig.to(args["input"].device),
-                                c_crossattn=inv.context.to(args["input"].device),
-                                transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]))
+                    apply_model(x_ref.to(dev), sig, c_crossattn=inv.context.to(dev),
+                                transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]), **extra)
             finally:
                 store.recording = False
             if inner is not None:

@@ -48,3 +48,24 @@ def percent_window(model, start: float, end: float) -> tuple[float, float]:
     if end < start:
         raise ValueError(f"end_percent {end} is before start_percent {start}")
     return float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
+
+
+def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
+    """The first CONDITIONING entry as the model consumes it: (context (1, T, C), extra inputs).
+
+    In ComfyUI the extra inputs come from the model's own ``extra_conds`` (SDXL: ``y`` from the
+    pooled output and the size embedding), exactly as its samplers build them.
+    """
+    ctx, opts = conditioning[0][0][:1].to(device), conditioning[0][1]
+    if not hasattr(model, "model"):  # BridgePatcher: the diffusers UNet takes the context only
+        return ctx, {}
+    params = dict(opts, cross_attn=ctx, device=device, noise=latent, prompt_type="positive")
+    params.setdefault("width", latent.shape[-1] * 8)
+    params.setdefault("height", latent.shape[-2] * 8)
+    conds = model.model.extra_conds(**params)
+    unknown = sorted(set(conds) - {"c_crossattn", "y"})
+    if unknown:
+        raise ValueError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
+                         "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
+    extra = {"y": conds["y"].cond[:1].to(device)} if "y" in conds else {}
+    return conds["c_crossattn"].cond[:1].to(device), extra

@@ -13,7 +13,7 @@ BLOCK_SETS = {"output 6-11 (StyleID)": STYLEID_BLOCKS, "output (all decoder)": "
 class StyleKitDDIMInvert:
     CATEGORY = "StyleKit/MagicStyle"
     DESCRIPTION = ("DDIM-inverts a content and a style latent in one batched pass with the model's own "
-                   "schedule (ddim_uniform), recording self-attention q/k/v for Feature Fusion.")
+                   "schedule (ddim_uniform), recording the self-attention inputs for Feature Fusion. SD1.5 and SDXL.")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
@@ -24,12 +24,12 @@ class StyleKitDDIMInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.5/SDXL model to invert with (the one you sample with)."}),
+            "model": ("MODEL", {"tooltip": "The SD1.5/SDXL model to invert with (the one you sample with). StyleID and MagicStyle were published on SD1.5."}),
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt."}),
             "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "DDIM steps; the sampler must use the same (use the sigmas output)."}),
-            "store_blocks": (list(BLOCK_SETS), {"default": "output 6-11 (StyleID)", "tooltip": "Self-attention layers whose q/k/v are stored and fused."}),
+            "store_blocks": (list(BLOCK_SETS), {"default": "output 6-11 (StyleID)", "tooltip": "Self-attention layers whose inputs are stored (q/k/v are their projections) and fused."}),
             "store_dtype": (["fp16", "fp32"], {"default": "fp16", "tooltip": "Precision of stored features (fp16 halves memory)."}),
             "store_device": (["model device", "cpu"], {"default": "model device", "tooltip": "Keep features on the GPU or offload them to CPU memory."}),
             "mode": (["store", "recompute"], {"default": "store", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory, ~2x compute)."}),
@@ -37,16 +37,17 @@ class StyleKitDDIMInvert:
 
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode):
         layers = model_layers(model)
-        layers.require("sd15", method="StyleKit DDIM Invert (SDXL needs its pooled conditioning, not wired yet)")
+        layers.require("sd15", "sdxl", method="StyleKit DDIM Invert")
         device = comfy_glue.load(model)
         c = comfy_glue.latent_in(model, content["samples"][:1].to(device))
         s = comfy_glue.latent_in(model, style["samples"][:1].to(device))
-        ctx = conditioning[0][0][:1].to(device)
+        ctx, extra = comfy_glue.model_conds(model, conditioning, c, device)
         policy = StorePolicy(layers=tuple(layers.select(BLOCK_SETS[store_blocks])),
                              dtype=torch.float16 if store_dtype == "fp16" else torch.float32,
                              device="cpu" if store_device == "cpu" else None, mode=mode)
         sigmas = ddim_uniform_sigmas(comfy_glue.model_sampling(model), steps)
-        inv = invert_pair(model, c, s, ctx, sigmas.to(device), policy, progress=comfy_glue.progress(steps))
+        inv = invert_pair(model, c, s, ctx, sigmas.to(device), policy, progress=comfy_glue.progress(steps),
+                          extra_conds=extra)
         return (inv, {"samples": comfy_glue.latent_out(model, inv.result.latent).cpu()}, sigmas)
 
 

@@ -36,39 +36,64 @@ def test_fusion_against_explicit_softmax():
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def store_with(q_c, k_c, v_c, k_s, v_s, sigma=1.0, key=("output", 6, 0)):
-    st = FeatureStore(StorePolicy(layers=(key,), dtype=torch.float32), sigmas=[sigma])
-    st.record(key, sigma, torch.cat([q_c, q_c]), torch.cat([k_c, k_s]), torch.cat([v_c, v_s]))
+class Projections(torch.nn.Module):
+    """A layer's attn1 projections (bias-free, as in SD's attention)."""
+
+    def __init__(self, dim=8, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.to_q, self.to_k, self.to_v = (torch.nn.Linear(dim, dim, bias=False) for _ in range(3))
+
+
+def store_with(h_c, h_s, sigma=1.0, key=("output", 6, 0), dtype=torch.float32):
+    st = FeatureStore(StorePolicy(layers=(key,), dtype=dtype), sigmas=[sigma])
+    st.record(key, sigma, torch.cat([h_c, h_s]))
     return st
 
 
+@torch.no_grad()
+def test_contribution_projects_stored_states_with_the_layer_weights():
+    q, k, v = rand(2, 16, 8, seed=1), rand(2, 16, 8, seed=2), rand(2, 16, 8, seed=3)
+    h_c, h_s = rand(1, 16, 8, seed=4), rand(1, 16, 8, seed=5)
+    proj = Projections()
+    extra = {"block": ("output", 6), "block_index": 0, "sigmas": torch.tensor([1.0]), "n_heads": H}
+    for s in (FusionSettings(0.75, 1.5, 0.0), FusionSettings(0.5, 1.0, 1.0)):
+        c = feature_fusion_contribution(store_with(h_c, h_s), s, {("output", 6, 0): proj})
+        got = c.apply(q, k, v, extra, None, 1.0)
+        W = lambda lin, h: h @ lin.weight.T  # independent of nn.Linear's forward
+        ref = fuse(q, W(proj.to_q, h_c), W(proj.to_k, h_c), W(proj.to_v, h_c), W(proj.to_k, h_s), W(proj.to_v, h_s), H, s)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
 def test_mask_spares_region_and_weight_blends():
     q, k, v = rand(1, 16, 8, seed=1), rand(1, 16, 8, seed=2), rand(1, 16, 8, seed=3)
-    feats = [rand(1, 16, 8, seed=s) for s in (4, 5, 6, 7, 8)]
-    st = store_with(*feats)
+    h_c, h_s = rand(1, 16, 8, seed=4), rand(1, 16, 8, seed=5)
+    proj = {("output", 6, 0): Projections()}
+    st = store_with(h_c, h_s)
     mask = torch.zeros(8, 8)
     mask[:, :4] = 1.0  # spare the left half
     extra = {"block": ("output", 6), "block_index": 0, "sigmas": torch.tensor([1.0]), "n_heads": H,
              "activations_shape": [1, 8, 4, 4]}
     s = FusionSettings()
-    c = feature_fusion_contribution(st, s, weight=1.0, mask=mask)
+    c = feature_fusion_contribution(st, s, proj, weight=1.0, mask=mask)
     plain_fn = lambda q_, k_, v_, e: sdpa_attention(q_, k_, v_, H)
     out = c.apply(q, k, v, extra, plain_fn, 1.0)
-    fused = fuse(q, *feats, H, s)
+    fused = feature_fusion_contribution(st, s, proj).apply(q, k, v, extra, plain_fn, 1.0)
     plain = sdpa_attention(q, k, v, H)
     left = torch.tensor([(i % 4) < 2 for i in range(16)])
     torch.testing.assert_close(out[:, left], plain[:, left])
     torch.testing.assert_close(out[:, ~left], fused[:, ~left])
-    half = feature_fusion_contribution(st, s).apply(q, k, v, extra, plain_fn, 0.25)
+    half = feature_fusion_contribution(st, s, proj).apply(q, k, v, extra, plain_fn, 0.25)
     torch.testing.assert_close(half, 0.25 * fused + 0.75 * plain)
 
 
 def test_store_reports_size_and_names_missing_steps():
-    st = store_with(*[rand(1, 16, 8, seed=s) for s in range(5)], sigma=2.5)
-    assert st.size_bytes() == 5 * 16 * 8 * 4  # content q, k, v + style k, v
+    st = store_with(rand(1, 16, 8, seed=0), rand(1, 16, 8, seed=1), sigma=2.5)
+    assert st.size_bytes() == 2 * 16 * 8 * 4  # one attn1 input per image
     st.policy.dtype = torch.float16
-    st.record(("output", 6, 0), 2.5, rand(2, 16, 8), rand(2, 16, 8), rand(2, 16, 8))
-    assert st.size_bytes() == 5 * 16 * 8 * 2
+    st.record(("output", 6, 0), 2.5, rand(2, 16, 8))
+    assert st.size_bytes() == 2 * 16 * 8 * 2
     try:
         st.lookup(("output", 6, 0), 3.1)
     except MissingStepError as e:

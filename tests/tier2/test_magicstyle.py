@@ -7,7 +7,10 @@ import torch
 from stylekit.attention.feature_fusion import PRESETS, STYLEID_BLOCKS
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import sample_euler_cfg
-from stylekit.models.feature_store import MissingStepError, StorePolicy
+from stylekit.attention.feature_fusion import recording_patch
+from stylekit.attention.layers import attention_modules
+from stylekit.attention.router import Contribution, add_contribution
+from stylekit.models.feature_store import FeatureStore, MissingStepError, StorePolicy
 from stylekit.models.inversion import ddim_invert
 from stylekit.models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
 
@@ -64,6 +67,31 @@ def test_recompute_mode_equals_store_mode(sd15, preset):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # fp32 store: same features up to batching round-off
     c = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store", torch.float16)), sig, PRESETS[preset])
     assert (c - a).abs().max() < 5e-2  # the fp16 default store: stated tolerance
+
+
+def test_stored_states_project_to_the_qkv_the_layer_computes(sd15):
+    """The store keeps attn1 inputs; the layer's projections of them are exactly its q, k, v."""
+    keys = model_layers(sd15).select(STYLEID_BLOCKS)
+    st = FeatureStore(StorePolicy(layers=tuple(keys), dtype=torch.float32), sigmas=[3.0])
+    seen = {}
+
+    def capture(q, k, v, extra, call_next, w):
+        seen[(*extra["block"], extra["block_index"])] = (q, k, v)
+        return call_next(q, k, v, extra)
+
+    m = sd15.clone()
+    m.set_model_attn1_patch(recording_patch(st))
+    add_contribution(m, Contribution("capture", capture), keys, "attn1")
+    x, ctx = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 64)
+    st.recording = True
+    with torch.no_grad():
+        m.apply_model(x, torch.full((2,), 3.0), ctx)
+    modules = attention_modules(sd15)
+    assert sorted(seen) == sorted(keys) and len(st.features) == len(keys)
+    for key in keys:
+        h, (q, k, v), a = st.lookup(key, 3.0), seen[key], modules[key]
+        with torch.no_grad():
+            torch.testing.assert_close((a.to_q(h), a.to_k(h), a.to_v(h)), (q, k, v), atol=0, rtol=0)
 
 
 def test_sampler_steps_must_match_the_store(sd15):

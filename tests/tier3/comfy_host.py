@@ -37,6 +37,36 @@ def comfy_sd15_random(seed: int = 0):
     return comfy_sd15_from_diffusers(tiny_sd15_unet(seed=seed))
 
 
+SDXL_TINY = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=64, num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 1, 2], num_heads=-1, num_head_channels=64, use_spatial_transformer=True,  # SDXL: 64 per head
+    transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_middle=2,
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], context_dim=64, use_linear_in_transformer=True,
+    adm_in_channels=2816, num_classes="sequential", use_temporal_attention=False,
+    use_temporal_resblock=False, legacy=False,
+)
+
+
+def comfy_sdxl_random(seed: int = 0):
+    """A ComfyUI ModelPatcher around a tiny SDXL-layout UNetModel (with the 2816-wide ``y`` input)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SDXL(dict(SDXL_TINY))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.SDXL(model_config, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # ComfyUI's layers skip init: give every weight a deterministic value
+        for name, p in model.diffusion_model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[1:].numel()) ** 0.5))
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
 def standins(model_factory):
     """Stand-ins for the nodes that need weight files (checkpoint, CLIP, VAE) or user files (images).
 

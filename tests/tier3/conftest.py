@@ -3,6 +3,7 @@
 Makes the repository importable as ``stylekit`` without installing it (ComfyUI itself imports the
 folder under its clone name), puts ComfyUI on sys.path and forces CPU before comfy is imported.
 """
+import asyncio
 import importlib.util
 import os
 import sys
@@ -40,3 +41,17 @@ if COMFYUI_PATH:
     import comfy.cli_args  # noqa: E402
 
     comfy.cli_args.args.cpu = True
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(tmp_path_factory):
+    """ComfyUI's node registry after its own loader imported the pack: (nodes module, ids the pack added)."""
+    import folder_paths
+    import nodes
+
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_out")))
+    asyncio.run(nodes.init_builtin_extra_nodes())
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    ok = asyncio.run(nodes.load_custom_node(str(ROOT)))
+    assert ok, "ComfyUI's loader failed to import the pack (see the log above)"
+    return nodes, set(nodes.NODE_CLASS_MAPPINGS) - before

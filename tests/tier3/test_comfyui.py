@@ -17,19 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-@pytest.fixture(scope="module")
-def comfy_nodes(tmp_path_factory):
-    import folder_paths
-    import nodes
-
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_out")))
-    asyncio.run(nodes.init_builtin_extra_nodes())
-    before = set(nodes.NODE_CLASS_MAPPINGS)
-    ok = asyncio.run(nodes.load_custom_node(str(ROOT)))
-    assert ok, "ComfyUI's loader failed to import the pack (see the log above)"
-    return nodes, set(nodes.NODE_CLASS_MAPPINGS) - before
-
-
 def test_comfyui_loader_imports_every_node(comfy_nodes):
     from stylekit import NODE_CLASS_MAPPINGS
     nodes, added = comfy_nodes
