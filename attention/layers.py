@@ -168,3 +168,19 @@ def attention_modules(model, attn: str = "attn1") -> dict:
     Read-only use: a patch may call its projections on reference features; nothing is assigned.
     """
     return {key: getattr(tb, attn) for key, tb in _transformer_blocks(model) if getattr(tb, attn, None) is not None}
+
+
+def parse_block_weights(text: str) -> dict:
+    """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys)."""
+    out = {}
+    for item in filter(None, (p.strip() for p in (text or "").replace(";", ",").split(","))):
+        try:
+            where, value = item.split("=")
+            name, ids = where.split()
+            parts = tuple(int(x) for x in ids.split("."))
+            if name not in ("input", "middle", "output") or len(parts) not in (1, 2):
+                raise ValueError
+            out[(name, *parts)] = float(value)
+        except ValueError:
+            raise ValueError(f"cannot read block weight {item!r}: write e.g. 'output 5=0.5' or 'input 7.0=0'") from None
+    return out

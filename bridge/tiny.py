@@ -29,3 +29,57 @@ def tiny_sdxl_unet(seed: int = 0, channels=(32, 32, 64), context_dim: int = 64, 
         transformer_layers_per_block=list(depths), cross_attention_dim=context_dim,
         attention_head_dim=4, norm_num_groups=32, use_linear_projection=True,
     ).eval()
+
+
+def _official_attn2_name(key) -> str:
+    name, bid, depth = key
+    block = {"input": f"input_blocks.{bid}", "middle": "middle_block", "output": f"output_blocks.{bid}"}[name]
+    return f"model.diffusion_model.{block}.1.transformer_blocks.{depth}.attn2"
+
+
+def tiny_deadiff_state_dict(layers, seed: int = 0, hidden: int = 32, n_layers: int = 2, intermediate: int = 64,
+                            vocab: int = 30523, positions: int = 32, queries: int = 16, vision: int = 48,
+                            proj_hidden: int = 64) -> dict:
+    """Random DEADiff weights under the official key names (``deadiff_v1.ckpt``'s DEADiff part), sized
+    for ``layers`` (a :class:`ModelLayers`): Q-Formers of ``n_layers`` BERT layers, 4 heads."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=0.1: torch.randn(*s, generator=g) * scale  # noqa: E731
+    sd = {}
+    for b in ("style", "content"):
+        p = f"{b}_blip.Qformer.bert."
+        sd[p + "embeddings.word_embeddings.weight"] = r(vocab, hidden)
+        sd[p + "embeddings.position_embeddings.weight"] = r(positions, hidden)
+        sd[p + "embeddings.position_ids"] = torch.arange(positions).unsqueeze(0)  # present in the official file
+        sd[p + "embeddings.LayerNorm.weight"], sd[p + "embeddings.LayerNorm.bias"] = 1 + r(hidden), r(hidden)
+        for i in range(n_layers):
+            lp = f"{p}encoder.layer.{i}."
+            for att, kdim in (("attention", hidden), ("crossattention", vision)):
+                for w, d in (("query", hidden), ("key", kdim), ("value", kdim)):
+                    sd[f"{lp}{att}.self.{w}.weight"], sd[f"{lp}{att}.self.{w}.bias"] = r(hidden, d), r(hidden)
+                sd[f"{lp}{att}.output.dense.weight"], sd[f"{lp}{att}.output.dense.bias"] = r(hidden, hidden), r(hidden)
+                sd[f"{lp}{att}.output.LayerNorm.weight"], sd[f"{lp}{att}.output.LayerNorm.bias"] = 1 + r(hidden), r(hidden)
+            for ff in ("", "_query"):
+                sd[f"{lp}intermediate{ff}.dense.weight"] = r(intermediate, hidden)
+                sd[f"{lp}intermediate{ff}.dense.bias"] = r(intermediate)
+                sd[f"{lp}output{ff}.dense.weight"], sd[f"{lp}output{ff}.dense.bias"] = r(hidden, intermediate), r(hidden)
+                sd[f"{lp}output{ff}.LayerNorm.weight"], sd[f"{lp}output{ff}.LayerNorm.bias"] = 1 + r(hidden), r(hidden)
+        sd[f"{b}_blip.query_tokens"] = r(1, queries, hidden, scale=1.0)
+        sd[f"{b}_blip.ln_vision.weight"], sd[f"{b}_blip.ln_vision.bias"] = 1 + r(vision), r(vision)
+        q = f"{b}_proj_layer."
+        sd[q + "dense1.weight"], sd[q + "dense1.bias"] = r(proj_hidden, hidden), r(proj_hidden)
+        sd[q + "dense2.weight"], sd[q + "dense2.bias"] = r(hidden, proj_hidden), r(hidden)
+        sd[q + "LayerNorm.weight"], sd[q + "LayerNorm.bias"] = 1 + r(hidden), r(hidden)
+    for info in layers.layers:
+        base = _official_attn2_name(info.key)
+        sd[base + ".i_to_k.weight"] = r(info.channels, hidden, scale=0.3)
+        sd[base + ".i_to_v.weight"] = r(info.channels, hidden, scale=0.3)
+    return sd
+
+
+def tiny_clip_vision(width: int = 48, seed: int = 0):
+    """A transformers CLIPVisionModel at 224 px with patch 32 and 3 layers (stands in for ViT-L/14)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
+                           num_hidden_layers=3, image_size=224, patch_size=32, hidden_act="quick_gelu")
+    return CLIPVisionModel(cfg).eval()

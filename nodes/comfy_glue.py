@@ -69,3 +69,47 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
                          "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
     extra = {"y": conds["y"].cond[:1].to(device)} if "y" in conds else {}
     return conds["c_crossattn"].cond[:1].to(device), extra
+
+
+def register_folder(name: str, extensions=(".safetensors",)) -> None:
+    """Register ComfyUI's ``models/<name>`` folder (no-op outside ComfyUI)."""
+    try:
+        import folder_paths
+    except ImportError:
+        return
+    import os
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
+
+
+def list_files(name: str) -> list[str]:
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    return folder_paths.get_filename_list(name)
+
+
+def full_path(name: str, filename: str) -> str:
+    try:
+        import folder_paths
+    except ImportError:
+        return filename
+    path = folder_paths.get_full_path(name, filename)
+    if path is None:
+        raise FileNotFoundError(f"{filename} is not in ComfyUI's models/{name} folder")
+    return path
+
+
+def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
+    """Penultimate hidden states of a CLIP vision tower for preprocessed ``pixels`` (B, 3, 224, 224).
+
+    ComfyUI's CLIP_VISION (its own preprocessing bypassed) or a transformers CLIPVisionModel.
+    """
+    if hasattr(clip_vision, "patcher") and hasattr(clip_vision, "model"):  # ComfyUI ClipVisionModel
+        import comfy.model_management
+        comfy.model_management.load_model_gpu(clip_vision.patcher)
+        out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
+        return out[1].float()
+    out = clip_vision(pixel_values=pixels.to(next(clip_vision.parameters()).device), output_hidden_states=True)
+    return out.hidden_states[-2].float()

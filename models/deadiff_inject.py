@@ -1,0 +1,93 @@
+"""DEADiff on a model: style tokens to the style layers, content tokens to the content layers.
+
+Layer split (DESIGN.md §3, SD1.5): content tokens go to input 7, 8, middle 0, output 3, 4; style
+tokens to input 1, 2, 4, 5 and output 5..11. A branch that is off (style-only or content-only) still
+puts 16 zero tokens on its layers by default, as the official code does (their zero keys take
+softmax mass); ``zero_tokens=False`` leaves those layers unpatched instead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.image_kv import image_kv_contribution
+from ..attention.layers import UnsupportedModelError, model_layers, register_layer_set
+from ..attention.router import add_contribution
+from .deadiff import DEADiffAdapter
+
+STYLE_BLOCKS = [("input", 1), ("input", 2), ("input", 4), ("input", 5)] + [("output", i) for i in range(5, 12)]
+CONTENT_BLOCKS = [("input", 7), ("input", 8), ("middle", 0), ("output", 3), ("output", 4)]
+register_layer_set("sd15", "deadiff_style", STYLE_BLOCKS)
+register_layer_set("sd15", "deadiff_content", CONTENT_BLOCKS)
+SPLITS = ("official", "one branch on every layer")  # the latter: style tokens (else content) on all 16
+
+
+@dataclass
+class DEADiffTokens:
+    """What StyleKit DEADiff Encode returns: each branch's tokens (1, 16, 768) or None, and the adapter."""
+    adapter: DEADiffAdapter
+    style: torch.Tensor | None = None
+    content: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def mix(tokens: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
+    """(N, T, D) tokens of N reference images -> (1, T, D), weighted mean (equal weights by default)."""
+    if not weights:
+        return tokens.mean(0, keepdim=True)
+    if len(weights) != tokens.shape[0]:
+        raise ValueError(f"{len(weights)} mixing weights for {tokens.shape[0]} images; give one per image")
+    w = torch.tensor(weights, dtype=tokens.dtype, device=tokens.device)
+    if w.sum().abs() < 1e-8:
+        raise ValueError("mixing weights sum to 0")
+    return (w.view(-1, 1, 1) * tokens).sum(0, keepdim=True) / w.sum()
+
+
+def check_pairing(adapter: DEADiffAdapter, model) -> None:
+    """The adapter's attn2 projections must fit this UNet layer for layer; errors name both sides."""
+    layers = model_layers(model)
+    layers.require("sd15", method="DEADiff (trained on SD1.5)")
+    have, want = set(adapter.attn2), set(layers.keys)
+    if have != want:
+        raise UnsupportedModelError(
+            f"DEADiff weights carry image projections for {len(have)} attn2 layers but this UNet has {len(want)}: "
+            f"missing {sorted(want - have)[:4]}, extra {sorted(have - want)[:4]}")
+    for key in layers.keys:
+        wk = adapter.attn2[key][0]
+        info = layers.by_key(key)
+        if wk.shape[0] != info.channels:
+            raise UnsupportedModelError(f"DEADiff i_to_k at {key} projects to {wk.shape[0]} channels; this UNet's "
+                                        f"attn2 there is {info.channels} wide (weights for another model size)")
+
+
+def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: str = "official",
+                  zero_tokens: bool = True, sigma_start=math.inf, sigma_end=0.0, block_weights=None):
+    """A clone of ``model`` with DEADiff's image K/V on its cross-attention layers."""
+    adapter = tokens.adapter
+    check_pairing(adapter, model)
+    if tokens.style is None and tokens.content is None:
+        raise ValueError("no DEADiff tokens: encode a style and/or a content image first")
+    if split not in SPLITS:
+        raise ValueError(f"unknown layer split {split!r}; choose from {list(SPLITS)}")
+    layers = model_layers(model)
+    some = tokens.style if tokens.style is not None else tokens.content
+    if split == "official":
+        plan = [(layers.select("deadiff_style"), tokens.style), (layers.select("deadiff_content"), tokens.content)]
+    else:
+        plan = [(layers.keys, some)]
+    per_layer = {}
+    for keys, branch in plan:
+        for key in keys:
+            if branch is not None:
+                per_layer[key] = branch
+            elif zero_tokens:
+                per_layer[key] = torch.zeros_like(some)
+    m = model.clone()
+    contribution = image_kv_contribution(per_layer, {k: adapter.attn2[k] for k in per_layer}, img_weight,
+                                         sigma_start, sigma_end, block_weights, name="deadiff")
+    add_contribution(m, contribution, list(per_layer), "attn2")
+    return m

@@ -1,0 +1,95 @@
+"""DEADiff nodes: Loader (extracted safetensors), Encode (CLIP_VISION + IMAGE -> tokens), Apply (MODEL)."""
+import torch
+
+from ..attention.layers import parse_block_weights
+from ..models.clip_preprocess import deadiff_pixels
+from ..models.deadiff import BRANCHES, load_deadiff
+from ..models.deadiff_inject import SPLITS, DEADiffTokens, deadiff_model, mix
+from . import comfy_glue
+
+FOLDER = "deadiff"
+comfy_glue.register_folder(FOLDER)
+
+
+class StyleKitDEADiffLoader:
+    CATEGORY = "StyleKit/DEADiff"
+    DESCRIPTION = ("Loads DEADiff's image encoder (two Q-Formers + projections) and its attn2 image projections "
+                   "from models/deadiff. Make the file once from the official deadiff_v1.ckpt with "
+                   "`python -m stylekit.tools.deadiff_extract`.")
+    RETURN_TYPES = ("STYLEKIT_DEADIFF",)
+    RETURN_NAMES = ("deadiff",)
+    OUTPUT_TOOLTIPS = ("DEADiff weights; feed StyleKit DEADiff Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"deadiff_name": (comfy_glue.list_files(FOLDER), {
+            "tooltip": "Extracted DEADiff weights (.safetensors) in ComfyUI/models/deadiff."})}}
+
+    def load(self, deadiff_name):
+        return (load_deadiff(comfy_glue.full_path(FOLDER, deadiff_name)),)
+
+
+class StyleKitDEADiffEncode:
+    CATEGORY = "StyleKit/DEADiff"
+    DESCRIPTION = ("Encodes reference images into DEADiff's 16 style and/or content tokens: CLIP ViT-L/14 "
+                   "penultimate features of the image squashed to 224 px (the official preprocessing), then the "
+                   "Q-Former instructed with 'style' or 'content'. Several images are mixed by weight.")
+    RETURN_TYPES = ("STYLEKIT_DEADIFF_TOKENS",)
+    RETURN_NAMES = ("tokens",)
+    OUTPUT_TOOLTIPS = ("Style/content tokens; feed StyleKit DEADiff Apply (or another Encode's add_to).",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "deadiff": ("STYLEKIT_DEADIFF", {"tooltip": "From StyleKit DEADiff Loader."}),
+            "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision model (Load CLIP Vision), as DEADiff was trained with."}),
+            "image": ("IMAGE", {"tooltip": "Reference image(s); a batch is mixed into one set of tokens."}),
+            "mode": (["style", "content", "both"], {"default": "style", "tooltip": "Which Q-Former branch(es) to run on these images."}),
+            "mix_weights": ("STRING", {"default": "", "tooltip": "One weight per image of the batch, e.g. '1, 0.5'; empty = equal."}),
+        }, "optional": {
+            "add_to": ("STYLEKIT_DEADIFF_TOKENS", {"tooltip": "Tokens to extend, e.g. style from another image; the branch(es) encoded here replace theirs."}),
+        }}
+
+    def encode(self, deadiff, clip_vision, image, mode, mix_weights, add_to=None):
+        weights = [float(w) for w in mix_weights.replace(";", ",").split(",") if w.strip()]
+        if add_to is not None and add_to.adapter is not deadiff:
+            raise ValueError("add_to tokens come from a different DEADiff model than this Encode's")
+        with torch.no_grad():
+            hidden = comfy_glue.vision_hidden_states(clip_vision, deadiff_pixels(image))
+        device = next(deadiff.parameters()).device
+        out = DEADiffTokens(deadiff, *(None, None) if add_to is None else (add_to.style, add_to.content))
+        for branch in BRANCHES if mode == "both" else (mode,):
+            setattr(out, branch, mix(deadiff.encode(hidden.to(device), branch), weights).cpu())
+        return (out,)
+
+
+class StyleKitDEADiffApply:
+    CATEGORY = "StyleKit/DEADiff"
+    DESCRIPTION = ("DEADiff's mutually exclusive injection: image tokens are appended after the text tokens in "
+                   "every cross-attention's keys/values (one softmax); style tokens on input 1,2,4,5 and output "
+                   "5-11, content tokens on input 7,8, middle, output 3,4; zero tokens in the unconditional "
+                   "branch. SD1.5.")
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "An SD1.5 model (DEADiff's image projections are SD1.5-sized)."}),
+            "tokens": ("STYLEKIT_DEADIFF_TOKENS", {"tooltip": "From StyleKit DEADiff Encode."}),
+            "img_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Scales the image keys and values (official img_weight); 0 turns the injection off."}),
+            "layer_split": (list(SPLITS), {"default": "official", "tooltip": "official: style and content tokens on their own layers; one branch on every layer: the style tokens (else content) on all 16."}),
+            "zero_tokens": ("BOOLEAN", {"default": True, "tooltip": "Layers of a branch you did not encode get 16 zero tokens (official behaviour; they take softmax mass). Off: those layers stay plain."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Injection starts at this fraction of sampling."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Injection ends at this fraction of sampling."}),
+            "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of img_weight, e.g. 'output 5=0.5, input 1=0'."}),
+        }}
+
+    def apply(self, model, tokens, img_weight, layer_split, zero_tokens, start_percent, end_percent, block_weights):
+        hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
+        return (deadiff_model(model, tokens, img_weight, layer_split, zero_tokens, hi, lo,
+                              parse_block_weights(block_weights)),)
