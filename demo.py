@@ -112,8 +112,27 @@ def demo_styleid(d: Demo, preset="StyleID"):
             "report": {"inversion_seconds": round(t_inv, 4), "store_bytes": inv.store.size_bytes(), "preset": preset}}
 
 
+def demo_deadiff(d: Demo):
+    """DEADiff: a random reference image -> style tokens (tiny random Q-Former) -> injected on attn2."""
+    from .bridge.tiny import tiny_clip_vision, tiny_deadiff_state_dict
+    from .models.clip_preprocess import deadiff_pixels
+    from .models.deadiff import adapter_from_state_dict
+    from .models.deadiff_inject import DEADiffTokens, deadiff_model
+    from .nodes.comfy_glue import vision_hidden_states
+    adapter = adapter_from_state_dict(tiny_deadiff_state_dict(model_layers(d.model), seed=d.seed), heads=4)
+    image = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(d.seed + 2))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        style = adapter.encode(vision_hidden_states(tiny_clip_vision(seed=d.seed), deadiff_pixels(image)), "style")
+        t_enc = time.perf_counter() - t0
+    latent = d.sample(deadiff_model(d.model, DEADiffTokens(adapter, style=style)))
+    return {"image": to_pil(d.vae, latent),
+            "report": {"encode_seconds": round(t_enc, 4), "tokens": list(style.shape),
+                       "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
+
+
 DEMOS = {"plain": demo_plain, "router": demo_router, "styleid": demo_styleid,
-         "magicstyle": lambda d: demo_styleid(d, "MagicStyle")}
+         "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff}
 
 
 def main(argv=None):

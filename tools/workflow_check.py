@@ -48,7 +48,8 @@ def _check_value(where, name, decl, value) -> list[str]:
             return [f"{where}: {name}={value!r} is not a STRING"]
     elif typ == "COMBO":
         choices = opts.get("choices")
-        if choices is not None and value not in choices:
+        # an empty list is a model-file list of a folder this machine has nothing in: not checkable
+        if choices and value not in choices:
             return [f"{where}: {name}={value!r} is not one of {choices}"]
         return []
     else:

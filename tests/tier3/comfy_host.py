@@ -67,7 +67,42 @@ def comfy_sdxl_random(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-def standins(model_factory):
+def comfy_clip_vision_tiny(tmp_dir, hf_model=None):
+    """ComfyUI's own ClipVisionModel with tiny sizes, holding the weights of ``tiny_clip_vision()``."""
+    import json
+    import os
+
+    import comfy.clip_vision
+    from stylekit.bridge.tiny import tiny_clip_vision
+    hf_model = hf_model or tiny_clip_vision()
+    cfg = json.loads(open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")).read())
+    c = hf_model.config
+    cfg.update(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_attention_heads=c.num_attention_heads,
+               num_hidden_layers=c.num_hidden_layers, patch_size=c.patch_size, image_size=c.image_size)
+    cfg.pop("projection_dim", None)
+    path = os.path.join(str(tmp_dir), "clip_vision_tiny.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    cv = comfy.clip_vision.ClipVisionModel(path)
+    sd = {k if k.startswith("vision_model.") else "vision_model." + k: v for k, v in hf_model.state_dict().items()}
+    missing, unexpected = cv.load_sd(sd)
+    assert not [k for k in missing if "position_ids" not in k], missing
+    return cv
+
+
+def write_tiny_deadiff(model, folder, name="deadiff_v1.safetensors"):
+    """A tiny DEADiff file in the official layout for ``model``'s layers, as the extractor would write it."""
+    import os
+
+    from safetensors.torch import save_file
+    from stylekit.attention.layers import model_layers
+    from stylekit.bridge.tiny import tiny_deadiff_state_dict
+    sd = tiny_deadiff_state_dict(model_layers(model), seed=1)
+    os.makedirs(str(folder), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(str(folder), name), metadata={"qformer_heads": "4"})
+
+
+def standins(model_factory, tmp_dir=None):
     """Stand-ins for the nodes that need weight files (checkpoint, CLIP, VAE) or user files (images).
 
     Everything else in a workflow, core samplers included, runs as ComfyUI's real node.
@@ -92,6 +127,7 @@ def standins(model_factory):
         return (((x + 1) / 2).clamp(0, 1).movedim(1, -1),)
 
     return {"CheckpointLoaderSimple": lambda ckpt_name: (model_factory(), None, None),
+            "CLIPVisionLoader": lambda clip_name: (comfy_clip_vision_tiny(tmp_dir or "/tmp"),),
             "CLIPTextEncode": encode, "LoadImage": load_image, "VAEEncode": vae_encode, "VAEDecode": vae_decode}
 
 
