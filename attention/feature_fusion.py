@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import sdpa_attention
-from .router import Contribution
+from .router import Contribution, block_key, current_sigma
 
 STYLEID_BLOCKS = [("output", i) for i in range(6, 12)]
 
@@ -76,8 +76,8 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
     def apply(q, k, v, extra, call_next, w):
         if store.recording:  # the references themselves are being run (recompute mode)
             return call_next(q, k, v, extra)
-        key = (*extra["block"], extra["block_index"])
-        h = store.lookup(key, float(extra["sigmas"].reshape(-1)[0])).to(q.dtype)
+        key = block_key(extra)
+        h = store.lookup(key, current_sigma(extra)).to(q.dtype)
         attn = projections[key]
         h_c, h_s = h[0:1], h[1:2]
         k_c = v_c = None
@@ -107,9 +107,9 @@ def recording_patch(store):
 
     def stylekit_feature_record(n, context, value, extra):
         if store.recording:
-            key = (*extra["block"], extra.get("block_index", 0))
+            key = block_key(extra)
             if key in layers:
-                store.record(key, float(extra["sigmas"].reshape(-1)[0]), n)
+                store.record(key, current_sigma(extra), n)
         return n, context, value
 
     return stylekit_feature_record

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .router import Contribution
+from .router import Contribution, block_key
 
 
 def expand_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
@@ -44,7 +44,7 @@ def image_kv_contribution(tokens: dict, projections: dict, weight: float = 1.0, 
         return hit
 
     def apply(q, k, v, extra, call_next, w):
-        key = (*extra["block"], extra["block_index"])
+        key = block_key(extra)
         ik, iv = projected(key, q.device, q.dtype)
         labels = extra.get("cond_or_uncond") or [0]
         rows = q.shape[0] // len(labels)

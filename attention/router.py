@@ -56,6 +56,11 @@ class Contribution:
         return sigma is None or self.sigma_end <= sigma <= self.sigma_start
 
 
+def block_key(extra_options: dict) -> BlockKey:
+    """The 3-part key of the block a patch is called on (ComfyUI defaults ``block_index`` to 0)."""
+    return (*extra_options["block"], extra_options.get("block_index", 0))
+
+
 def current_sigma(extra_options: dict) -> float | None:
     sigmas = extra_options.get("sigmas")
     if sigmas is None:

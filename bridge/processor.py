@@ -25,17 +25,13 @@ class RouterAttnProcessor:
         table = to.get("patches_replace", {}).get(self.attn_name, {})
         patch = table.get(self.key, table.get(self.key[:2]))
         extra = self._extra(to, attn, hidden_states) if patches or patch is not None else None
-        n, context = hidden_states, encoder_hidden_states
-        value = None
-        if patches:  # ComfyUI's attn1_patch / attn2_patch: (n, context, value) before the projections
-            context = n if context is None else context
-            value = context
-            for p in patches:
-                n, context, value = p(n, context, value, extra)
-        context = n if context is None else context
+        n = hidden_states
+        context = value = n if encoder_hidden_states is None else encoder_hidden_states
+        for p in patches:  # ComfyUI's attn1_patch / attn2_patch: (n, context, value) before the projections
+            n, context, value = p(n, context, value, extra)
         q = attn.to_q(n)
         k = attn.to_k(context)
-        v = attn.to_v(context if value is None else value)
+        v = attn.to_v(value)
         if patch is None:
             out = sdpa_attention(q, k, v, attn.heads)
         else:

@@ -31,17 +31,12 @@ def tiny_sdxl_unet(seed: int = 0, channels=(32, 32, 64), context_dim: int = 64, 
     ).eval()
 
 
-def _official_attn2_name(key) -> str:
-    name, bid, depth = key
-    block = {"input": f"input_blocks.{bid}", "middle": "middle_block", "output": f"output_blocks.{bid}"}[name]
-    return f"model.diffusion_model.{block}.1.transformer_blocks.{depth}.attn2"
-
-
 def tiny_deadiff_state_dict(layers, seed: int = 0, hidden: int = 32, n_layers: int = 2, intermediate: int = 64,
                             vocab: int = 30523, positions: int = 32, queries: int = 16, vision: int = 48,
                             proj_hidden: int = 64) -> dict:
     """Random DEADiff weights under the official key names (``deadiff_v1.ckpt``'s DEADiff part), sized
     for ``layers`` (a :class:`ModelLayers`): Q-Formers of ``n_layers`` BERT layers, 4 heads."""
+    from ..models.deadiff import attn2_name
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, scale=0.1: torch.randn(*s, generator=g) * scale  # noqa: E731
     sd = {}
@@ -70,7 +65,7 @@ def tiny_deadiff_state_dict(layers, seed: int = 0, hidden: int = 32, n_layers: i
         sd[q + "dense2.weight"], sd[q + "dense2.bias"] = r(hidden, proj_hidden), r(hidden)
         sd[q + "LayerNorm.weight"], sd[q + "LayerNorm.bias"] = 1 + r(hidden), r(hidden)
     for info in layers.layers:
-        base = _official_attn2_name(info.key)
+        base = attn2_name(info.key)
         sd[base + ".i_to_k.weight"] = r(info.channels, hidden, scale=0.3)
         sd[base + ".i_to_v.weight"] = r(info.channels, hidden, scale=0.3)
     return sd

@@ -32,8 +32,6 @@ _QFORMER_RENAMES = [(".attention.self.", ".attention.attention."),
                     ("embeddings.LayerNorm.", "embeddings.layernorm.")]
 _ATTN2 = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\.?(\d*)\.1\."
                     r"transformer_blocks\.(\d+)\.attn2\.(i_to_k|i_to_v)\.weight$")
-_KEEP = re.compile(r"^(style|content)_(blip\.Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings|LayerNorm)\."
-                   r"|blip\.Qformer\.bert\.encoder\.layer\.|blip\.query_tokens$|blip\.ln_vision\.|proj_layer\.)")
 
 
 class DEADiffWeightsError(ValueError):
@@ -95,6 +93,16 @@ class QFormerBranch(nn.Module):
         return self.proj(out.last_hidden_state[:, :queries.shape[1]])
 
 
+_BLOCK_NAMES = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+
+
+def attn2_name(key: tuple) -> str:
+    """(("input", 1, 0)) -> ``model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2`` (official prefix)."""
+    name, bid, depth = key
+    block = "middle_block" if name == "middle" else f"{name}_blocks.{bid}"
+    return f"model.diffusion_model.{block}.1.transformer_blocks.{depth}.attn2"
+
+
 def attn2_key(official: str) -> tuple[tuple, str] | None:
     """``model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.i_to_k.weight`` ->
     (("input", 1, 0), "i_to_k")."""
@@ -102,8 +110,7 @@ def attn2_key(official: str) -> tuple[tuple, str] | None:
     if m is None:
         return None
     part, bid, depth, which = m.groups()
-    name = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}[part]
-    return (name, int(bid or 0), int(depth)), which
+    return (_BLOCK_NAMES[part], int(bid or 0), int(depth)), which
 
 
 class DEADiffAdapter(nn.Module):
@@ -125,7 +132,14 @@ class DEADiffAdapter(nn.Module):
         return self.branches[branch](vision_hidden, INSTRUCTION_IDS[branch])
 
 
+def _is_buffer(official: str) -> bool:
+    return official.endswith("embeddings.position_ids")  # stored in the official file, not a weight
+
+
 def _module_name(official: str) -> str | None:
+    """Our module's name for an official encoder tensor; None for anything else (SD, buffers)."""
+    if _is_buffer(official):
+        return None
     for b in BRANCHES:
         for src, dst in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
                          (f"{b}_blip.query_tokens", f"branches.{b}.query_tokens"),
@@ -161,11 +175,13 @@ def shape_from_state_dict(sd: dict, heads: int = 12) -> QFormerShape:
 def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict") -> DEADiffAdapter:
     """Build and fill a :class:`DEADiffAdapter`; every key and shape is checked, errors name them."""
     shape = shape_from_state_dict(sd, heads)
-    attn2 = {}
+    attn2, encoder = {}, {}
     for k, t in sd.items():
         hit = attn2_key(k)
         if hit:
             attn2.setdefault(hit[0], {})[hit[1]] = t
+        elif not _is_buffer(k):
+            encoder[k] = t
     bad = [key for key, kv in attn2.items() if set(kv) != {"i_to_k", "i_to_v"}]
     if not attn2 or bad:
         raise DEADiffWeightsError(f"{source}: attn2 image projections incomplete (blocks {bad or 'none found'}); "
@@ -178,9 +194,7 @@ def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict
     adapter = DEADiffAdapter(shape, {k: (kv["i_to_k"], kv["i_to_v"]) for k, kv in sorted(attn2.items())})
     mine = adapter.state_dict()
     mapped, unknown = {}, []
-    for k, t in sd.items():
-        if attn2_key(k) or k.endswith("embeddings.position_ids"):  # a buffer, not a weight
-            continue
+    for k, t in encoder.items():
         name = _module_name(k)
         if name is None or name not in mine:
             unknown.append(k)
@@ -191,9 +205,8 @@ def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict
             mapped[name] = t
     missing = sorted(set(mine) - set(mapped))
     if missing:
-        official = {(_module_name(k) or k): k for k in sd}
         raise DEADiffWeightsError(f"{source}: {len(missing)} DEADiff tensors missing, e.g. {missing[:4]} "
-                                  f"(have {len(official)} tensors). Extract the file again from deadiff_v1.ckpt "
+                                  f"(have {len(sd)} tensors). Extract the file again from deadiff_v1.ckpt "
                                   "with `python -m stylekit.tools.deadiff_extract`.")
     if unknown:
         raise DEADiffWeightsError(f"{source}: unexpected tensors {unknown[:4]}{' ...' if len(unknown) > 4 else ''}; "
@@ -206,7 +219,7 @@ def extract_deadiff(official_sd: dict) -> dict:
     """The non-SD part of ``deadiff_v1.ckpt``'s state dict: Q-Formers, ln_vision, projections, i_to_k/v."""
     sd = official_sd.get("state_dict", official_sd)
     out = {k: v.detach().contiguous() for k, v in sd.items()
-           if isinstance(v, torch.Tensor) and (_KEEP.match(k) or attn2_key(k))}
+           if isinstance(v, torch.Tensor) and (_module_name(k) or attn2_key(k))}
     adapter_from_state_dict(out, heads=1, source="extracted tensors")  # shapes only; validates before writing
     return out
 

@@ -75,6 +75,7 @@ def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: 
         raise ValueError(f"unknown layer split {split!r}; choose from {list(SPLITS)}")
     layers = model_layers(model)
     some = tokens.style if tokens.style is not None else tokens.content
+    zeros = torch.zeros_like(some)
     if split == "official":
         plan = [(layers.select("deadiff_style"), tokens.style), (layers.select("deadiff_content"), tokens.content)]
     else:
@@ -85,7 +86,7 @@ def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: 
             if branch is not None:
                 per_layer[key] = branch
             elif zero_tokens:
-                per_layer[key] = torch.zeros_like(some)
+                per_layer[key] = zeros
     m = model.clone()
     contribution = image_kv_contribution(per_layer, {k: adapter.attn2[k] for k in per_layer}, img_weight,
                                          sigma_start, sigma_end, block_weights, name="deadiff")

@@ -25,9 +25,9 @@ from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_
 def host_apply_model(model, x, sigma, context, transformer_options, extra_conds=None):
     """Denoised x0 from either host, running the patches in ``transformer_options``.
 
-    ``extra_conds``: further model inputs by name (SDXL's ``y``), batch 1 or the batch of ``x``.
+    ``extra_conds``: further model inputs by name (SDXL's ``y``), batched like ``x``.
     """
-    extra = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in (extra_conds or {}).items()}
+    extra = extra_conds or {}
     if hasattr(model, "unet"):  # BridgePatcher
         return model.apply_model(x, sigma, context, transformer_options, **extra)
     return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options, **extra)

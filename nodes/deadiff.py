@@ -59,7 +59,7 @@ class StyleKitDEADiffEncode:
         with torch.no_grad():
             hidden = comfy_glue.vision_hidden_states(clip_vision, deadiff_pixels(image))
         device = next(deadiff.parameters()).device
-        out = DEADiffTokens(deadiff, *(None, None) if add_to is None else (add_to.style, add_to.content))
+        out = DEADiffTokens(deadiff) if add_to is None else DEADiffTokens(deadiff, add_to.style, add_to.content)
         for branch in BRANCHES if mode == "both" else (mode,):
             setattr(out, branch, mix(deadiff.encode(hidden.to(device), branch), weights).cpu())
         return (out,)
