@@ -131,8 +131,37 @@ def demo_deadiff(d: Demo):
                        "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
 
 
+def demo_catversion(d: Demo):
+    """CatVersion: train a prefix (20 steps) on two random 'concept' images, then sample with it."""
+    from .bridge.tiny import tiny_bridge_clip
+    from .models.catversion import CatVersionPrefix, catversion_clip
+    from .models.catversion_train import TrainSettings, train_prefix
+    from .models.magicstyle import host_apply_model
+    from .nodes.comfy_glue import vae_encode
+    clip = tiny_bridge_clip(seed=d.seed)
+    images = torch.rand(2, 128, 128, 3, generator=torch.Generator().manual_seed(d.seed + 3))
+    with torch.no_grad():
+        latents = vae_encode(d.vae, torch.cat([images, images.flip(2)]))
+    prefix = CatVersionPrefix.random([2, 3], 64, seed=d.seed, base_word="teapot")
+    text = catversion_clip(clip, prefix, trainable=True)
+    tokens = text.tokenize("teapot")
+    t0 = time.perf_counter()
+    losses = train_prefix(prefix, lambda: text.encode_from_tokens(tokens),
+                          lambda x, s, c: host_apply_model(d.model, x, s, c, {}), latents, d.model.model_sampling.sigmas,
+                          TrainSettings(steps=20, seed=d.seed))
+    t_train = time.perf_counter() - t0
+    with torch.no_grad():
+        cond = catversion_clip(clip, prefix).encode_from_tokens(clip.tokenize("a teapot on a beach"))
+        uncond = clip.encode_from_tokens(clip.tokenize(""))  # the paper: the negative keeps the plain CLIP
+        latent = sample_euler_cfg(d.model, d.noise, d.model.model_sampling.ddim_sigmas(d.steps), cond, uncond, cfg=5.0)
+    return {"image": to_pil(d.vae, latent),
+            "report": {"train_seconds": round(t_train, 4), "train_steps": len(losses),
+                       "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)]}}
+
+
 DEMOS = {"plain": demo_plain, "router": demo_router, "styleid": demo_styleid,
-         "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff}
+         "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff,
+         "catversion": demo_catversion}
 
 
 def main(argv=None):

@@ -78,3 +78,19 @@ def tiny_clip_vision(width: int = 48, seed: int = 0):
     cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
                            num_hidden_layers=3, image_size=224, patch_size=32, hidden_act="quick_gelu")
     return CLIPVisionModel(cfg).eval()
+
+
+def tiny_clip_text(width: int = 64, layers: int = 4, vocab: int = 1000, seed: int = 0):
+    """A transformers CLIPTextModel with CLIP-L's structure (quick_gelu, causal, 77 positions), tiny widths."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
+                         num_hidden_layers=layers, max_position_embeddings=77, hidden_act="quick_gelu",
+                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return CLIPTextModel(cfg).eval()
+
+
+def tiny_bridge_clip(width: int = 64, layers: int = 4, seed: int = 0):
+    """ComfyUI-shaped CLIP (BridgeCLIP) over ``tiny_clip_text``'s weights."""
+    from .clip_text import BridgeCLIP, clip_text_from_transformers
+    return BridgeCLIP(clip_text_from_transformers(tiny_clip_text(width, layers, seed=seed)))

@@ -1,4 +1,6 @@
 """Node registry: every StyleKit node class, keyed by its id (all ids start with ``StyleKit``)."""
+from .catversion import (StyleKitCatVersionApply, StyleKitCatVersionLoad, StyleKitCatVersionScore,
+                         StyleKitCatVersionTrain)
 from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
@@ -10,6 +12,10 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitDEADiffLoader": StyleKitDEADiffLoader,
     "StyleKitDEADiffEncode": StyleKitDEADiffEncode,
     "StyleKitDEADiffApply": StyleKitDEADiffApply,
+    "StyleKitCatVersionLoad": StyleKitCatVersionLoad,
+    "StyleKitCatVersionApply": StyleKitCatVersionApply,
+    "StyleKitCatVersionTrain": StyleKitCatVersionTrain,
+    "StyleKitCatVersionScore": StyleKitCatVersionScore,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,4 +25,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitDEADiffLoader": "StyleKit DEADiff Loader",
     "StyleKitDEADiffEncode": "StyleKit DEADiff Encode",
     "StyleKitDEADiffApply": "StyleKit DEADiff Apply",
+    "StyleKitCatVersionLoad": "StyleKit CatVersion Load",
+    "StyleKitCatVersionApply": "StyleKit CatVersion Apply",
+    "StyleKitCatVersionTrain": "StyleKit CatVersion Train",
+    "StyleKitCatVersionScore": "StyleKit CatVersion Score",
 }

@@ -113,3 +113,71 @@ def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
         return out[1].float()
     out = clip_vision(pixel_values=pixels.to(next(clip_vision.parameters()).device), output_hidden_states=True)
     return out.hidden_states[-2].float()
+
+
+def output_file(name: str, filename: str) -> str:
+    """A new file path in ComfyUI's ``models/<name>`` (a numbered name if taken); outside ComfyUI, as given."""
+    import os
+    try:
+        import folder_paths
+        path = os.path.join(folder_paths.get_folder_paths(name)[0], filename)
+    except ImportError:
+        path = filename
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(path):
+        path, n = f"{stem}_{n:05d}{ext}", n + 1
+    return path
+
+
+def _same(w):
+    return w
+
+
+def trainable(patcher):
+    """A clone whose weights reach autograd as ordinary tensors (ComfyUI loads them in inference mode).
+
+    Every weight gets an identity weight wrapper: with a wrapper present, ComfyUI's cast copies the
+    weight on each call, outside inference mode, as its own LoRA trainer does. The bridge's modules
+    are ordinary already.
+    """
+    if not hasattr(patcher, "add_weight_wrapper"):
+        return patcher
+    m = patcher.clone()
+    for name, mod in m.model.named_modules():
+        if hasattr(mod, "weight_function"):
+            for attr in ("weight", "bias"):
+                if getattr(mod, attr, None) is not None:
+                    m.add_weight_wrapper(f"{name}.{attr}", _same)
+    return m
+
+
+def trainable_clip(clip):
+    if not hasattr(clip.patcher, "add_weight_wrapper"):
+        return clip
+    c = clip.clone()
+    c.patcher = trainable(c.patcher)
+    return c
+
+
+def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> latents (before the model's ``process_latent_in``)."""
+    if hasattr(vae, "first_stage_model"):  # ComfyUI VAE
+        return vae.encode(images[..., :3])
+    x = images[..., :3].permute(0, 3, 1, 2).to(vae.device, vae.dtype) * 2 - 1  # diffusers AutoencoderKL
+    return vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor
+
+
+def text_embeds(clip, text: str) -> torch.Tensor:
+    """The pooled (projected, where the encoder has a projection) embedding of ``text``."""
+    return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
+
+
+def image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image embeddings: ComfyUI's ``encode_image`` (resize + centre crop), or a transformers model."""
+    if hasattr(clip_vision, "encode_image"):
+        return clip_vision.encode_image(images[..., :3], crop=True)["image_embeds"].float()
+    from ..models.clip_preprocess import deadiff_pixels
+    out = clip_vision(pixel_values=deadiff_pixels(images).to(next(clip_vision.parameters()).device))
+    return (out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output).float()

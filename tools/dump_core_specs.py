@@ -12,9 +12,9 @@ import sys
 
 CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEncode", "LoadImage", "VAEEncode",
               "VAEDecode", "SamplerCustom", "KSamplerSelect", "ImageScale", "SplitSigmas", "CLIPVisionLoader",
-              "KSampler", "EmptyLatentImage"]
+              "KSampler", "EmptyLatentImage", "ImageBatch", "InvertMask", "CLIPLoader"]
 KEEP = ("default", "min", "max", "control_after_generate")
-COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler")  # choices that do not depend on model files
+COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader")  # choices that do not depend on model files
 
 
 def main():

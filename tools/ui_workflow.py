@@ -50,7 +50,8 @@ def api_to_ui(api: dict, specs: dict) -> dict:
             out_links[src].setdefault(slot, []).append(lid)
         values = []
         for name, decl, n in widget_names(spec):
-            v = api[nid]["inputs"].get(name, decl[1].get("default") if len(decl) > 1 else None)
+            opts = decl[1] if len(decl) > 1 else {}
+            v = api[nid]["inputs"].get(name, opts.get("default", (opts.get("choices") or [None])[0]))  # a combo: its first
             values.append(None if isinstance(v, list) else v)
             if n == 2:
                 values.append("fixed")

@@ -102,6 +102,50 @@ def write_tiny_deadiff(model, folder, name="deadiff_v1.safetensors"):
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(str(folder), name), metadata={"qformer_heads": "4"})
 
 
+def comfy_clip_tiny(seed: int = 0, width: int = 64):
+    """ComfyUI's own SD1.5 CLIP (SD1ClipModel, real tokenizer) with CLIP-L's 12 layers at a tiny width, fp32,
+    holding the weights of ``tiny_clip_text(width, 12, vocab 49408)``; returns (CLIP, transformers model)."""
+    import comfy.sd
+    import comfy.sd1_clip
+    from stylekit.bridge.tiny import tiny_clip_text
+    hf = tiny_clip_text(width=width, layers=12, vocab=49408, seed=seed)
+
+    class Target:
+        params, clip, tokenizer = {}, comfy.sd1_clip.SD1ClipModel, comfy.sd1_clip.SD1Tokenizer
+    size = {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 4, "num_hidden_layers": 12}
+    clip = comfy.sd.CLIP(Target, model_options={"clip_l_model_config": size, "dtype": torch.float32})
+    sd = {"text_model." + k.removeprefix("text_model."): v for k, v in hf.state_dict().items()}
+    sd["text_projection.weight"] = torch.eye(width)
+    missing, unexpected = clip.cond_stage_model.clip_l.transformer.load_state_dict(sd, strict=False)
+    assert not missing and not [k for k in unexpected if "position_ids" not in k], (missing, unexpected)
+    return clip, hf
+
+
+def comfy_vae_tiny(seed: int = 0):
+    """ComfyUI's own VAE (AutoencoderKL, 8x down, 4 latent channels) with tiny widths and seeded weights."""
+    import comfy.sd
+    dd = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+          "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": dd, "embed_dim": 4}})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in vae.first_stage_model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[1:].numel()) ** 0.5))
+    return vae
+
+
+def write_tiny_catversion(folder, name="catversion_concept.safetensors", seed=0):
+    """A StyleKit CatVersion file for ``comfy_clip_tiny`` (width 64), on CLIP-L's layers 9, 10, 11."""
+    import os
+
+    from stylekit.models.catversion import CatVersionPrefix, save_prefix
+    os.makedirs(str(folder), exist_ok=True)
+    save_prefix(CatVersionPrefix.random([9, 10, 11], 64, seed=seed, base_word="teapot"), os.path.join(str(folder), name))
+
+
 def standins(model_factory, tmp_dir=None):
     """Stand-ins for the nodes that need weight files (checkpoint, CLIP, VAE) or user files (images).
 
@@ -131,6 +175,18 @@ def standins(model_factory, tmp_dir=None):
             "CLIPTextEncode": encode, "LoadImage": load_image, "VAEEncode": vae_encode, "VAEDecode": vae_decode}
 
 
+def real_standins(model_factory, tmp_dir=None):
+    """Like ``standins`` but the checkpoint gives ComfyUI's own tiny CLIP and VAE, so CLIPTextEncode,
+    VAEEncode and VAEDecode run as ComfyUI's real nodes (the CLIP's width matches the UNet's context)."""
+    out = standins(model_factory, tmp_dir)
+    for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
+        del out[k]
+    out["CheckpointLoaderSimple"] = lambda ckpt_name: (model_factory(), comfy_clip_tiny()[0], comfy_vae_tiny())
+    # a text tower as wide as the tiny CLIP vision's embeddings (48), as a real CLIP pair would be
+    out["CLIPLoader"] = lambda clip_name, type="stable_diffusion", device="default": (comfy_clip_tiny(width=48)[0],)
+    return out
+
+
 def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
     """Execute an API-format graph in-process with ComfyUI's node classes.
 
@@ -157,6 +213,7 @@ def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
         results[nid] = out
         return out
 
-    for nid in workflow:
-        run(nid)
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        for nid in workflow:
+            run(nid)
     return results

@@ -119,20 +119,22 @@ def test_same_contribution_same_output_in_comfyui_and_bridge():
 
 def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     import folder_paths
-    from comfy_host import comfy_sd15_random, run_api_workflow, standins, write_tiny_deadiff
+    from comfy_host import comfy_sd15_random, real_standins, run_api_workflow, write_tiny_catversion, write_tiny_deadiff
     from stylekit.tools.workflow_check import check_api, spec_from_node_class
     nodes, _ = comfy_nodes
     specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
-    overrides = standins(comfy_sd15_random, tmp_path)
-    write_tiny_deadiff(comfy_sd15_random(), tmp_path / "deadiff")  # the real StyleKit loader node reads it
+    overrides = real_standins(comfy_sd15_random, tmp_path)
+    write_tiny_deadiff(comfy_sd15_random(), tmp_path / "deadiff")  # the real StyleKit loader nodes read these
     folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"))
+    write_tiny_catversion(tmp_path / "catversion")
+    folder_paths.add_model_folder_path("catversion", str(tmp_path / "catversion"), is_default=True)
     small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
     paths = sorted((ROOT / "workflows" / "api").glob("*.json"))
     assert paths
     for path in paths:
         wf = json.loads(path.read_text())
         # no checkpoints or input images on disk here: their file-name choices are not checked
-        errs = [e for e in check_api(wf, specs) if not any(f in e for f in ("ckpt_name", "image=", "clip_name", "deadiff_name"))]
+        errs = [e for e in check_api(wf, specs) if not any(f in e for f in ("ckpt_name", "image=", "clip_name", "deadiff_name", "catversion_name"))]
         assert errs == [], (path.name, errs)
         for node in wf.values():
             node["inputs"].update({k: v for k, v in small.items() if k in node["inputs"]})
@@ -141,6 +143,11 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
             if node["class_type"] == "SaveImage":
                 saved = results[nid]
                 assert saved == () or saved is not None
+            if node["class_type"] == "StyleKitCatVersionScore":
+                clip_i, clip_t, report = results[nid]
+                assert -1 <= clip_i <= 1 and -1 <= clip_t <= 1 and "CLIP-T" in report, report
+            if node["class_type"] == "StyleKitCatVersionTrain":
+                assert results[nid][1].shape[-1] == 3 and list((tmp_path / "catversion").glob("catversion_concept_*.safetensors"))
             if node["class_type"] in ("SamplerCustom", "KSampler"):
                 latent = results[nid][0]["samples"]
                 assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all(), path.name

@@ -1,0 +1,163 @@
+"""CatVersion nodes: Load, Apply (CLIP -> CLIP), Train (concept images -> prefix file), Score (CLIP-I/T)."""
+import os
+
+import torch
+
+from ..attention.layers import model_layers
+from ..models.catversion import CatVersionPrefix, catversion_clip, encoder_layers, load_prefix, prefixed_layers, save_prefix
+from ..models.catversion_train import TrainSettings, train_prefix
+from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
+from ..models.magicstyle import host_apply_model
+from . import comfy_glue
+from .images import loss_curve
+
+FOLDER = "catversion"
+comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
+CATEGORY = "StyleKit/CatVersion"
+
+
+class StyleKitCatVersionLoad:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads a CatVersion concept prefix from models/catversion: a StyleKit .safetensors (from "
+                   "StyleKit CatVersion Train) or the official pytorch_adapter.bin (its adapter_config.json "
+                   "beside it is read when present).")
+    RETURN_TYPES = ("STYLEKIT_CATVERSION",)
+    RETURN_NAMES = ("catversion",)
+    OUTPUT_TOOLTIPS = ("The prefix; feed StyleKit CatVersion Apply.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"catversion_name": (comfy_glue.list_files(FOLDER), {
+            "tooltip": "A prefix file in ComfyUI/models/catversion (.safetensors, or an official .bin in its own sub-folder)."})}}
+
+    def load(self, catversion_name):
+        return (load_prefix(comfy_glue.full_path(FOLDER, catversion_name)),)
+
+
+class StyleKitCatVersionApply:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Concatenates the concept's learned key and value in front of the keys and values of the "
+                   "text encoder's last self-attention layers (9, 10, 11 on SD1.5). As in the paper, encode "
+                   "the positive prompt with this CLIP and the negative prompt with the plain one.")
+    RETURN_TYPES = ("CLIP",)
+    RETURN_NAMES = ("clip",)
+    OUTPUT_TOOLTIPS = ("A clone of the CLIP with the prefix (the input CLIP is untouched); use it for the positive prompt.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "SD1.5's CLIP (a CLIP-L text encoder). Use its output for the positive prompt only; the negative keeps the plain CLIP."}),
+            "catversion": ("STYLEKIT_CATVERSION", {"tooltip": "From StyleKit CatVersion Load or Train."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip": "Multiplies the prefix's unnormalised attention weight (adds log(strength) to its logit); 1 = as trained, 0 = plain CLIP."}),
+            "official_bias": ("BOOLEAN", {"default": True, "tooltip": "Add +1 to the prefix logit, as the official code does (and trains with). Off: plain concatenation."}),
+        }}
+
+    def apply(self, clip, catversion, strength, official_bias):
+        return (catversion_clip(clip, catversion, strength, official_bias),)
+
+
+class StyleKitCatVersionTrain:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Learns a CatVersion prefix from a few concept images: only the prefix trains (AdamW), with "
+                   "the plain noise-prediction loss on the caption '<base word>'; the model, CLIP and VAE stay "
+                   "frozen and unchanged. Saves the prefix to models/catversion. SD1.5.")
+    RETURN_TYPES = ("STYLEKIT_CATVERSION", "IMAGE")
+    RETURN_NAMES = ("catversion", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained prefix (also saved); feed StyleKit CatVersion Apply.",
+                       "Loss per step (grey) and its running mean (blue).")
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)."}),
+            "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
+            "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),
+            "vae": ("VAE", {"tooltip": "Its VAE, to encode the images once."}),
+            "base_word": ("STRING", {"default": "dog", "tooltip": "The concept's base class word; the training caption is exactly this word."}),
+            "steps": ("INT", {"default": 1000, "min": 1, "max": 100000, "tooltip": "Optimiser steps (paper: about 1000)."}),
+            "learning_rate": ("FLOAT", {"default": 1e-2, "min": 1e-6, "max": 1.0, "step": 1e-4, "tooltip": "AdamW learning rate (paper: 1e-2)."}),
+            "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Images per step (paper: 2)."}),
+            "hflip": ("BOOLEAN", {"default": True, "tooltip": "Also train on the mirrored images (the paper's augmentation)."}),
+            "layers": ("STRING", {"default": "9, 10, 11", "tooltip": "Text-encoder layers that get a prefix (paper: the last three of CLIP-L's 12)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seeds the prefix initialisation, image order, timesteps and noise."}),
+            "filename": ("STRING", {"default": "catversion_concept", "tooltip": "Saved as models/catversion/<filename>.safetensors (numbered if it exists)."}),
+        }}
+
+    def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
+        if model_layers(model).family != "sd15":
+            raise ValueError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
+        chosen = [int(i) for i in layers.replace(";", ",").split(",") if i.strip()]
+        hidden = encoder_layers(clip)[0].self_attn.q_proj.weight.shape[0]
+        settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)
+        # ComfyUI runs nodes under inference_mode: the prefix (and every tensor autograd keeps) is made outside it
+        with torch.inference_mode(False), torch.enable_grad():
+            prefix = CatVersionPrefix.random(chosen, hidden, seed, base_word.strip())
+            prefixed_layers(prefix, clip)
+            pool = torch.cat([images, images.flip(2)]) if hflip else images
+            with torch.no_grad():
+                latents = comfy_glue.latent_in(model, comfy_glue.vae_encode(vae, pool.clone())).float().clone()
+            unet, text = comfy_glue.trainable(model), comfy_glue.trainable_clip(catversion_clip(clip, prefix, trainable=True))
+            device = comfy_glue.load(unet)
+            prefix.to(device)
+            tokens = text.tokenize(prefix.base_word)
+            sigmas = comfy_glue.model_sampling(unet).sigmas.detach().clone().float()
+
+            def encode():
+                return text.encode_from_tokens(tokens).to(device)
+
+            def denoise(x, sigma, context):
+                comfy_glue.load(unet)
+                return host_apply_model(unet, x, sigma, context, {})
+
+            losses = train_prefix(prefix, encode, denoise, latents.to(device), sigmas, settings,
+                                  comfy_glue.progress(steps), comfy_glue.interrupted)
+        prefix.cpu()
+        path = comfy_glue.output_file(FOLDER, f"{filename}.safetensors")
+        prefix.source = os.path.basename(path)
+        save_prefix(prefix, path)
+        return {"ui": {"text": [f"saved {path}"]}, "result": (prefix, loss_curve(losses))}
+
+
+class StyleKitCatVersionScore:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("CatVersion's evaluation: masked CLIP image alignment (mean cosine of CLIP image embeddings "
+                   "over every reference/generated pair, backgrounds removed by the masks) and CLIP-T (mean "
+                   "cosine between the generated images and the prompt).")
+    RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
+    RETURN_NAMES = ("clip_i", "clip_t", "report")
+    OUTPUT_TOOLTIPS = ("Masked CLIP-I, -1..1 (higher: closer to the references).",
+                       "CLIP-T, -1..1; NaN when no CLIP/prompt is given.",
+                       "Both scores in one line.")
+    FUNCTION = "score"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP image tower to score with (the paper: ViT-L/14)."}),
+            "reference": ("IMAGE", {"tooltip": "The concept's reference images."}),
+            "generated": ("IMAGE", {"tooltip": "The generated images to score."}),
+            "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
+        }, "optional": {
+            "reference_mask": ("MASK", {"tooltip": "Foreground (1) of the references; one mask for all or one per image."}),
+            "generated_mask": ("MASK", {"tooltip": "Foreground (1) of the generated images; one mask for all or one per image."}),
+            "clip": ("CLIP", {"tooltip": "For CLIP-T: the text tower of the same CLIP as clip_vision (with its projection, e.g. clip-vit-large-patch14 via Load CLIP)."}),
+            "prompt": ("STRING", {"default": "", "tooltip": "The prompt the images were generated from, for CLIP-T."}),
+        }}
+
+    def score(self, clip_vision, reference, generated, background, reference_mask=None, generated_mask=None,
+              clip=None, prompt=""):
+        with torch.no_grad():
+            ref = comfy_glue.image_embeds(clip_vision, remove_background(reference, reference_mask, background))
+            gen = comfy_glue.image_embeds(clip_vision, remove_background(generated, generated_mask, background))
+            clip_i = mean_pairwise_cosine(ref, gen)
+            clip_t = float("nan")
+            if clip is not None and prompt.strip():
+                clip_t = mean_pairwise_cosine(gen, comfy_glue.text_embeds(clip, prompt))
+        report = (f"CLIP-I (masked, {len(ref)} ref x {len(gen)} gen): {clip_i:.4f}; "
+                  + (f"CLIP-T: {clip_t:.4f}" if clip_t == clip_t else "CLIP-T: not computed (no clip or prompt)"))
+        return {"ui": {"text": [report]}, "result": (clip_i, clip_t, report)}
