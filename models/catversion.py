@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..attention.layers import UnsupportedModelError
-from ..attention.prefix import OFFICIAL_BIAS, prefix_attention, strength_bias
+from ..attention.prefix import prefix_attention, strength_bias
 
 ENCODER = "clip_l.transformer.text_model.encoder"
 FORMAT = "stylekit-catversion"
@@ -198,6 +198,11 @@ def encoder_layers(clip):
             f"{ENCODER}); this CLIP has none. Load an SD1.5 checkpoint's CLIP.") from None
 
 
+def encoder_width(clip) -> int:
+    """The width of the text encoder's attention (what a prefix for it must have)."""
+    return encoder_layers(clip)[0].self_attn.q_proj.weight.shape[0]
+
+
 def prefixed_layers(prefix: CatVersionPrefix, clip) -> list[int]:
     """The encoder layers ``prefix`` applies to, after checking it fits this encoder."""
     layers = encoder_layers(clip)
@@ -206,7 +211,7 @@ def prefixed_layers(prefix: CatVersionPrefix, clip) -> list[int]:
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
         raise ValueError(f"CatVersion prefix {prefix.source!r} names layers {bad}; this text encoder has {n}")
-    hidden = layers[chosen[0]].self_attn.q_proj.weight.shape[0]
+    hidden = encoder_width(clip)
     if hidden != prefix.hidden:
         raise ValueError(f"CatVersion prefix {prefix.source!r} is {prefix.hidden} wide; this text encoder's "
                          f"attention is {hidden} (CatVersion prefixes are made for CLIP-L, 768)")
@@ -242,4 +247,4 @@ def catversion_clip(clip, prefix: CatVersionPrefix, strength: float = 1.0, offic
 
 
 __all__ = ["CatVersionPrefix", "PrefixedSelfAttention", "catversion_clip", "load_prefix", "load_official",
-           "load_ours", "save_prefix", "prefixed_layers", "OFFICIAL_BIAS"]
+           "load_ours", "save_prefix", "prefixed_layers", "encoder_width"]

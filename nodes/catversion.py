@@ -4,7 +4,7 @@ import os
 import torch
 
 from ..attention.layers import model_layers
-from ..models.catversion import CatVersionPrefix, catversion_clip, encoder_layers, load_prefix, prefixed_layers, save_prefix
+from ..models.catversion import CatVersionPrefix, catversion_clip, encoder_width, load_prefix, prefixed_layers, save_prefix
 from ..models.catversion_train import TrainSettings, train_prefix
 from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
 from ..models.magicstyle import host_apply_model
@@ -90,12 +90,11 @@ class StyleKitCatVersionTrain:
     def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
         if model_layers(model).family != "sd15":
             raise ValueError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
-        chosen = [int(i) for i in layers.replace(";", ",").split(",") if i.strip()]
-        hidden = encoder_layers(clip)[0].self_attn.q_proj.weight.shape[0]
+        chosen = comfy_glue.number_list(layers, int)
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)
         # ComfyUI runs nodes under inference_mode: the prefix (and every tensor autograd keeps) is made outside it
         with torch.inference_mode(False), torch.enable_grad():
-            prefix = CatVersionPrefix.random(chosen, hidden, seed, base_word.strip())
+            prefix = CatVersionPrefix.random(chosen, encoder_width(clip), seed, base_word.strip())
             prefixed_layers(prefix, clip)
             pool = torch.cat([images, images.flip(2)]) if hflip else images
             with torch.no_grad():

@@ -4,6 +4,11 @@ from __future__ import annotations
 import torch
 
 
+def number_list(text: str, cast=float) -> list:
+    """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped."""
+    return [cast(x) for x in text.replace(";", ",").split(",") if x.strip()]
+
+
 def progress(total: int):
     """A callback(j, n) driving ComfyUI's progress bar (a no-op outside ComfyUI)."""
     try:

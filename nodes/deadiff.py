@@ -53,7 +53,7 @@ class StyleKitDEADiffEncode:
         }}
 
     def encode(self, deadiff, clip_vision, image, mode, mix_weights, add_to=None):
-        weights = [float(w) for w in mix_weights.replace(";", ",").split(",") if w.strip()]
+        weights = comfy_glue.number_list(mix_weights)
         if add_to is not None and add_to.adapter is not deadiff:
             raise ValueError("add_to tokens come from a different DEADiff model than this Encode's")
         with torch.no_grad():

@@ -47,6 +47,17 @@ SDXL_TINY = dict(
 )
 
 
+def seed_weights(module, seed: int = 0):
+    """ComfyUI's layers skip init: give every weight a deterministic value (norms 1/0, others scaled normal)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[1:].numel()) ** 0.5))
+
+
 def comfy_sdxl_random(seed: int = 0):
     """A ComfyUI ModelPatcher around a tiny SDXL-layout UNetModel (with the 2816-wide ``y`` input)."""
     import comfy.model_base
@@ -56,13 +67,7 @@ def comfy_sdxl_random(seed: int = 0):
     model_config = comfy.supported_models.SDXL(dict(SDXL_TINY))
     model_config.set_inference_dtype(torch.float32, None)
     model = comfy.model_base.SDXL(model_config, device=torch.device("cpu"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # ComfyUI's layers skip init: give every weight a deterministic value
-        for name, p in model.diffusion_model.named_parameters():
-            if "norm" in name:
-                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[1:].numel()) ** 0.5))
+    seed_weights(model.diffusion_model, seed)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
@@ -127,13 +132,7 @@ def comfy_vae_tiny(seed: int = 0):
     dd = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
           "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": dd, "embed_dim": 4}})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vae.first_stage_model.named_parameters():
-            if "norm" in name:
-                p.copy_(torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p.shape[1:].numel()) ** 0.5))
+    seed_weights(vae.first_stage_model, seed)
     return vae
 
 
