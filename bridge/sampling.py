@@ -58,6 +58,8 @@ def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0
     As in ComfyUI, cfg == 1 skips the unconditional pass unless the patcher's model_options set
     ``disable_cfg1_optimization``.
     """
+    patcher = patcher.clone()  # ComfyUI's samplers hand the schedule to patches as ``sample_sigmas``
+    patcher.model_options["transformer_options"]["sample_sigmas"] = sigmas
     mo = patcher.model_options
     use_uncond = uncond is not None and (cfg != 1.0 or mo.get("disable_cfg1_optimization", False))
 

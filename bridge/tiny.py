@@ -94,3 +94,51 @@ def tiny_bridge_clip(width: int = 64, layers: int = 4, seed: int = 0):
     """ComfyUI-shaped CLIP (BridgeCLIP) over ``tiny_clip_text``'s weights."""
     from .clip_text import BridgeCLIP, clip_text_from_transformers
     return BridgeCLIP(clip_text_from_transformers(tiny_clip_text(width, layers, seed=seed)))
+
+
+def tiny_ip_adapter(layers, kind: str = "plain", feature_width: int = 48, tokens: int = 4, seed: int = 0,
+                    csgo: bool = False, dim: int = 32, depth: int = 2, heads: int = 1) -> dict:
+    """Random adapter weights in the published nested layout (what ``torch.load`` gives for a .bin):
+    IP-Adapter ``{"image_proj": …, "ip_adapter": …}`` sized for ``layers`` (a :class:`ModelLayers`), or
+    with ``csgo`` CSGO's ``{"content_image_proj", "style_image_proj", "ip_adapter"}`` whose ip_adapter
+    covers the down and up blocks (no mid block). ``kind`` plain: 4-token Linear + LayerNorm over image
+    embeds; plus: Resampler (64-wide heads) over hidden states."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=0.2: torch.randn(*s, generator=g) * scale  # noqa: E731
+    ctx = layers.layers[0].context_dim
+
+    def plain(n_tokens):
+        return {"proj.weight": r(n_tokens * ctx, feature_width), "proj.bias": r(n_tokens * ctx),
+                "norm.weight": 1 + r(ctx), "norm.bias": r(ctx)}
+
+    def plus(n_tokens):
+        inner = 64 * heads
+        sd = {"latents": r(1, n_tokens, dim, scale=1.0), "proj_in.weight": r(dim, feature_width), "proj_in.bias": r(dim),
+              "proj_out.weight": r(ctx, dim), "proj_out.bias": r(ctx), "norm_out.weight": 1 + r(ctx), "norm_out.bias": r(ctx)}
+        for i in range(depth):
+            p = f"layers.{i}."
+            for n in ("norm1", "norm2"):
+                sd[f"{p}0.{n}.weight"], sd[f"{p}0.{n}.bias"] = 1 + r(dim), r(dim)
+            sd[p + "0.to_q.weight"], sd[p + "0.to_kv.weight"] = r(inner, dim), r(2 * inner, dim)
+            sd[p + "0.to_out.weight"] = r(dim, inner)
+            sd[p + "1.0.weight"], sd[p + "1.0.bias"] = 1 + r(dim), r(dim)
+            sd[p + "1.1.weight"], sd[p + "1.3.weight"] = r(4 * dim, dim), r(dim, 4 * dim)
+        return sd
+
+    rank = {"input": 0, "output": 1, "middle": 2}  # diffusers' attn_processors order
+    order = sorted(layers.layers, key=lambda l: (rank[l.key[0]], l.key[1], l.key[2]))
+    ip = {}
+    for j, info in enumerate(order):
+        if csgo and info.key[0] == "middle":
+            continue
+        ip[f"{2 * j + 1}.to_k_ip.weight"] = r(info.channels, ctx, scale=0.5)
+        ip[f"{2 * j + 1}.to_v_ip.weight"] = r(info.channels, ctx, scale=0.5)
+    proj = plain(tokens) if kind == "plain" else plus(tokens)
+    if csgo:
+        return {"content_image_proj": plain(4), "style_image_proj": proj, "ip_adapter": ip}
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def flat_state_dict(nested: dict) -> dict:
+    """``{"image_proj": {"proj.weight": …}}`` -> ``{"image_proj.proj.weight": …}`` (the .safetensors layout)."""
+    return {f"{head}.{k}": v.contiguous() for head, sd in nested.items() for k, v in sd.items()}

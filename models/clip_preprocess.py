@@ -51,3 +51,21 @@ def deadiff_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def clip_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, 3) -> CLIP pixel values (B, 3, size, size) the way CLIPImageProcessor and
+    ComfyUI's ``encode_image(crop=True)`` make them: shortest side to ``size`` (bicubic, antialiased),
+    centre crop, 8-bit values, CLIP mean/std."""
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise ValueError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
+    x = image[..., :3].movedim(-1, 1).float()
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    x = F.interpolate(x, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
+                      antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = (x[..., top:top + size, left:left + size].clamp(0, 1) * 255).round() / 255  # 8-bit, as both do
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -4,6 +4,7 @@ from .catversion import (StyleKitCatVersionApply, StyleKitCatVersionLoad, StyleK
 from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
+from .stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter, StyleKitTeacherLayout
 
 NODE_CLASS_MAPPINGS = {
     "StyleKitPatchMap": StyleKitPatchMap,
@@ -16,6 +17,9 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitCatVersionApply": StyleKitCatVersionApply,
     "StyleKitCatVersionTrain": StyleKitCatVersionTrain,
     "StyleKitCatVersionScore": StyleKitCatVersionScore,
+    "StyleKitAdapterLoader": StyleKitAdapterLoader,
+    "StyleKitStyleAdapter": StyleKitStyleAdapter,
+    "StyleKitTeacherLayout": StyleKitTeacherLayout,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,4 +33,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitCatVersionApply": "StyleKit CatVersion Apply",
     "StyleKitCatVersionTrain": "StyleKit CatVersion Train",
     "StyleKitCatVersionScore": "StyleKit CatVersion Score",
+    "StyleKitAdapterLoader": "StyleKit Adapter Loader",
+    "StyleKitStyleAdapter": "StyleKit Style Adapter",
+    "StyleKitTeacherLayout": "StyleKit Teacher Layout",
 }

@@ -179,10 +179,20 @@ def text_embeds(clip, text: str) -> torch.Tensor:
     return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
 
 
-def image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
-    """CLIP image embeddings: ComfyUI's ``encode_image`` (resize + centre crop), or a transformers model."""
+def vision_features(clip_vision, images: torch.Tensor, feature: str = "image_embeds") -> torch.Tensor:
+    """``image_embeds`` or ``penultimate_hidden_states`` of CLIP vision for IMAGE (B, H, W, C): ComfyUI's
+    ``encode_image`` (shortest side to 224, centre crop), or a transformers model on the same pixels."""
     if hasattr(clip_vision, "encode_image"):
-        return clip_vision.encode_image(images[..., :3], crop=True)["image_embeds"].float()
-    from ..models.clip_preprocess import deadiff_pixels
-    out = clip_vision(pixel_values=deadiff_pixels(images).to(next(clip_vision.parameters()).device))
+        return clip_vision.encode_image(images[..., :3], crop=True)[feature].float()
+    from ..models.clip_preprocess import clip_pixels
+    with torch.no_grad():
+        out = clip_vision(pixel_values=clip_pixels(images).to(next(clip_vision.parameters()).device),
+                          output_hidden_states=True)
+    if feature == "penultimate_hidden_states":
+        return out.hidden_states[-2].float()
     return (out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output).float()
+
+
+def image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image embeddings (projected where the model has a projection)."""
+    return vision_features(clip_vision, images, "image_embeds")

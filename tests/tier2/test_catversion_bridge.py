@@ -189,9 +189,9 @@ def test_score_clip_t_against_direct_cosine():
     cv = tiny_clip_vision(width=48)
     gen = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     out = StyleKitCatVersionScore().score(cv, gen, gen, "black", clip=clip, prompt="teapot")["result"]
-    from stylekit.models.clip_preprocess import deadiff_pixels
+    from stylekit.models.clip_preprocess import clip_pixels  # ComfyUI's encode_image(crop=True) pixels
     with torch.no_grad():
-        img = cv(pixel_values=deadiff_pixels(gen)).pooler_output
+        img = cv(pixel_values=clip_pixels(gen)).pooler_output
         txt = clip.encode_from_tokens(clip.tokenize("teapot"), return_pooled=True)[1]
     want = torch.nn.functional.cosine_similarity(img, txt).mean().item()
     assert out[1] == pytest.approx(want, abs=1e-5)
