@@ -12,7 +12,8 @@ import sys
 
 CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEncode", "LoadImage", "VAEEncode",
               "VAEDecode", "SamplerCustom", "KSamplerSelect", "ImageScale", "SplitSigmas", "CLIPVisionLoader",
-              "KSampler", "EmptyLatentImage", "ImageBatch", "InvertMask", "CLIPLoader"]
+              "KSampler", "EmptyLatentImage", "ImageBatch", "InvertMask", "CLIPLoader", "ControlNetLoader",
+              "ControlNetApplyAdvanced", "Canny"]
 KEEP = ("default", "min", "max", "control_after_generate")
 COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader")  # choices that do not depend on model files
 

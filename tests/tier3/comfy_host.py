@@ -145,6 +145,45 @@ def write_tiny_catversion(folder, name="catversion_concept.safetensors", seed=0)
     save_prefix(CatVersionPrefix.random([9, 10, 11], 64, seed=seed, base_word="teapot"), os.path.join(str(folder), name))
 
 
+def write_tiny_adapter(model, folder, name, kind="plain", csgo=False, seed=0):
+    """An adapter file for ``model``'s layers in the published layout (.bin nested, .safetensors flat),
+    reading features of ``comfy_clip_vision_tiny`` (48 wide)."""
+    import os
+
+    from safetensors.torch import save_file
+    from stylekit.attention.layers import model_layers
+    from stylekit.bridge.tiny import flat_state_dict, tiny_ip_adapter
+    nested = tiny_ip_adapter(model_layers(model), kind, feature_width=48, tokens=4 if kind == "plain" else 8,
+                             seed=seed, csgo=csgo)
+    os.makedirs(str(folder), exist_ok=True)
+    path = os.path.join(str(folder), name)
+    torch.save(nested, path) if name.endswith(".bin") else save_file(flat_state_dict(nested), path)
+    return path
+
+
+class SdxlClipStandin:
+    """Stands in for SDXL's two text encoders: CLIPTextEncode gets a 64-wide context (the tiny SDXL
+    UNet's) and the 1280-wide pooled output SDXL's ``y`` is built from."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        import hashlib
+        g = torch.Generator().manual_seed(int(hashlib.sha1(tokens.encode()).hexdigest()[:8], 16))
+        return [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+
+
+def comfy_controlnet_tiny(seed=0):
+    """ComfyUI's own ControlNet (cldm) shaped for the tiny SD1.5 UNet, with seeded weights."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    cfg = {k: v for k, v in SD15_TINY.items() if k not in ("use_temporal_attention", "use_temporal_resblock")}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, **cfg)
+    seed_weights(net, seed)
+    return comfy.controlnet.ControlNet(net.eval(), load_device=torch.device("cpu"), manual_cast_dtype=None)
+
+
 def standins(model_factory, tmp_dir=None):
     """Stand-ins for the nodes that need weight files (checkpoint, CLIP, VAE) or user files (images).
 
@@ -180,7 +219,10 @@ def real_standins(model_factory, tmp_dir=None):
     out = standins(model_factory, tmp_dir)
     for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
         del out[k]
-    out["CheckpointLoaderSimple"] = lambda ckpt_name: (model_factory(), comfy_clip_tiny()[0], comfy_vae_tiny())
+    out["CheckpointLoaderSimple"] = lambda ckpt_name: (  # an SDXL name gets the tiny SDXL UNet
+        (comfy_sdxl_random(), SdxlClipStandin(), comfy_vae_tiny()) if "xl" in ckpt_name.lower()
+        else (model_factory(), comfy_clip_tiny()[0], comfy_vae_tiny()))
+    out["ControlNetLoader"] = lambda control_net_name: (comfy_controlnet_tiny(),)
     # a text tower as wide as the tiny CLIP vision's embeddings (48), as a real CLIP pair would be
     out["CLIPLoader"] = lambda clip_name, type="stable_diffusion", device="default": (comfy_clip_tiny(width=48)[0],)
     return out

@@ -119,7 +119,8 @@ def test_same_contribution_same_output_in_comfyui_and_bridge():
 
 def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     import folder_paths
-    from comfy_host import comfy_sd15_random, real_standins, run_api_workflow, write_tiny_catversion, write_tiny_deadiff
+    from comfy_host import (comfy_sd15_random, comfy_sdxl_random, real_standins, run_api_workflow, write_tiny_adapter,
+                            write_tiny_catversion, write_tiny_deadiff)
     from stylekit.tools.workflow_check import check_api, spec_from_node_class
     nodes, _ = comfy_nodes
     specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
@@ -128,13 +129,17 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"))
     write_tiny_catversion(tmp_path / "catversion")
     folder_paths.add_model_folder_path("catversion", str(tmp_path / "catversion"), is_default=True)
+    write_tiny_adapter(comfy_sd15_random(), tmp_path / "ipadapter", "ip-adapter_sd15.safetensors")
+    write_tiny_adapter(comfy_sdxl_random(), tmp_path / "ipadapter", "csgo_4_32.bin", "plus", csgo=True)
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"))
     small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
     paths = sorted((ROOT / "workflows" / "api").glob("*.json"))
     assert paths
     for path in paths:
         wf = json.loads(path.read_text())
         # no checkpoints or input images on disk here: their file-name choices are not checked
-        errs = [e for e in check_api(wf, specs) if not any(f in e for f in ("ckpt_name", "image=", "clip_name", "deadiff_name", "catversion_name"))]
+        errs = [e for e in check_api(wf, specs) if not any(f in e for f in ("ckpt_name", "image=", "clip_name", "deadiff_name", "catversion_name",
+                                                                                  "adapter_name", "control_net_name"))]
         assert errs == [], (path.name, errs)
         for node in wf.values():
             node["inputs"].update({k: v for k, v in small.items() if k in node["inputs"]})
