@@ -159,9 +159,36 @@ def demo_catversion(d: Demo):
                        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)]}}
 
 
+def demo_stylestudio(d: Demo):
+    """StyleStudio: a random IP-Adapter-layout file + a random reference -> cross-modal AdaIN, then the
+    teacher model for the first 40% of steps."""
+    import tempfile
+
+    from .bridge.tiny import tiny_clip_vision, tiny_ip_adapter
+    from .models.ip_adapter import load_adapter
+    from .models.stylestudio import style_adapter_model, teacher_model
+    from .nodes.comfy_glue import vision_features
+    with tempfile.TemporaryDirectory() as tmp:  # written and read back in the published .bin layout
+        torch.save(tiny_ip_adapter(model_layers(d.model), "plain", feature_width=48, seed=d.seed), f"{tmp}/ip.bin")
+        adapter = load_adapter(f"{tmp}/ip.bin")
+    image = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(d.seed + 4))
+    feats = vision_features(tiny_clip_vision(seed=d.seed), image, adapter.feature)
+    styled = style_adapter_model(d.model, adapter, feats, fusion="cross-modal AdaIN", preset="all")
+    t0 = time.perf_counter()
+    latent = d.sample(styled)
+    t_styled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    taught = d.sample(teacher_model(styled, 0.4, 0.0))
+    t_teacher = time.perf_counter() - t0
+    return {"image": to_pil(d.vae, latent), "teacher": to_pil(d.vae, taught),
+            "report": {"adapter": adapter.describe(), "sample_seconds": round(t_styled, 4),
+                       "with_teacher_seconds": round(t_teacher, 4),
+                       "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
+
+
 DEMOS = {"plain": demo_plain, "router": demo_router, "styleid": demo_styleid,
          "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff,
-         "catversion": demo_catversion}
+         "catversion": demo_catversion, "stylestudio": demo_stylestudio}
 
 
 def main(argv=None):
