@@ -43,14 +43,19 @@ def blurred_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> CLIP's mean/std normalised pixel values."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def deadiff_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, 3) in [0, 1] -> CLIP pixel values (B, 3, size, size), as DEADiff makes them."""
     if image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
     x = blurred_resize(image[..., :3].movedim(-1, 1).float(), (size, size))
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x)
 
 
 def clip_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -66,6 +71,4 @@ def clip_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
                       antialias=True, align_corners=False)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = (x[..., top:top + size, left:left + size].clamp(0, 1) * 255).round() / 255  # 8-bit, as both do
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x)

@@ -4,7 +4,8 @@ Target (issue 5): Apply <= 1.05x plain sampling. Encoding is timed at the publis
 Q-Formers, CLIP ViT-L/14 at 224 px) with random weights, on this machine's CPU.
 """
 import json
-import time
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +17,10 @@ from stylekit.models.deadiff import DEADiffAdapter, QFormerShape, adapter_from_s
 from stylekit.models.deadiff_inject import DEADiffTokens, deadiff_model
 from stylekit.models.inversion import ddim_uniform_sigmas
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_of  # noqa: E402
+
 pytestmark = pytest.mark.benchmark
-
-
-def best_of(fn, n=3):
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 @torch.no_grad()
@@ -37,17 +32,17 @@ def test_deadiff_figures():
     sig = ddim_uniform_sigmas(model.model_sampling, 20)
     g = torch.Generator().manual_seed(0)
     x, ctx, neg = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 64, generator=g), torch.zeros(1, 77, 64)
-    t_plain = best_of(lambda: sample_euler_cfg(model, x, sig, ctx, neg, cfg=7.5))
-    t_dead = best_of(lambda: sample_euler_cfg(patched, x, sig, ctx, neg, cfg=7.5))
+    t_plain = best_of(lambda: sample_euler_cfg(model, x, sig, ctx, neg, cfg=7.5))[0]
+    t_dead = best_of(lambda: sample_euler_cfg(patched, x, sig, ctx, neg, cfg=7.5))[0]
 
     from transformers import CLIPVisionConfig, CLIPVisionModel
     full = DEADiffAdapter(QFormerShape(), {}).eval()  # published sizes, random weights
     vit = CLIPVisionModel(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
                                            num_hidden_layers=24, patch_size=14, image_size=224)).eval()
     px = torch.randn(1, 3, 224, 224)
-    t_vit = best_of(lambda: vit(pixel_values=px, output_hidden_states=True), n=2)
+    t_vit = best_of(lambda: vit(pixel_values=px, output_hidden_states=True), n=2)[0]
     hidden = vit(pixel_values=px, output_hidden_states=True).hidden_states[-2]
-    t_qf = best_of(lambda: full.encode(hidden, "style"), n=2)
+    t_qf = best_of(lambda: full.encode(hidden, "style"), n=2)[0]
     fig = {"apply_vs_plain": t_dead / t_plain, "seconds": {"plain": t_plain, "deadiff": t_dead},
            "encode_seconds_per_reference_cpu": {"clip_vit_l14": t_vit, "qformer_branch": t_qf, "total": t_vit + t_qf},
            "threads": torch.get_num_threads()}

@@ -4,7 +4,8 @@ Targets (issue 3): store <= 10% of the naive fp32 all-layers-all-steps store; ba
 <= 0.6x two sequential inversions; FFA sampling <= 1.3x plain sampling.
 """
 import json
-import time
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +17,10 @@ from stylekit.bridge.tiny import tiny_sd15_unet
 from stylekit.models.feature_store import StorePolicy
 from stylekit.models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_of  # noqa: E402
+
 pytestmark = pytest.mark.benchmark
-
-
-def best_of(fn, n=2):
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def test_magicstyle_figures():

@@ -5,7 +5,8 @@ plain while it acts (measured with the teacher on for every step), so a 20-of-50
 1 + 0.4 x 1.1 of plain overall. SD1.5-layout UNet at 64/128 channels, 32x32 latents, CFG, this CPU.
 """
 import json
-import time
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,25 +18,10 @@ from stylekit.models.inversion import ddim_uniform_sigmas
 from stylekit.models.ip_adapter import load_adapter
 from stylekit.models.stylestudio import style_adapter_model, teacher_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_of, interleaved  # noqa: E402
+
 pytestmark = pytest.mark.benchmark
-
-
-def best_of(fn, n=3):
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def interleaved(runs: dict, rounds: int = 4) -> dict:
-    """Best time of each run over ``rounds`` rounds that run every entry once in turn (drift cancels)."""
-    best = {name: float("inf") for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            best[name] = min(best[name], best_of(fn, 1))
-    return best
 
 
 @torch.no_grad()
@@ -45,7 +31,7 @@ def test_stylestudio_figures(tmp_path):
                tmp_path / "ip-adapter-plus_sd15_sized.bin")  # the published SD1.5 plus Resampler, 64-wide context
     adapter = load_adapter(str(tmp_path / "ip-adapter-plus_sd15_sized.bin"))
     feats = torch.randn(1, 257, 1280)
-    t_encode = best_of(lambda: adapter.encode(feats))
+    t_encode = best_of(lambda: adapter.encode(feats))[0]
     add = style_adapter_model(model, adapter, feats, fusion="add", preset="all")
     adain = style_adapter_model(model, adapter, feats, fusion="cross-modal AdaIN", preset="all")
     sig = ddim_uniform_sigmas(model.model_sampling, 20)
