@@ -142,3 +142,58 @@ def tiny_ip_adapter(layers, kind: str = "plain", feature_width: int = 48, tokens
 def flat_state_dict(nested: dict) -> dict:
     """``{"image_proj": {"proj.weight": …}}`` -> ``{"image_proj.proj.weight": …}`` (the .safetensors layout)."""
     return {f"{head}.{k}": v.contiguous() for head, sd in nested.items() for k, v in sd.items()}
+
+
+def tiny_dvae(seed: int = 0, vocab: int = 64):
+    """A tiny randomly initialised DALL-E dVAE (hidden 8, one block per group): (encoder, decoder)."""
+    from ..models.dvae import DVAEDecoder, DVAEEncoder
+    torch.manual_seed(seed)
+    return (DVAEEncoder(n_hid=8, blocks_per_group=1, vocab=vocab).eval(),
+            DVAEDecoder(n_hid=8, blocks_per_group=1, vocab=vocab, n_init=8).eval())
+
+
+def tiny_translator(seed: int = 0, vocab: int = 64):
+    """A tiny StylerDALLE translator (hidden 32, 4 heads, 2 decoder blocks) for ``tiny_dvae``."""
+    from ..models.stylerdalle import StylerDALLETranslator
+    torch.manual_seed(seed)
+    return StylerDALLETranslator(input_dim=8, hidden=32, heads=4, decoder_blocks=2, vocab=vocab).eval()
+
+
+def write_official_dvae_pickles(encoder, decoder, folder) -> None:
+    """``encoder.pkl`` / ``decoder.pkl`` as the official files are made: whole modules pickled by torch,
+    of classes named ``dall_e.encoder.Encoder``, ``EncoderBlock``, ``dall_e.utils.Conv2d``, ... (made
+    here for the occasion and removed again, so nothing of the dall-e package is needed)."""
+    import os
+    import sys
+    import types
+    from torch import nn
+    names = ("dall_e", "dall_e.encoder", "dall_e.decoder", "dall_e.utils")
+    mods = {n: types.ModuleType(n) for n in names}
+
+    def cls(module, name):
+        c = type(name, (nn.Module,), {"__module__": module, "__qualname__": name})
+        setattr(mods[module], name, c)
+        return c
+    conv = cls("dall_e.utils", "Conv2d")
+    kinds = {"encoder": (cls("dall_e.encoder", "EncoderBlock"), cls("dall_e.encoder", "Encoder")),
+             "decoder": (cls("dall_e.decoder", "DecoderBlock"), cls("dall_e.decoder", "Decoder"))}
+
+    def rebuild(module, block, top):
+        if isinstance(module, (nn.MaxPool2d, nn.Upsample, nn.ReLU, nn.Identity)):
+            return module
+        new = {"Conv": conv, "Block": block, "DVAEEncoder": top, "DVAEDecoder": top}.get(type(module).__name__)
+        out = nn.Sequential() if new is None else new()
+        if new is not None:  # official attr fields ride along in the instance dict
+            out.device, out.requires_grad = torch.device("cpu"), False
+        for name, p in module._parameters.items():
+            out.register_parameter(name, nn.Parameter(p.detach().clone(), requires_grad=False))
+        for name, child in module._modules.items():
+            out.add_module(name, rebuild(child, block, top))
+        return out
+    sys.modules.update(mods)
+    try:
+        for part, model in (("encoder", encoder), ("decoder", decoder)):
+            torch.save(rebuild(model, *kinds[part]), os.path.join(str(folder), f"{part}.pkl"))
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)

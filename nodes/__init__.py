@@ -4,6 +4,8 @@ from .catversion import (StyleKitCatVersionApply, StyleKitCatVersionLoad, StyleK
 from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
+from .stylerdalle import (StyleKitStylerDALLEConvert, StyleKitStylerDALLELoad, StyleKitStylerDALLEPretrain,
+                          StyleKitStylerDALLEStylize, StyleKitStylerDALLETrainStyle)
 from .stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter, StyleKitTeacherLayout
 
 NODE_CLASS_MAPPINGS = {
@@ -20,6 +22,11 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitAdapterLoader": StyleKitAdapterLoader,
     "StyleKitStyleAdapter": StyleKitStyleAdapter,
     "StyleKitTeacherLayout": StyleKitTeacherLayout,
+    "StyleKitStylerDALLELoad": StyleKitStylerDALLELoad,
+    "StyleKitStylerDALLEStylize": StyleKitStylerDALLEStylize,
+    "StyleKitStylerDALLEPretrain": StyleKitStylerDALLEPretrain,
+    "StyleKitStylerDALLETrainStyle": StyleKitStylerDALLETrainStyle,
+    "StyleKitStylerDALLEConvert": StyleKitStylerDALLEConvert,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -36,4 +43,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitAdapterLoader": "StyleKit Adapter Loader",
     "StyleKitStyleAdapter": "StyleKit Style Adapter",
     "StyleKitTeacherLayout": "StyleKit Teacher Layout",
+    "StyleKitStylerDALLELoad": "StyleKit StylerDALLE Load",
+    "StyleKitStylerDALLEStylize": "StyleKit StylerDALLE Stylize",
+    "StyleKitStylerDALLEPretrain": "StyleKit StylerDALLE Pretrain",
+    "StyleKitStylerDALLETrainStyle": "StyleKit StylerDALLE Train Style",
+    "StyleKitStylerDALLEConvert": "StyleKit StylerDALLE Convert",
 }
