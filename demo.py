@@ -186,9 +186,31 @@ def demo_stylestudio(d: Demo):
                        "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
 
 
+def demo_stylerdalle(d: Demo):
+    """StylerDALLE: a tiny random dVAE and translator, 10 pre-training steps on random photos, then
+    stylise one image (128 px in, 256 px out)."""
+    from .bridge.tiny import tiny_dvae, tiny_translator
+    from .models.stylerdalle_pipeline import StylerDALLE, stylize, training_tokens
+    from .models.stylerdalle_train import PretrainSettings, pretrain
+    encoder, decoder = tiny_dvae(seed=d.seed)
+    photos = torch.rand(4, 256, 256, 3, generator=torch.Generator().manual_seed(d.seed + 5))
+    t16, t32 = training_tokens(encoder, photos)
+    t0 = time.perf_counter()
+    net, losses = pretrain(tiny_translator(seed=d.seed), decoder, t16, t32, PretrainSettings(steps=10, lr=3e-3, batch=4, warmup=2))
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = stylize(StylerDALLE(encoder, decoder, net), photos[:1], seed=d.seed)
+    t_stylize = time.perf_counter() - t0
+    from PIL import Image
+    image = Image.fromarray((out[0].numpy() * 255).round().astype("uint8"))
+    return {"image": image, "report": {"pretrain_seconds": round(t_train, 4), "nll_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+                                       "stylize_seconds": round(t_stylize, 4)}}
+
+
 DEMOS = {"plain": demo_plain, "router": demo_router, "styleid": demo_styleid,
          "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff,
-         "catversion": demo_catversion, "stylestudio": demo_stylestudio}
+         "catversion": demo_catversion, "stylestudio": demo_stylestudio,
+         "stylerdalle": demo_stylerdalle}
 
 
 def main(argv=None):

@@ -47,9 +47,11 @@ def _check_value(where, name, decl, value) -> list[str]:
         if not isinstance(value, str):
             return [f"{where}: {name}={value!r} is not a STRING"]
     elif typ == "COMBO":
-        choices = opts.get("choices")
-        # an empty list is a model-file list of a folder this machine has nothing in: not checkable
-        if choices and value not in choices:
+        choices = opts.get("choices") or []
+        # a model-file list of a folder this machine has nothing in is empty, or holds only a
+        # "(placeholder)" choice such as "(new, untrained)": a file name in it is not checkable
+        files_only = [c for c in choices if not (isinstance(c, str) and c.startswith("(") and c.endswith(")"))]
+        if value not in choices and (files_only or (isinstance(value, str) and value.startswith("("))):
             return [f"{where}: {name}={value!r} is not one of {choices}"]
         return []
     else:

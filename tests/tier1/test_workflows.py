@@ -52,3 +52,12 @@ def test_range_checks():
                   "optional": {}, "outputs": []}}
     errs = check_api({"1": {"class_type": "X", "inputs": {"w": 1.5, "c": "z"}}}, spec)
     assert any("above its maximum" in e for e in errs) and any("not one of" in e for e in errs)
+
+
+def test_file_lists_with_only_a_placeholder_are_not_checked():
+    spec = {"X": {"required": {"f": ["COMBO", {"choices": ["(new, untrained)"]}]}, "optional": {}, "outputs": []}}
+    run = lambda v: check_api({"1": {"class_type": "X", "inputs": {"f": v}}}, spec)  # noqa: E731
+    assert run("(new, untrained)") == [] and run("style.safetensors") == []  # no files here to check against
+    assert any("not one of" in e for e in run("(typo)"))
+    spec["X"]["required"]["f"][1]["choices"].append("a.safetensors")  # files present: checked
+    assert any("not one of" in e for e in run("style.safetensors"))

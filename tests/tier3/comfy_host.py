@@ -161,6 +161,21 @@ def write_tiny_adapter(model, folder, name, kind="plain", csgo=False, seed=0):
     return path
 
 
+def write_tiny_stylerdalle(root, dvae="dalle_dvae.safetensors", translator="stylerdalle_style.safetensors"):
+    """models/dalle/<dvae> (converted from official-layout pickles) and models/stylerdalle/<translator>."""
+    import os
+
+    from stylekit.bridge.tiny import tiny_dvae, tiny_translator, write_official_dvae_pickles
+    from stylekit.models.stylerdalle import save_translator
+    from stylekit.tools.dalle_convert import convert_files
+    for sub in ("dalle", "stylerdalle"):
+        os.makedirs(os.path.join(str(root), sub), exist_ok=True)
+    write_official_dvae_pickles(*tiny_dvae(seed=1), os.path.join(str(root), "dalle"))
+    convert_files(os.path.join(str(root), "dalle", "encoder.pkl"), os.path.join(str(root), "dalle", "decoder.pkl"),
+                  os.path.join(str(root), "dalle", dvae))
+    save_translator(tiny_translator(seed=2), os.path.join(str(root), "stylerdalle", translator), style="tiny")
+
+
 class SdxlClipStandin:
     """Stands in for SDXL's two text encoders: CLIPTextEncode gets a 64-wide context (the tiny SDXL
     UNet's) and the 1280-wide pooled output SDXL's ``y`` is built from."""

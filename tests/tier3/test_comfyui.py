@@ -120,7 +120,7 @@ def test_same_contribution_same_output_in_comfyui_and_bridge():
 def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     import folder_paths
     from comfy_host import (comfy_sd15_random, comfy_sdxl_random, real_standins, run_api_workflow, write_tiny_adapter,
-                            write_tiny_catversion, write_tiny_deadiff)
+                            write_tiny_catversion, write_tiny_deadiff, write_tiny_stylerdalle)
     from stylekit.tools.workflow_check import check_api, spec_from_node_class
     nodes, _ = comfy_nodes
     specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
@@ -132,6 +132,9 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     write_tiny_adapter(comfy_sd15_random(), tmp_path / "ipadapter", "ip-adapter_sd15.safetensors")
     write_tiny_adapter(comfy_sdxl_random(), tmp_path / "ipadapter", "csgo_4_32.bin", "plus", csgo=True)
     folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"))
+    write_tiny_stylerdalle(tmp_path)
+    folder_paths.add_model_folder_path("dalle", str(tmp_path / "dalle"))
+    folder_paths.add_model_folder_path("stylerdalle", str(tmp_path / "stylerdalle"), is_default=True)
     small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
     paths = sorted((ROOT / "workflows" / "api").glob("*.json"))
     assert paths
@@ -139,7 +142,8 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
         wf = json.loads(path.read_text())
         # no checkpoints or input images on disk here: their file-name choices are not checked
         errs = [e for e in check_api(wf, specs) if not any(f in e for f in ("ckpt_name", "image=", "clip_name", "deadiff_name", "catversion_name",
-                                                                                  "adapter_name", "control_net_name"))]
+                                                                                  "adapter_name", "control_net_name",
+                                                                                  "dvae_name", "translator_name"))]
         assert errs == [], (path.name, errs)
         for node in wf.values():
             node["inputs"].update({k: v for k, v in small.items() if k in node["inputs"]})
@@ -153,6 +157,8 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
                 assert -1 <= clip_i <= 1 and -1 <= clip_t <= 1 and "CLIP-T" in report, report
             if node["class_type"] == "StyleKitCatVersionTrain":
                 assert results[nid][1].shape[-1] == 3 and list((tmp_path / "catversion").glob("catversion_concept_*.safetensors"))
+            if node["class_type"] == "StyleKitStylerDALLEStylize":
+                assert results[nid][0].shape[1:] == (256, 256, 3) and torch.isfinite(results[nid][0]).all()
             if node["class_type"] in ("SamplerCustom", "KSampler"):
                 latent = results[nid][0]["samples"]
                 assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all(), path.name
