@@ -69,24 +69,30 @@ class Block(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
+def _blocks(first: Conv, widths: list, blocks_per_group: int, kernels: tuple, between: tuple, last: Conv):
+    """The official layout: ``input``, ``group_1..4`` (blocks, then ``between`` after groups 1-3), ``output``."""
+    blocks = nn.Sequential()
+    blocks.add_module("input", first)
+    for g in range(4):
+        group = nn.Sequential()
+        for i in range(blocks_per_group):
+            group.add_module(f"block_{i + 1}", Block(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
+                                                     4 * blocks_per_group, kernels))
+        if g < 3:
+            group.add_module(between[0], between[1]())
+        blocks.add_module(f"group_{g + 1}", group)
+    blocks.add_module("output", nn.Sequential())
+    blocks.output.add_module("relu", nn.ReLU())
+    blocks.output.add_module("conv", last)
+    return blocks
+
+
 class DVAEEncoder(nn.Module):
     def __init__(self, n_hid: int = 256, blocks_per_group: int = 2, vocab: int = 8192, channels: int = 3):
         super().__init__()
-        n_layers = 4 * blocks_per_group
-        widths = [n_hid, n_hid, 2 * n_hid, 4 * n_hid, 8 * n_hid]
-        self.blocks = nn.Sequential()
-        self.blocks.add_module("input", Conv(channels, n_hid, 7))
-        for g in range(4):
-            group = nn.Sequential()
-            for i in range(blocks_per_group):
-                group.add_module(f"block_{i + 1}", Block(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
-                                                         n_layers, (3, 3, 3, 1)))
-            if g < 3:
-                group.add_module("pool", nn.MaxPool2d(2))
-            self.blocks.add_module(f"group_{g + 1}", group)
-        self.blocks.add_module("output", nn.Sequential())
-        self.blocks.output.add_module("relu", nn.ReLU())
-        self.blocks.output.add_module("conv", Conv(8 * n_hid, vocab, 1))
+        self.blocks = _blocks(Conv(channels, n_hid, 7), [n_hid, n_hid, 2 * n_hid, 4 * n_hid, 8 * n_hid],
+                              blocks_per_group, (3, 3, 3, 1), ("pool", lambda: nn.MaxPool2d(2)),
+                              Conv(8 * n_hid, vocab, 1))
 
     @property
     def vocab(self) -> int:
@@ -104,21 +110,10 @@ class DVAEDecoder(nn.Module):
     def __init__(self, n_hid: int = 256, blocks_per_group: int = 2, vocab: int = 8192, n_init: int = 128,
                  channels: int = 3):
         super().__init__()
-        n_layers = 4 * blocks_per_group
-        widths = [n_init, 8 * n_hid, 4 * n_hid, 2 * n_hid, n_hid]
-        self.blocks = nn.Sequential()
-        self.blocks.add_module("input", Conv(vocab, n_init, 1))
-        for g in range(4):
-            group = nn.Sequential()
-            for i in range(blocks_per_group):
-                group.add_module(f"block_{i + 1}", Block(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
-                                                         n_layers, (1, 3, 3, 3)))
-            if g < 3:
-                group.add_module("upsample", nn.Upsample(scale_factor=2, mode="nearest"))
-            self.blocks.add_module(f"group_{g + 1}", group)
-        self.blocks.add_module("output", nn.Sequential())
-        self.blocks.output.add_module("relu", nn.ReLU())
-        self.blocks.output.add_module("conv", Conv(n_hid, 2 * channels, 1))
+        self.blocks = _blocks(Conv(vocab, n_init, 1), [n_init, 8 * n_hid, 4 * n_hid, 2 * n_hid, n_hid],
+                              blocks_per_group, (1, 3, 3, 3),
+                              ("upsample", lambda: nn.Upsample(scale_factor=2, mode="nearest")),
+                              Conv(n_hid, 2 * channels, 1))
 
     @property
     def vocab(self) -> int:

@@ -36,6 +36,15 @@ def load(model) -> torch.device:
     return model.load_device
 
 
+def compute_device() -> torch.device:
+    """ComfyUI's torch device (its GPU when it has one); the CPU outside ComfyUI."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return torch.device("cpu")
+    return comfy.model_management.get_torch_device()
+
+
 def latent_in(model, samples: torch.Tensor) -> torch.Tensor:
     return model.model.process_latent_in(samples) if hasattr(model, "model") else samples
 

@@ -72,7 +72,8 @@ class StyleKitStylerDALLELoad:
         else:
             path = comfy_glue.full_path(TRANSLATOR_FOLDER, translator_name)
             translator, style = load_translator(path), os.path.splitext(translator_name)[0]
-        model = StylerDALLE(encoder, decoder, translator, style)
+        device = comfy_glue.compute_device()  # standalone models: on ComfyUI's GPU when it has one
+        model = StylerDALLE(encoder.to(device), decoder.to(device), translator.to(device), style)
         model.check()
         return (model,)
 

@@ -187,9 +187,10 @@ def test_running_mean_baseline():
     assert b == pytest.approx(((0.2 * 0.2) * 0.8 + 0.2 * 0.5) * 0.8 + 0.2 * 0.1)
 
 
-def test_reinforce_raises_a_synthetic_reward():
-    enc, dec = tiny_dvae()
-    t = tiny_translator()
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reinforce_raises_a_synthetic_reward(seed):
+    enc, dec = tiny_dvae(seed=seed)
+    t = tiny_translator(seed=seed)
     t16 = enc.tokens(torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(1)))
     reward = lambda images, captions: images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))  # noqa: E731  red, not blue
 
@@ -197,10 +198,12 @@ def test_reinforce_raises_a_synthetic_reward():
         with torch.no_grad():
             lp = net(embed_tokens(dec, t16))
             return float(torch.stack([reward(dec.decode(sample_tokens(lp, seed=s)), None) for s in range(4)]).mean())
+    with torch.no_grad():  # the best any translator can do: every token the reddest one
+        best = max(float(reward(dec.decode(torch.full((1, 32, 32), v)), None)) for v in range(VOCAB))
     before = expected(t)
     net, losses, rewards, baseline = train_style(t, dec, t16, reward, ["a photo"] * 4,
-                                                 StyleSettings(steps=30, lr=3e-2, batch=4, official_dropout=False))
-    assert expected(net) > before + 0.02  # measured: 0.030 -> 0.075 (best token 0.149)
+                                                 StyleSettings(steps=80, lr=1e-2, batch=4, official_dropout=False))
+    assert expected(net) - before > 0.25 * (best - before)  # measured: 42% and 48% of the gap closed
     b = 0.0
     for r in rewards:
         b = update_baseline(b, r, 4)
