@@ -17,6 +17,7 @@ import torch
 
 from ..attention.layers import UnsupportedModelError
 from ..attention.prefix import prefix_attention, strength_bias
+from .weights_file import load_tensor_dict
 
 ENCODER = "clip_l.transformer.text_model.encoder"
 FORMAT = "stylekit-catversion"
@@ -103,9 +104,7 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
 
 def load_official(path: str) -> CatVersionPrefix:
     """CatVersion's ``pytorch_adapter.bin``; sizes from the ``adapter_config.json`` beside it, else CLIP-L."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(sd).__name__}")
+    sd = load_tensor_dict(path, ValueError)
     hidden = 768
     cfg_path = os.path.join(os.path.dirname(path), "adapter_config.json")
     if os.path.exists(cfg_path):

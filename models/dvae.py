@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights_file import refused_global
+
 LOGIT_LAPLACE_EPS = 0.1
 DVAE_CLASSES = ("dall_e.encoder.Encoder", "dall_e.encoder.EncoderBlock", "dall_e.decoder.Decoder",
                 "dall_e.decoder.DecoderBlock", "dall_e.utils.Conv2d")
@@ -193,10 +195,9 @@ def convert_dalle_pickle(path: str) -> tuple[str, dict]:
         with torch.serialization.safe_globals([*stand_ins, *TORCH_LAYERS]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise DVAEWeightsError(
             f"{path} holds an object that is not part of the DALL-E dVAE "
-            f"({found.group(1) if found else str(e).splitlines()[0]}); refusing to unpickle it. Allowed: "
+            f"({refused_global(e)}); refusing to unpickle it. Allowed: "
             f"{', '.join(DVAE_CLASSES)} and torch's {', '.join(c.__name__ for c in TORCH_LAYERS)}") from None
     kind = type(obj).__module__ + "." + type(obj).__qualname__
     if kind not in ("dall_e.encoder.Encoder", "dall_e.decoder.Decoder"):

@@ -22,13 +22,14 @@ two dicts, read with ``torch.load(weights_only=True)`` (no arbitrary objects are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..attention.layers import ModelLayers, UnsupportedModelError
+from .weights_file import load_tensor_dict
 
 DIM_HEAD = 64  # the Resampler's head width in every published IP-Adapter / CSGO file
 EMBEDS_WIDTH = {768: "CLIP ViT-L/14", 1024: "CLIP ViT-H/14", 1280: "CLIP ViT-bigG/14"}
@@ -122,7 +123,6 @@ class StyleAdapter:
     attn2: dict                     # processor number n -> (W_k (inner, context), W_v)
     source: str = "IP-Adapter"      # or "CSGO style branch"
     blocks: tuple = ("input", "middle", "output")  # where the adapter's image branch was trained
-    meta: dict = field(default_factory=dict)
 
     def __deepcopy__(self, memo):  # weights travel through ComfyUI's option copies by reference
         return self
@@ -153,13 +153,13 @@ class StyleAdapter:
                 f"{_named(self.context_dim, CONTEXT_WIDTH)} context; reads CLIP vision {what} "
                 f"{_named(self.feature_width, EMBEDS_WIDTH if self.kind == 'plain' else HIDDEN_WIDTH)}")
 
-    def check_features(self, features: torch.Tensor, encoder: str = "the CLIP vision model") -> None:
+    def check_features(self, features: torch.Tensor) -> None:
         width = features.shape[-1]
         if width != self.feature_width:
             table = EMBEDS_WIDTH if self.kind == "plain" else HIDDEN_WIDTH
             raise UnsupportedModelError(
                 f"{self.name} expects CLIP vision {self.feature.replace('_', ' ')} "
-                f"{_named(self.feature_width, table)}; {encoder} gives {_named(width, table)}. "
+                f"{_named(self.feature_width, table)}; the CLIP vision model gives {_named(width, table)}. "
                 f"Load the CLIP vision model this adapter was trained with.")
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
@@ -211,14 +211,7 @@ def _read(path: str) -> dict:
             head, _, rest = k.partition(".")
             groups.setdefault(head, {})[rest] = v
         return groups
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise AdapterWeightsError(f"{path} is not a plain tensor file ({type(e).__name__}: {e}); "
-                                  "convert it to .safetensors") from None
-    if not isinstance(sd, dict):
-        raise AdapterWeightsError(f"{path} holds a {type(sd).__name__}, not a dict of weights")
-    return sd
+    return load_tensor_dict(path, AdapterWeightsError, hint="convert it to .safetensors")
 
 
 def load_adapter(path: str) -> StyleAdapter:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights_file import load_tensor_dict
+
 GRID_IN, GRID_OUT = 16, 32
 
 
@@ -236,16 +238,12 @@ def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslato
     name = os.path.basename(path)
     if path.endswith(".safetensors"):
         from safetensors import safe_open
-        from safetensors.torch import load_file
-        sd = load_file(path)
         with safe_open(path, "pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
             heads = heads or int((f.metadata() or {}).get("heads", 8))
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise StylerDALLEWeightsError(f"{name} is not a plain state dict ({type(e).__name__}); "
-                                          "save model.state_dict() or convert to .safetensors") from None
+        sd = load_tensor_dict(path, StylerDALLEWeightsError, "state dict",
+                              "save model.state_dict() or convert to .safetensors")
     return load_translator_state(sd, heads or 8, name)
 
 

@@ -83,10 +83,6 @@ def style_adapter_model(model, adapter: StyleAdapter, style_features: torch.Tens
     return m
 
 
-def has_teacher(model) -> bool:
-    return isinstance(model.model_options.get("model_function_wrapper"), TeacherWrapper)
-
-
 def teacher_model(model, fraction: float, fallback_sigma: float):
     """A clone whose first ``fraction`` of steps runs a teacher sample beside the stylised one."""
     layers = model_layers(model)

@@ -65,7 +65,6 @@ class StyleKitStyleAdapter:
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
         with torch.no_grad():
             style = comfy_glue.vision_features(clip_vision, image, adapter.feature)
-            adapter.check_features(style, f"the CLIP vision model given ({type(clip_vision).__name__})")
             negative = None if negative_style_image is None else \
                 comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature)
         return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo,
