@@ -30,6 +30,26 @@ def sdxl(sdxl_unet):
     return BridgePatcher(sdxl_unet)
 
 
+def roundoff_tolerance(reference: torch.Tensor, model, steps: int, dtype=torch.float32) -> float:
+    """The largest difference two samplings of ``steps`` steps through ``model`` may show when they
+    differ only in the order of floating-point reductions (batch layout, split cond/uncond calls, thread
+    count, the CPU's kernels), not in what they compute.
+
+    Reordering a reduction changes its result by up to about eps of the activations' scale; every
+    reduction layer (Linear, Conv2d: ``model``'s) does that once per model call, and to first order
+    those round-offs add up along the sampling trajectory. So: steps x layers x eps(dtype) x max|ref|.
+    A real difference in what is computed (a style leaking into a row, a wrong chunk) is of the order
+    of the activations themselves, orders of magnitude above this bound.
+    """
+    layers = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.unet.modules())
+    return steps * layers * torch.finfo(dtype).eps * float(reference.abs().max())
+
+
+@pytest.fixture
+def roundoff():
+    return roundoff_tolerance
+
+
 def pytest_report_header(config):
     path = os.environ.get("COMFYUI_PATH")
     return f"tier 3 (real ComfyUI): {'COMFYUI_PATH=' + path if path else 'skipped, COMFYUI_PATH is unset'}"

@@ -95,13 +95,14 @@ def teacher(model, fraction):
     return StyleKitTeacherLayout().apply(model, fraction)[0]
 
 
-def test_teacher_off_and_weight_zero_paths_are_exact(sd15, tmp_path, vision):
+def test_teacher_off_and_weight_zero_paths_are_exact(sd15, tmp_path, vision, roundoff):
     adapter = adapter_for(sd15, tmp_path)
     model = styled(sd15, adapter, vision)
     assert torch.equal(sample(teacher(model, 0.0)), sample(model))  # 0 teacher steps: no teacher
     plain = sample(sd15, batch=2)
     silent = teacher(styled(sd15, adapter, vision, weight=0.0), 1.0)
-    torch.testing.assert_close(sample(silent, batch=2), plain, atol=1e-6, rtol=0)  # stylised == teacher
+    # stylised == teacher, computed in a batch twice as large (other reduction order)
+    torch.testing.assert_close(sample(silent, batch=2), plain, atol=roundoff(plain, sd15, STEPS), rtol=0)
     assert (sample(teacher(model, 0.6)) - sample(model)).abs().mean() > 1e-4
     assert torch.equal(sample(sd15), sample(BridgeCopy(sd15)))  # the input model is untouched
 
@@ -111,7 +112,7 @@ def BridgeCopy(model):
     return BridgePatcher(model.unet)
 
 
-def test_teacher_shares_maps_only_during_its_steps_batched_or_split(sd15, tmp_path, vision):
+def test_teacher_shares_maps_only_during_its_steps_batched_or_split(sd15, tmp_path, vision, roundoff):
     adapter = adapter_for(sd15, tmp_path)
     model = teacher(styled(sd15, adapter, vision), 0.4)  # round(0.4 * 5) = 2 of 5 steps
     seen = []
@@ -133,5 +134,5 @@ def test_teacher_shares_maps_only_during_its_steps_batched_or_split(sd15, tmp_pa
     seen.clear()
     split = sample(spied, batch=2, split=True)
     assert {(labels, n) for _, labels, n in seen} == {(2, 1), (1, None)}  # split calls: one chunk each
-    torch.testing.assert_close(split, batched, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split, batched, atol=roundoff(batched, sd15, STEPS), rtol=0)
     assert batched.shape == (2, 4, 16, 16)
