@@ -17,6 +17,8 @@ official code does, or a negative style image's tokens: StyleStudio's style-base
 teacher sample (``transformer_options[TEACHER_CHUNKS]``, see :mod:`.teacher`) get no image branch.
 An optional mask (1 or B, H, W) limits the change to a region, resized to each block's grid.
 Projected tokens are cached per layer, device and dtype: the image tokens are constant for a run.
+When ComfyUI moves the patch (``.to(device)``) the contribution is rebuilt on moved tensors with an
+empty cache.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .functional import default_attention
+from .functional import host_attention
 from .image_kv import expand_rows
-from .router import Contribution, block_key
+from .router import Contribution, block_key, movable
 
 FUSIONS = ("cross-modal AdaIN", "add")
 TEACHER_CHUNKS = "stylekit_teacher_chunks"  # set by the teacher wrapper: chunks [n:] are teacher rows
@@ -62,6 +64,7 @@ def block_grid(extra: dict, tokens: int) -> tuple[int, int]:
     return round(H / s), round(W / s)
 
 
+@movable("cond_tokens", "uncond_tokens", "projections", "mask")
 def adapter_contribution(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor, projections: dict,
                          fusion: str = "cross-modal AdaIN", weight: float = 1.0, sigma_start=math.inf,
                          sigma_end=0.0, block_weights=None, mask: torch.Tensor | None = None,
@@ -101,7 +104,7 @@ def adapter_contribution(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
         n = rows * styled
         key = block_key(extra)
         ik, iv = projected(key, tuple(labels[:styled]), rows, q.device, q.dtype)
-        i = default_attention(q[:n], ik, iv, extra)
+        i = host_attention(q[:n], ik, iv, extra)
         ts = t[:n]
         if fusion == "add":
             fused = torch.add(ts, i, alpha=w)

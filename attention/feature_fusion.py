@@ -10,7 +10,8 @@ the style (h_s) at the same block and sigma, projected with the layer's own weig
     fused = softmax(logits) V
     out = weight * fused + (1 - weight) * plain,  and where MASK = 1 (spared region) out = plain
 
-``plain`` is the block's ordinary self-attention (the rest of the router chain). All on fused SDPA.
+``plain`` is the block's ordinary self-attention (the rest of the router chain). The fused attention
+runs on the host's attention function (its backend and overrides); the temperature scales q' first.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .functional import sdpa_attention
-from .router import Contribution, block_key, current_sigma
+from .functional import host_attention, sdpa_attention
+from .router import Contribution, as_device, block_key, current_sigma, movable
 
 STYLEID_BLOCKS = [("output", i) for i in range(6, 12)]
 
@@ -42,8 +43,12 @@ PRESETS = {
 }
 
 
-def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings):
-    """The fused attention output for current queries ``q`` (batch B) and one reference pair (batch 1)."""
+def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings, attention=None):
+    """The fused attention output for current queries ``q`` (batch B) and one reference pair (batch 1).
+
+    ``attention(q, k, v, mask)`` is the host's attention (:func:`.functional.host_attention` for the
+    block); fused SDPA when None. The temperature scales the queries, which scales every logit.
+    """
     b = q.shape[0]
     q_mix = s.gamma * q_c.to(q.dtype).expand(b, -1, -1) + (1.0 - s.gamma) * q if s.gamma else q
     k, v = k_s.to(q.dtype), v_s.to(q.dtype)
@@ -54,9 +59,11 @@ def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings):
         n_s = k_s.shape[1]
         mask = torch.zeros(1, 1, 1, k.shape[1], dtype=q.dtype, device=q.device)
         mask[..., n_s:] = math.log(s.content_kv)
-    d = q.shape[-1] // heads
-    return sdpa_attention(q_mix, k.expand(b, -1, -1), v.expand(b, -1, -1), heads, mask=mask,
-                          scale=s.temperature / math.sqrt(d))
+    if s.temperature != 1.0:
+        q_mix = q_mix * s.temperature
+    if attention is None:
+        return sdpa_attention(q_mix, k.expand(b, -1, -1), v.expand(b, -1, -1), heads, mask=mask)
+    return attention(q_mix, k.expand(b, -1, -1), v.expand(b, -1, -1), mask)
 
 
 def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -65,6 +72,7 @@ def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(m, size=hw, mode="area").reshape(1, -1, 1)
 
 
+@movable("store", "mask")
 def feature_fusion_contribution(store, settings: FusionSettings, projections: dict, weight: float = 1.0,
                                 mask=None, sigma_start=math.inf, sigma_end=0.0, name="feature_fusion") -> Contribution:
     """attn1 contribution reading the content (row 0) and style (row 1) states from ``store``.
@@ -77,13 +85,14 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
         if store.recording:  # the references themselves are being run (recompute mode)
             return call_next(q, k, v, extra)
         key = block_key(extra)
-        h = store.lookup(key, current_sigma(extra)).to(q.dtype)
+        h = store.lookup(key, current_sigma(extra)).to(device=q.device, dtype=q.dtype)
         attn = projections[key]
         h_c, h_s = h[0:1], h[1:2]
         k_c = v_c = None
         if settings.content_kv > 0:
             k_c, v_c = attn.to_k(h_c), attn.to_v(h_c)
-        fused = fuse(q, attn.to_q(h_c), k_c, v_c, attn.to_k(h_s), attn.to_v(h_s), extra["n_heads"], settings)
+        fused = fuse(q, attn.to_q(h_c), k_c, v_c, attn.to_k(h_s), attn.to_v(h_s), extra["n_heads"], settings,
+                     lambda q_, k_, v_, m_: host_attention(q_, k_, v_, extra, m_))
         if w == 1.0 and mask is None:
             return fused
         plain = call_next(q, k, v, extra)
@@ -98,18 +107,30 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
                         info={"store": store, "settings": settings})
 
 
-def recording_patch(store):
+class FeatureRecorder:
     """An ``attn1_patch`` (ComfyUI's pre-projection hook) that records the attn1 input into ``store``.
 
     It changes nothing; it records only while ``store.recording`` is set and only on the store's layers.
+    ``.to(device)`` moves the (shared) store with the model.
     """
-    layers = set(store.policy.layers)
 
-    def stylekit_feature_record(n, context, value, extra):
-        if store.recording:
+    def __init__(self, store):
+        self.store = store
+        self.layers = set(store.policy.layers)
+
+    def __call__(self, n, context, value, extra):
+        if self.store.recording:
             key = block_key(extra)
-            if key in layers:
-                store.record(key, current_sigma(extra), n)
+            if key in self.layers:
+                self.store.record(key, current_sigma(extra), n)
         return n, context, value
 
-    return stylekit_feature_record
+    def to(self, device_or_dtype):
+        device = as_device(device_or_dtype)
+        if device is not None:
+            self.store.move_to(device)
+        return self
+
+
+def recording_patch(store) -> FeatureRecorder:
+    return FeatureRecorder(store)

@@ -44,21 +44,30 @@ def explicit_attention(q, k, v, heads: int, mask=None, scale=None):
     return merge_heads(torch.softmax(logits, dim=-1) @ vh).to(q.dtype)
 
 
-def default_attention(q, k, v, extra_options: dict):
-    """The host's own attention for a block: what runs when no contribution is active.
+def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = None):
+    """The host's own attention for a block, on unsplit heads; every attention StyleKit computes or
+    passes on goes through here, so the user's backend and overrides apply to patched blocks too.
 
-    The diffusers bridge names its function in ``extra_options['stylekit_default_attention']``;
-    inside ComfyUI the active ``optimized_attention`` is used so an idle router matches the unpatched
-    block; otherwise fused SDPA.
+    * diffusers bridge: the function named in ``extra_options['stylekit_default_attention']``;
+    * ComfyUI: the active ``optimized_attention`` (``optimized_attention_masked`` with a mask) with the
+      block's options as ``transformer_options`` (``extra_options`` is ComfyUI's copy of them), so an
+      ``optimized_attention_override`` (``ModelPatcher.set_model_optimized_attention``, other packs'
+      kernels) sees the call;
+    * otherwise fused SDPA.
+
+    ``mask`` is additive and broadcastable to ``(batch, heads, q_tokens, k_tokens)``. Logit scales other
+    than 1/sqrt(dim_head) are applied to ``q`` by the caller: not every host takes a scale.
     """
     fn = extra_options.get("stylekit_default_attention")
+    heads = extra_options["n_heads"]
     if fn is not None:
-        return fn(q, k, v, extra_options["n_heads"])
+        return fn(q, k, v, heads, mask)
     comfy_attention = sys.modules.get("comfy.ldm.modules.attention")
     if comfy_attention is not None:
-        return comfy_attention.optimized_attention(
-            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
-    return sdpa_attention(q, k, v, extra_options["n_heads"])
+        fn = comfy_attention.optimized_attention if mask is None else comfy_attention.optimized_attention_masked
+        return fn(q, k, v, heads, mask=mask, attn_precision=extra_options.get("attn_precision"),
+                  transformer_options=extra_options)
+    return sdpa_attention(q, k, v, heads, mask)
 
 
 def chunks_by_cond(t: torch.Tensor, cond_or_uncond) -> list[tuple[int, torch.Tensor]]:

@@ -10,6 +10,8 @@ unconditional (``cond_or_uncond`` 1) get zero image tokens, whose keys and value
 take softmax mass, exactly as in the official code. The concatenated K/V are passed down the router
 chain, so the attention itself stays ComfyUI's fused kernel (or whatever sits below).
 Projected tokens are cached per layer, device and dtype: the image tokens are constant for a run.
+When ComfyUI moves the patch (``.to(device)``) the contribution is rebuilt on moved tensors with an
+empty cache.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import math
 
 import torch
 
-from .router import Contribution, block_key
+from .router import Contribution, block_key, movable
 
 
 def expand_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
@@ -28,6 +30,7 @@ def expand_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
     raise ValueError(f"{what}: {t.shape[0]} sets of image tokens for a batch of {rows}; give 1 or {rows}")
 
 
+@movable("tokens", "projections")
 def image_kv_contribution(tokens: dict, projections: dict, weight: float = 1.0, sigma_start=math.inf,
                           sigma_end=0.0, block_weights=None, name: str = "image_kv") -> Contribution:
     """``tokens``: 3-part key -> image tokens (B or 1, T, D) for that layer (zeros for an off branch).

@@ -9,7 +9,11 @@ whatever another node (ours or another pack's) put there. Instead every StyleKit
   called, with whatever q/k/v the contributions pass down;
 * it is immutable: adding a contribution makes a new router on the clone, so the model a node was
   given keeps its own router untouched (copy-on-write, like ComfyUI's own ``set_model_patch_replace``);
-* ``copy.deepcopy`` (every ``ModelPatcher.clone()``) shares contributions and their tensors.
+* ``copy.deepcopy`` (every ``ModelPatcher.clone()``) shares contributions and their tensors;
+* it follows ComfyUI's patch protocol: ``.to(device)`` (called when ComfyUI loads the model and again
+  when it offloads it) returns a router whose contributions hold moved copies of their tensors and
+  fresh caches, so nothing stays behind on the old device; ``.models()`` and ``.cleanup()`` reach a
+  foreign base, which the router would otherwise hide from ComfyUI.
 
 A contribution is ``apply(q, k, v, extra_options, call_next, weight) -> out`` where ``call_next(q,
 k, v, extra_options)`` runs the rest of the chain. The router skips a contribution whose effective
@@ -18,11 +22,16 @@ weight is 0 or whose sigma window does not contain the current sigma, so "off" i
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from .functional import default_attention
+import torch
+
+from .functional import host_attention
 
 BlockKey = tuple  # ("input"|"middle"|"output", block_id, transformer_depth_index)
 ApplyFn = Callable[..., "object"]
@@ -44,9 +53,17 @@ class Contribution:
     sigma_end: float = 0.0
     block_weights: Mapping[tuple, float] = field(default_factory=dict)
     info: Mapping[str, object] = field(default_factory=dict)
+    state: Mapping[str, object] = field(default_factory=dict)  # the tensors ``apply`` holds, by argument
+    rebuild: Callable[[Mapping], "Contribution"] | None = None  # state on a device -> new contribution
 
     def __deepcopy__(self, memo):  # immutable; share tensors held by ``apply`` across clones
         return self
+
+    def to(self, device) -> "Contribution":
+        """This contribution with its state on ``device`` (rebuilt: caches start empty)."""
+        if self.rebuild is None:
+            return self
+        return self.rebuild(move_to(self.state, device))
 
     def weight_for(self, key: BlockKey) -> float:
         w = self.block_weights.get(tuple(key), self.block_weights.get(tuple(key[:2]), 1.0))
@@ -54,6 +71,47 @@ class Contribution:
 
     def active_at(self, sigma: float | None) -> bool:
         return sigma is None or self.sigma_end <= sigma <= self.sigma_start
+
+
+def move_to(obj, device):
+    """Tensors in a nest of dicts, lists and tuples moved to ``device``; objects with ``move_to`` (shared
+    state such as a feature store) move themselves; anything else is kept as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device) for v in obj)
+    if hasattr(obj, "move_to"):
+        return obj.move_to(device)
+    return obj
+
+
+def movable(*names: str):
+    """Decorator for a contribution factory: its arguments ``names`` (tensors, or nests of them) become
+    the contribution's ``state``, and ``Contribution.to(device)`` calls the factory again with them moved
+    and every other argument as it was."""
+    def wrap(factory):
+        signature = inspect.signature(factory)
+
+        @functools.wraps(factory)
+        def make(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            made = factory(**arguments)
+            return dataclasses.replace(made, state={n: arguments[n] for n in names},
+                                       rebuild=lambda state: make(**{**arguments, **state}))
+        return make
+    return wrap
+
+
+def as_device(device_or_dtype) -> torch.device | None:
+    """ComfyUI calls a patch's ``.to`` with the load/offload device and with the model's dtype; the
+    dtype is ignored (StyleKit casts to the activations' dtype at use)."""
+    if isinstance(device_or_dtype, torch.dtype):
+        return None
+    return torch.device(device_or_dtype)
 
 
 def block_key(extra_options: dict) -> BlockKey:
@@ -86,6 +144,20 @@ class AttentionRouter:
     def __deepcopy__(self, memo):
         return AttentionRouter(self.attn, self.key, copy.deepcopy(self.base, memo), self.contributions)
 
+    def to(self, device_or_dtype) -> "AttentionRouter":
+        device = as_device(device_or_dtype)
+        base = self.base.to(device_or_dtype) if hasattr(self.base, "to") else self.base
+        if device is None:
+            return self if base is self.base else AttentionRouter(self.attn, self.key, base, self.contributions)
+        return AttentionRouter(self.attn, self.key, base, tuple(c.to(device) for c in self.contributions))
+
+    def models(self) -> list:
+        return list(self.base.models()) if hasattr(self.base, "models") else []
+
+    def cleanup(self) -> None:
+        if hasattr(self.base, "cleanup"):
+            self.base.cleanup()
+
     def active(self, extra_options: dict) -> list[tuple[Contribution, float]]:
         sigma = current_sigma(extra_options)
         chain = []
@@ -97,7 +169,7 @@ class AttentionRouter:
 
     def __call__(self, q, k, v, extra_options):
         chain = self.active(extra_options)
-        base = self.base if self.base is not None else default_attention
+        base = self.base if self.base is not None else host_attention
 
         def run(i, q, k, v, extra):
             if i == len(chain):

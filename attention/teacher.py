@@ -67,6 +67,14 @@ class TeacherWrapper:
         n = round(self.fraction * steps)
         return n > 0 and sigma > float(sigmas[min(n, steps)])
 
+    def to(self, device_or_dtype):  # holds no tensors; a wrapped previous wrapper may
+        if hasattr(self.previous, "to"):
+            return TeacherWrapper(self.fraction, self.fallback_sigma, self.previous.to(device_or_dtype))
+        return self
+
+    def models(self) -> list:
+        return list(self.previous.models()) if hasattr(self.previous, "models") else []
+
     def _call(self, apply_model, args):
         if self.previous is not None:
             return self.previous(apply_model, args)

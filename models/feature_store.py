@@ -74,6 +74,15 @@ class FeatureStore:
                 "(StyleKit Inversion Sigmas) or invert with the same steps as the sampler.")
         return hit
 
+    def move_to(self, device) -> "FeatureStore":
+        """Move the features in place (the store is shared by the inversion and every patched clone),
+        unless the policy keeps them on a device of its own (offload to the CPU)."""
+        if self.policy.device is None:
+            for table in (self.features, self.current):
+                for k, t in table.items():
+                    table[k] = t.to(device)
+        return self
+
     def size_bytes(self) -> int:
         tensors = list(self.features.values()) + list(self.current.values())
         return sum(t.numel() * t.element_size() for t in tensors)

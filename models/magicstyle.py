@@ -17,7 +17,7 @@ import torch
 
 from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_patch
 from ..attention.layers import attention_modules, model_layers
-from ..attention.router import add_contribution
+from ..attention.router import add_contribution, as_device, move_to
 from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
@@ -100,29 +100,55 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
     add_contribution(m, feature_fusion_contribution(store, settings, {k: modules[k] for k in keys}, weight, mask,
                                                     sigma_start, sigma_end), keys, "attn1")
     if store.policy.mode == "recompute":
-        inner = m.model_options.get("model_function_wrapper")
-
-        def wrapper(apply_model, args):
-            sigma = float(args["timestep"].reshape(-1)[0])
-            to = dict(args["c"].get("transformer_options", m.model_options["transformer_options"]))
-            x_ref = _nearest(inv.result.inputs, sigma)
-            dev = args["input"].device
-            sig = torch.full((2,), sigma, device=dev, dtype=x_ref.dtype)
-            extra = {k: v.to(dev) for k, v in (inv.extra_conds or {}).items()}
-            store.current.clear()
-            store.recording = True
-            try:
-                with torch.no_grad():
-                    apply_model(x_ref.to(dev), sig, c_crossattn=inv.context.to(dev),
-                                transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]), **extra)
-            finally:
-                store.recording = False
-            if inner is not None:
-                return inner(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
-
-        m.set_model_unet_function_wrapper(wrapper)
+        m.set_model_unet_function_wrapper(RecomputeWrapper(
+            store, inv.result.inputs, inv.context, inv.extra_conds or {},
+            m.model_options["transformer_options"], m.model_options.get("model_function_wrapper")))
     return m
+
+
+class RecomputeWrapper:
+    """``model_function_wrapper`` of recompute mode: before each UNet call, re-run the references at
+    the current sigma (their inverted latents ``inputs``) so the store holds this step's features.
+
+    ``.to(device)`` (ComfyUI loading or offloading the model) returns a wrapper on moved copies of the
+    reference inputs and moves the shared store."""
+
+    def __init__(self, store, inputs: dict, context, extra_conds: dict, transformer_options: dict, inner=None):
+        self.store, self.inputs, self.context, self.extra_conds = store, inputs, context, extra_conds
+        self.transformer_options, self.inner = transformer_options, inner
+
+    def to(self, device_or_dtype):
+        device = as_device(device_or_dtype)
+        inner = self.inner.to(device_or_dtype) if hasattr(self.inner, "to") else self.inner
+        if device is None:
+            return self if inner is self.inner else RecomputeWrapper(
+                self.store, self.inputs, self.context, self.extra_conds, self.transformer_options, inner)
+        self.store.move_to(device)
+        return RecomputeWrapper(self.store, move_to(self.inputs, device), self.context.to(device),
+                                move_to(self.extra_conds, device), self.transformer_options, inner)
+
+    def models(self) -> list:
+        return list(self.inner.models()) if hasattr(self.inner, "models") else []
+
+    def __call__(self, apply_model, args):
+        store = self.store
+        sigma = float(args["timestep"].reshape(-1)[0])
+        to = dict(args["c"].get("transformer_options", self.transformer_options))
+        x_ref = _nearest(self.inputs, sigma)
+        dev = args["input"].device
+        sig = torch.full((2,), sigma, device=dev, dtype=x_ref.dtype)
+        extra = {k: v.to(dev) for k, v in self.extra_conds.items()}
+        store.current.clear()
+        store.recording = True
+        try:
+            with torch.no_grad():
+                apply_model(x_ref.to(dev), sig, c_crossattn=self.context.to(dev),
+                            transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]), **extra)
+        finally:
+            store.recording = False
+        if self.inner is not None:
+            return self.inner(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
 
 
 def _nearest(inputs: dict, sigma: float):

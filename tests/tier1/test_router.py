@@ -144,3 +144,76 @@ def test_router_rejects_bad_keys():
         add_contribution(FakePatcher(), add_out(1.0), [("output", 6)], "attn1")
     with pytest.raises(ValueError, match="attn1"):
         add_contribution(FakePatcher(), add_out(1.0), [KEY], "attn3")
+
+
+# ------------------------------------------------------------------ ComfyUI's patch protocol
+def test_router_to_device_rebuilds_contributions_on_moved_tensors():
+    from stylekit.attention.image_kv import image_kv_contribution
+    g = torch.Generator().manual_seed(0)
+    tokens = {KEY: torch.randn(1, 3, 6, generator=g)}
+    proj = {KEY: (torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g))}
+    router = AttentionRouter("attn2", KEY, contributions=(image_kv_contribution(tokens, proj, 0.5),))
+    q, k, v = qkv()
+    out = router(q, k, v, extra())  # fills the contribution's cache of projected tokens on the CPU
+    assert router.to(torch.float16) is router  # ComfyUI also passes the model's dtype: cast at use instead
+    meta = router.to(torch.device("meta"))
+    (c,) = meta.contributions
+    assert meta is not router and c is not router.contributions[0]
+    assert c.state["tokens"][KEY].device.type == "meta" and all(w.device.type == "meta" for w in c.state["projections"][KEY])
+    assert c.weight == 0.5 and c.name == "image_kv"  # every other argument as it was
+    assert router.contributions[0].state["tokens"][KEY].device.type == "cpu"  # the original is untouched
+    again = router.to("cpu")  # a rebuilt contribution with an empty cache computes the same thing
+    assert again.contributions[0] is not router.contributions[0]
+    torch.testing.assert_close(again(q, k, v, extra()), out, atol=0, rtol=0)
+
+
+def test_router_reaches_a_foreign_base_for_to_models_and_cleanup():
+    seen = []
+
+    class ForeignPatch:  # another pack's replace patch with core's protocol
+        def __call__(self, q, k, v, extra):
+            return sdpa_attention(q, k, v, extra["n_heads"])
+
+        def to(self, device_or_dtype):
+            seen.append(("to", device_or_dtype))
+            return self
+
+        def models(self):
+            return ["their model"]
+
+        def cleanup(self):
+            seen.append("cleanup")
+
+    router = AttentionRouter("attn1", KEY, base=ForeignPatch(), contributions=(scale_v(2.0),))
+    assert router.models() == ["their model"]
+    router.to(torch.device("cpu")).cleanup()
+    router.to(torch.float16)
+    assert seen == [("to", torch.device("cpu")), "cleanup", ("to", torch.float16)]
+    assert AttentionRouter("attn1", KEY).models() == []
+
+
+def test_host_attention_hands_comfyui_the_block_options(monkeypatch):
+    """Inside ComfyUI every attention goes through optimized_attention with transformer_options, so an
+    optimized_attention_override applies; with a mask, through optimized_attention_masked."""
+    import sys
+    import types
+
+    from stylekit.attention.functional import host_attention
+    calls = []
+
+    def backend(name):
+        def fn(q, k, v, heads, mask=None, attn_precision=None, transformer_options=None):
+            calls.append((name, heads, mask is not None, transformer_options))
+            return sdpa_attention(q, k, v, heads, mask)
+        return fn
+    fake = types.SimpleNamespace(optimized_attention=backend("plain"), optimized_attention_masked=backend("masked"))
+    monkeypatch.setitem(sys.modules, "comfy.ldm.modules.attention", fake)
+    q, k, v = qkv()
+    e = extra()
+    mask = torch.zeros(1, 1, 1, 5)
+    torch.testing.assert_close(host_attention(q, k, v, e), sdpa_attention(q, k, v, 2))
+    torch.testing.assert_close(host_attention(q, k, v, e, mask), sdpa_attention(q, k, v, 2, mask))
+    assert calls == [("plain", 2, False, e), ("masked", 2, True, e)]
+    router = AttentionRouter("attn1", KEY, contributions=(scale_v(3.0),))
+    router(q, k, v, e)  # the router's own base call is the host's too
+    assert calls[-1] == ("plain", 2, False, e)
