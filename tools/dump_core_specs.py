@@ -1,14 +1,17 @@
-"""Write tests/data/core_nodes.json from a real ComfyUI checkout (run with ComfyUI's own Python).
+"""Write the core node specs of a real ComfyUI checkout (run with that ComfyUI's own Python).
 
-    COMFYUI_PATH=/path/to/ComfyUI python -m stylekit.tools.dump_core_specs > tests/data/core_nodes.json
+    COMFYUI_PATH=/path/to/ComfyUI python tools/dump_core_specs.py tests/data/core_nodes
 
-The workflow checker and the UI converter read these specs, so CI can validate workflows that use
-core nodes without ComfyUI; tier 3 checks the file still matches the real nodes.
+writes ``tests/data/core_nodes/<ComfyUI version>.json``. The workflow checker validates the shipped
+workflows against every committed version, and the UI converter builds from the oldest, so CI checks
+workflows that use core nodes without ComfyUI; tier 3 checks the file of the running version still
+matches the real nodes. V1 nodes and V3 nodes (combos as ``{"options": [...]}``) are both read.
 """
 import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEncode", "LoadImage", "VAEEncode",
               "VAEDecode", "SamplerCustom", "KSamplerSelect", "ImageScale", "SplitSigmas", "CLIPVisionLoader",
@@ -18,15 +21,18 @@ KEEP = ("default", "min", "max", "control_after_generate")
 COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader")  # choices that do not depend on model files
 
 
-def main():
-    sys.path.insert(0, os.environ["COMFYUI_PATH"])
+def dump(comfyui_path: str) -> tuple[str, dict]:
+    """(ComfyUI's version, {node id: spec}) read from the checkout at ``comfyui_path``."""
+    sys.path.insert(0, comfyui_path)
     import comfy.options
     comfy.options.args_parsing = False
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
+    import comfyui_version
     import nodes
 
-    from .workflow_check import spec_from_node_class
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from workflow_check import spec_from_node_class
     asyncio.run(nodes.init_builtin_extra_nodes())
     out = {}
     for ct in CORE_NODES:
@@ -38,7 +44,18 @@ def main():
                     keep["choices"] = d[1]["choices"]
                 s[sec][n] = [d[0] or "*", keep]
         out[ct] = s
-    print(json.dumps(out, indent=None).replace('}, "', '},\n "'))
+    return comfyui_version.__version__, out
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or "COMFYUI_PATH" not in os.environ:
+        sys.exit("usage: COMFYUI_PATH=/path/to/ComfyUI python tools/dump_core_specs.py OUT_DIR")
+    version, specs = dump(os.environ["COMFYUI_PATH"])
+    path = Path(argv[0]) / f"{version}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(specs, indent=None).replace('}, "', '},\n "') + "\n")
+    print(f"wrote {path} ({len(specs)} core nodes of ComfyUI {version})")
 
 
 if __name__ == "__main__":

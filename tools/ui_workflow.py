@@ -3,7 +3,8 @@
     python -m stylekit.tools.ui_workflow workflows/api/NAME.json workflows/NAME.json
 
 Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
-StyleKit's classes and the core-node specs in tests/data/core_nodes.json.
+StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
+ComfyUI adds the outputs it gave a node since, so the template loads in every supported version).
 """
 from __future__ import annotations
 
@@ -73,10 +74,12 @@ def api_to_ui(api: dict, specs: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def known_specs(repo: Path) -> dict:
+def known_specs(repo: Path, version: str | None = None) -> dict:
+    """StyleKit's node specs and ComfyUI's core ones of ``version`` (default: the oldest committed)."""
     from ..nodes import NODE_CLASS_MAPPINGS
-    from .workflow_check import spec_from_node_class
-    specs = json.loads((repo / "tests" / "data" / "core_nodes.json").read_text())
+    from .workflow_check import core_specs, spec_from_node_class
+    by_version = core_specs(repo / "tests" / "data" / "core_nodes")
+    specs = dict(by_version[version] if version else next(iter(by_version.values())))
     specs.update({k: spec_from_node_class(c) for k, c in NODE_CLASS_MAPPINGS.items()})
     return specs
 

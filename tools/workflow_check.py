@@ -14,15 +14,21 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def spec_from_node_class(cls) -> dict:
+    """The spec of a node class as ComfyUI's ``/object_info`` sees it: V1 nodes and the V1 view of V3
+    nodes. Combos are declared as a list of choices (V1) or as ``("COMBO", {"options": [...]})`` (V3);
+    both become ``["COMBO", {"choices": [...]}]``."""
     it = cls.INPUT_TYPES()
-    spec = {"required": {}, "optional": {}, "outputs": list(cls.RETURN_TYPES)}
+    spec = {"required": {}, "optional": {}, "outputs": [str(getattr(t, "value", t)) for t in cls.RETURN_TYPES]}
     for section in ("required", "optional"):
         for name, decl in it.get(section, {}).items():
-            typ, opts = decl[0], (decl[1] if len(decl) > 1 else {})
+            typ, opts = decl[0], dict(decl[1]) if len(decl) > 1 and decl[1] else {}
             if isinstance(typ, (list, tuple)):
                 spec[section][name] = ["COMBO", dict(opts, choices=list(typ))]
+            elif typ == "COMBO" and "options" in opts:
+                choices = list(opts.pop("options"))
+                spec[section][name] = ["COMBO", dict(opts, choices=choices)]
             else:
-                spec[section][name] = [typ, dict(opts)]
+                spec[section][name] = [str(getattr(typ, "value", typ)), opts]
     return spec
 
 
@@ -161,9 +167,20 @@ def check_ui(workflow: dict, specs: dict) -> list[str]:
             if name not in linked:
                 errs += _check_value(where, name, decl, values[pos])
             pos += n
-        if len(node.get("outputs", [])) != len(spec.get("outputs", [])):
+        # fewer is fine: ComfyUI adds the outputs a newer version gave a node (SaveImage, PreviewAny)
+        if len(node.get("outputs", [])) > len(spec.get("outputs", [])):
             errs.append(f"{where}: {len(node.get('outputs', []))} outputs, the node has {len(spec['outputs'])}")
     return errs
+
+
+def version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
+
+
+def core_specs(folder: Path) -> dict[str, dict]:
+    """``{ComfyUI version: core node specs}`` from ``folder/<version>.json``, oldest first."""
+    files = sorted(Path(folder).glob("*.json"), key=lambda p: version_key(p.stem))
+    return {p.stem: json.loads(p.read_text()) for p in files}
 
 
 def is_ui_format(workflow: dict) -> bool:

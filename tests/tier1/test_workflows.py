@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 from stylekit.tools.ui_workflow import api_to_ui, known_specs
-from stylekit.tools.workflow_check import check_api, check_file, check_ui
+from stylekit.tools.workflow_check import check_api, check_file, check_ui, core_specs
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = known_specs(ROOT)
+SPECS = known_specs(ROOT)  # the oldest supported ComfyUI's core nodes
+VERSIONS = list(core_specs(ROOT / "tests" / "data" / "core_nodes"))
 UI = sorted((ROOT / "workflows").glob("*.json"))
 API = sorted((ROOT / "workflows" / "api").glob("*.json"))
 
@@ -17,9 +18,14 @@ def test_every_workflow_has_a_twin():
     assert UI and {p.name for p in UI} == {p.name for p in API}
 
 
+def test_core_specs_cover_both_supported_comfyui_versions():
+    assert VERSIONS == ["0.3.64", "0.33.0"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("path", UI + API, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_workflow_is_valid(path):
-    assert check_file(path, SPECS) == []
+def test_workflow_is_valid(path, version):
+    assert check_file(path, known_specs(ROOT, version)) == []
 
 
 @pytest.mark.parametrize("path", API, ids=lambda p: p.name)
@@ -61,3 +67,40 @@ def test_file_lists_with_only_a_placeholder_are_not_checked():
     assert any("not one of" in e for e in run("(typo)"))
     spec["X"]["required"]["f"][1]["choices"].append("a.safetensors")  # files present: checked
     assert any("not one of" in e for e in run("style.safetensors"))
+
+
+class V3StyleNode:
+    """What a V3 node's INPUT_TYPES looks like to the V1 API (KSamplerSelect in ComfyUI 0.33)."""
+    RETURN_TYPES = ("SAMPLER",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sampler_name": ("COMBO", {"options": ["euler", "ddim"], "multiselect": False}),
+                             "steps": ("INT", {"default": 4, "min": 1})}}
+
+
+def test_v3_combos_are_read_and_checked():
+    from stylekit.tools.workflow_check import spec_from_node_class
+    spec = spec_from_node_class(V3StyleNode)
+    assert spec["required"]["sampler_name"] == ["COMBO", {"choices": ["euler", "ddim"], "multiselect": False}]
+    specs = {"V3StyleNode": spec}
+    assert check_api({"1": {"class_type": "V3StyleNode", "inputs": {"sampler_name": "ddim", "steps": 2}}}, specs) == []
+    errs = check_api({"1": {"class_type": "V3StyleNode", "inputs": {"sampler_name": "nope", "steps": 2}}}, specs)
+    assert errs == ["node 1 (V3StyleNode): sampler_name='nope' is not one of ['euler', 'ddim']"]
+
+
+def test_v3_core_nodes_have_their_choices_in_the_2026_specs():
+    newest = core_specs(ROOT / "tests" / "data" / "core_nodes")["0.33.0"]
+    choices = newest["KSamplerSelect"]["required"]["sampler_name"][1]["choices"]
+    assert "euler" in choices and "ddim" in choices  # KSamplerSelect is a V3 node in 0.33
+    assert newest["SaveImage"]["outputs"] == ["IMAGE"]  # SaveImage gained an output in 2026
+
+
+def test_ui_outputs_a_newer_comfyui_added_are_optional_but_extra_ones_are_errors():
+    ui = json.loads((ROOT / "workflows" / "patch_map.json").read_text())
+    new = known_specs(ROOT, "0.33.0")
+    assert check_ui(ui, new) == []  # SaveImage listed with no outputs: ComfyUI 0.33 adds its IMAGE output
+    bad = copy.deepcopy(ui)
+    node = next(n for n in bad["nodes"] if n["type"] == "SaveImage")
+    node["outputs"] = [{"name": t, "type": t, "links": []} for t in ("IMAGE", "IMAGE")]
+    assert any("2 outputs, the node has 1" in e for e in check_ui(bad, new))

@@ -52,6 +52,8 @@ def test_train_under_inference_mode_leaves_everything_frozen(comfy_nodes, tmp_pa
         assert next(model.model.parameters()).is_inference()
         unet_before = {k: v.clone() for k, v in model.model.state_dict().items()}
         clip_before = {k: v.clone() for k, v in clip.cond_stage_model.state_dict().items()}
+        # ComfyUI 0.33 starts every CLIP patcher with a manual_cast_dtype object patch; 0.3.64 with none
+        patches_before = (dict(model.weight_wrapper_patches), dict(clip.patcher.object_patches))
         images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
         out = StyleKitCatVersionTrain().train(images, model, clip, vae, "teapot", 4, 1e-2, 2, True, "9, 10, 11", 0,
                                               "teapot")
@@ -64,4 +66,5 @@ def test_train_under_inference_mode_leaves_everything_frozen(comfy_nodes, tmp_pa
         assert torch.equal(v, unet_before[k]), k
     for k, v in clip.cond_stage_model.state_dict().items():
         assert torch.equal(v, clip_before[k]), k
-    assert not model.weight_wrapper_patches and not clip.patcher.object_patches  # inputs not patched
+    assert (model.weight_wrapper_patches, clip.patcher.object_patches) == patches_before  # inputs not patched
+    assert not any("self_attn" in k or "layers" in k for k in clip.patcher.object_patches)
