@@ -145,16 +145,21 @@ def output_file(name: str, filename: str) -> str:
     return path
 
 
-def _same(w):
-    return w
+def ordinary(w: torch.Tensor) -> torch.Tensor:
+    """Identity weight wrapper that always hands autograd an ordinary tensor.
+
+    ComfyUI's cast usually passes a wrapper a fresh copy of the weight, made outside inference mode;
+    the dynamic patcher (comfy-aimdo on CUDA) may pass the stored tensor itself, an inference tensor
+    autograd cannot save. That one is copied here (outside inference mode: the trainers run there).
+    """
+    return w.clone() if w.is_inference() else w
 
 
 def trainable(patcher):
     """A clone whose weights reach autograd as ordinary tensors (ComfyUI loads them in inference mode).
 
-    Every weight gets an identity weight wrapper: with a wrapper present, ComfyUI's cast copies the
-    weight on each call, outside inference mode, as its own LoRA trainer does. The bridge's modules
-    are ordinary already.
+    Every weight gets the identity wrapper :func:`ordinary`, which also makes ComfyUI cast through
+    its wrapper path (as its own LoRA trainer does). The bridge's modules are ordinary already.
     """
     if not hasattr(patcher, "add_weight_wrapper"):
         return patcher
@@ -163,7 +168,7 @@ def trainable(patcher):
         if hasattr(mod, "weight_function"):
             for attr in ("weight", "bias"):
                 if getattr(mod, attr, None) is not None:
-                    m.add_weight_wrapper(f"{name}.{attr}", _same)
+                    m.add_weight_wrapper(f"{name}.{attr}", ordinary)
     return m
 
 

@@ -165,3 +165,20 @@ def test_remove_background_and_pairwise_cosine():
     assert mean_pairwise_cosine(a, b) == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="different CLIP"):
         mean_pairwise_cosine(a, torch.randn(2, 6))
+
+
+def test_weight_wrapper_hands_autograd_an_ordinary_tensor_without_a_cast_copy():
+    """ComfyUI's dynamic patcher (comfy-aimdo) may pass a weight wrapper the stored inference tensor itself
+    instead of a copy: training through the wrapped weight must still work (and leave it unchanged)."""
+    from stylekit.nodes.comfy_glue import ordinary
+    with torch.inference_mode():  # as ComfyUI loads weights
+        stored = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    prefix = torch.randn(2, 3, requires_grad=True)
+    with torch.inference_mode(False), torch.enable_grad():
+        with pytest.raises(RuntimeError, match="[Ii]nference tensors"):  # what a plain identity wrapper gives
+            torch.nn.functional.linear(prefix, stored).square().sum().backward()
+        out = torch.nn.functional.linear(prefix, ordinary(stored))  # the no-copy cast, through our wrapper
+        out.square().sum().backward()
+    torch.testing.assert_close(prefix.grad, 2 * (prefix.detach() @ stored.T) @ stored)
+    copy = torch.randn(4, 3)
+    assert ordinary(copy) is copy  # an ordinary copy (ComfyUI's usual cast) passes through as it is
