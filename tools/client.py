@@ -1,6 +1,6 @@
 """Run an API-format workflow on a ComfyUI server and save its images.
 
-    python -m stylekit.tools.client workflows/api/patch_map.json --server http://127.0.0.1:8188 --out out/
+    python -m stylekit.tools.client example_workflows/api/patch_map.json --server http://127.0.0.1:8188 --out out/
     python -m stylekit.tools.client wf.json --set 1.ckpt_name=my_model.safetensors --set 5.seed=7
 
 Follows progress over ComfyUI's websocket, downloads every image the outputs list through /view and
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     workflow = apply_overrides(json.loads(a.workflow.read_text()), a.set)
     if "nodes" in workflow:
-        print(f"{a.workflow} is a UI-format workflow; use its API-format twin (workflows/api/) or "
+        print(f"{a.workflow} is a UI-format workflow; use its API-format twin (example_workflows/api/) or "
               "ComfyUI's 'Export (API)'", file=sys.stderr)
         return 2
     try:

@@ -1,6 +1,6 @@
 """Build the UI-format twin of an API-format workflow (what ComfyUI's template browser loads).
 
-    python -m stylekit.tools.ui_workflow workflows/api/NAME.json workflows/NAME.json
+    python -m stylekit.tools.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json
 
 Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer

@@ -62,3 +62,29 @@ def test_client_formats_comfyui_rejections_and_overrides():
     assert wf["1"]["inputs"] == {"a": 5, "b": "hello"}
     with pytest.raises(SystemExit):
         apply_overrides({"1": {"inputs": {}}}, ["9.a=1"])
+
+
+def test_every_node_has_a_help_page_that_matches_its_definition():
+    """web/docs/<NodeId>.md is what ComfyUI's frontend shows in its node help panel; the pages are made
+    from the node definitions by tools/node_docs.py and must not drift from them."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("node_docs", ROOT / "tools" / "node_docs.py")
+    node_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(node_docs)
+    import stylekit
+    want = node_docs.pages(stylekit)
+    assert set(want) == {f"{nid}.md" for nid in NODE_CLASS_MAPPINGS}
+    for name, text in want.items():
+        path = ROOT / "web" / "docs" / name
+        assert path.exists() and path.read_text() == text, f"{name} is stale: run python tools/node_docs.py"
+    assert stylekit.WEB_DIRECTORY == "./web"
+
+
+def test_registry_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = meta["tool"]["comfy"]
+    assert comfy["requires-comfyui"].startswith(">=") and comfy["Icon"].endswith("web/icon.svg")
+    assert (ROOT / "web" / "icon.svg").stat().st_size < 4096
+    assert "Operating System :: OS Independent" in meta["project"]["classifiers"]
+    ignored = (ROOT / ".comfyignore").read_text().split()
+    assert "tests/" in ignored and ".ci/" in ignored

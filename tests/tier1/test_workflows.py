@@ -10,8 +10,8 @@ from stylekit.tools.workflow_check import check_api, check_file, check_ui, core_
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = known_specs(ROOT)  # the oldest supported ComfyUI's core nodes
 VERSIONS = list(core_specs(ROOT / "tests" / "data" / "core_nodes"))
-UI = sorted((ROOT / "workflows").glob("*.json"))
-API = sorted((ROOT / "workflows" / "api").glob("*.json"))
+UI = sorted((ROOT / "example_workflows").glob("*.json"))
+API = sorted((ROOT / "example_workflows" / "api").glob("*.json"))
 
 
 def test_every_workflow_has_a_twin():
@@ -30,12 +30,12 @@ def test_workflow_is_valid(path, version):
 
 @pytest.mark.parametrize("path", API, ids=lambda p: p.name)
 def test_ui_twin_is_the_same_graph(path):
-    ui = json.loads((ROOT / "workflows" / path.name).read_text())
+    ui = json.loads((ROOT / "example_workflows" / path.name).read_text())
     assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), SPECS)["nodes"]
 
 
 def test_validator_catches_broken_graphs():
-    api = json.loads((ROOT / "workflows" / "api" / "patch_map.json").read_text())
+    api = json.loads((ROOT / "example_workflows" / "api" / "patch_map.json").read_text())
     bad = copy.deepcopy(api)
     del bad["2"]["inputs"]["model"]
     bad["3"]["inputs"]["images"] = ["2", 5]
@@ -97,10 +97,22 @@ def test_v3_core_nodes_have_their_choices_in_the_2026_specs():
 
 
 def test_ui_outputs_a_newer_comfyui_added_are_optional_but_extra_ones_are_errors():
-    ui = json.loads((ROOT / "workflows" / "patch_map.json").read_text())
+    ui = json.loads((ROOT / "example_workflows" / "patch_map.json").read_text())
     new = known_specs(ROOT, "0.33.0")
     assert check_ui(ui, new) == []  # SaveImage listed with no outputs: ComfyUI 0.33 adds its IMAGE output
     bad = copy.deepcopy(ui)
     node = next(n for n in bad["nodes"] if n["type"] == "SaveImage")
     node["outputs"] = [{"name": t, "type": t, "links": []} for t in ("IMAGE", "IMAGE")]
     assert any("2 outputs, the node has 1" in e for e in check_ui(bad, new))
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
+def test_every_template_has_a_small_jpeg_thumbnail(path):
+    thumb = path.with_suffix(".jpg")  # ComfyUI's template browser shows <name>.jpg beside <name>.json
+    assert thumb.exists(), f"{thumb.name} missing: run python tools/thumbnails.py"
+    data = thumb.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and len(data) < 16 * 1024
+
+
+def test_templates_live_where_comfyui_looks_for_them():
+    assert ROOT.joinpath("example_workflows").is_dir() and not ROOT.joinpath("workflows").exists()

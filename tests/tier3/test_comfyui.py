@@ -144,7 +144,7 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     folder_paths.add_model_folder_path("dalle", str(tmp_path / "dalle"))
     folder_paths.add_model_folder_path("stylerdalle", str(tmp_path / "stylerdalle"), is_default=True)
     small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
-    paths = sorted((ROOT / "workflows" / "api").glob("*.json"))
+    paths = sorted((ROOT / "example_workflows" / "api").glob("*.json"))
     assert paths
     for path in paths:
         wf = json.loads(path.read_text())
@@ -225,7 +225,7 @@ def test_server_lists_nodes_and_cli_gets_an_image(server, tmp_path, capsys):
     log = (base / "server.log").read_text()
     failed = [l for l in log.splitlines() if "IMPORT FAILED" in l and ("StyleKit" in l or "stylekit" in l)]
     assert not failed and "ComfyUI-StyleKit" in log, log[-3000:]  # listed in ComfyUI's import times
-    wf = json.loads((ROOT / "workflows" / "api" / "patch_map.json").read_text())
+    wf = json.loads((ROOT / "example_workflows" / "api" / "patch_map.json").read_text())
     wf["1"] = {"class_type": "StyleKitTestTinyModel", "inputs": {"seed": 0}}
     wf_path = tmp_path / "wf.json"
     wf_path.write_text(json.dumps(wf))
