@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UnsupportedModelError  # noqa: F401  (re-exported: the methods raise it from here)
+
 SD15_LAYOUT = {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(3, 12)}
 SDXL_LAYOUT = {("input", i) for i in (4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(0, 6)}
 
 
-class UnsupportedModelError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

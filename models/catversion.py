@@ -10,17 +10,24 @@ Applying a prefix is an object patch on ``clip.clone()`` around each chosen laye
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from ..attention.layers import UnsupportedModelError
 from ..attention.prefix import prefix_attention, strength_bias
-from .weights_file import load_tensor_dict
+from ..errors import WeightFileError
+from .weights_file import load_tensor_dict, positive_int, read_json_config, read_safetensors, require_finite
 
 ENCODER = "clip_l.transformer.text_model.encoder"
 FORMAT = "stylekit-catversion"
+OFFICIAL_WHAT = "CatVersion prefix (official pytorch_adapter.bin, adapter-transformers prefix tuning)"
+
+
+class CatVersionWeightsError(WeightFileError):
+    pass
+
+
 OUR_KEY = "catversion.control_trans"
 
 
@@ -104,16 +111,19 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
 
 def load_official(path: str) -> CatVersionPrefix:
     """CatVersion's ``pytorch_adapter.bin``; sizes from the ``adapter_config.json`` beside it, else CLIP-L."""
-    sd = load_tensor_dict(path, ValueError)
+    sd = require_finite(load_tensor_dict(path, CatVersionWeightsError, OFFICIAL_WHAT), path, CatVersionWeightsError)
     hidden = 768
     cfg_path = os.path.join(os.path.dirname(path), "adapter_config.json")
     if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        hidden = int(cfg.get("hidden_size", hidden))
-        length = int(cfg.get("config", {}).get("prefix_length", 1))
+        what = "adapter-transformers adapter_config.json"
+        cfg = read_json_config(cfg_path, what, CatVersionWeightsError)
+        hidden = positive_int(cfg.get("hidden_size", hidden), "hidden_size", cfg_path, CatVersionWeightsError)
+        inner = cfg.get("config", {})
+        if not isinstance(inner, dict):
+            raise CatVersionWeightsError(f"{cfg_path}: 'config' is a {type(inner).__name__}, not an object; expected {what}")
+        length = positive_int(inner.get("prefix_length", 1), "config.prefix_length", cfg_path, CatVersionWeightsError)
         if length != 1:
-            raise ValueError(f"{cfg_path}: prefix_length {length}; CatVersion (and this loader) use 1")
+            raise CatVersionWeightsError(f"{cfg_path}: prefix_length {length}; CatVersion (and this loader) use 1")
     return CatVersionPrefix.from_flat(_official_flat(sd, path).float(), hidden, None, source=os.path.basename(path))
 
 
@@ -126,16 +136,26 @@ def save_prefix(prefix: CatVersionPrefix, path: str) -> None:
 
 
 def load_ours(path: str) -> CatVersionPrefix:
-    from safetensors import safe_open
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-        if OUR_KEY not in f.keys():
-            raise ValueError(f"{path}: no {OUR_KEY!r} tensor (found {list(f.keys())[:6]}); expected a StyleKit "
-                             "CatVersion file (StyleKit CatVersion Train writes them)")
-        flat = f.get_tensor(OUR_KEY)
-    layers = [int(i) for i in meta.get("layers", "").split(",") if i.strip()] or None
-    return CatVersionPrefix.from_flat(flat.float(), int(meta.get("hidden", 768)), layers,
-                                      meta.get("base_word", ""), os.path.basename(path))
+    sd, meta = read_safetensors(path, "a StyleKit CatVersion file (StyleKit CatVersion Train writes them)", "",
+                                CatVersionWeightsError)
+    if OUR_KEY not in sd:
+        raise CatVersionWeightsError(f"{path}: no {OUR_KEY!r} tensor (found {list(sd)[:6]}); expected a StyleKit "
+                                     "CatVersion file (StyleKit CatVersion Train writes them)")
+    flat = require_finite(sd, path, CatVersionWeightsError)[OUR_KEY]
+    name = os.path.basename(path)
+    layers = _integers(meta.get("layers", ""), "metadata layers", name) or None
+    hidden = positive_int(meta.get("hidden", 768), "metadata hidden", name, CatVersionWeightsError)
+    return CatVersionPrefix.from_flat(flat.float(), hidden, layers, meta.get("base_word", ""), name)
+
+
+def _integers(text: str, field: str, source: str) -> list[int]:
+    try:
+        numbers = [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        numbers = [-1]
+    if any(n < 0 for n in numbers):
+        raise CatVersionWeightsError(f"{source}: {field} is {text!r}, not comma-separated layer numbers (0 or more)")
+    return numbers
 
 
 def load_prefix(path: str) -> CatVersionPrefix:
@@ -143,7 +163,7 @@ def load_prefix(path: str) -> CatVersionPrefix:
         return load_ours(path)
     if path.endswith((".bin", ".pt", ".pth")):
         return load_official(path)
-    raise ValueError(f"{path}: expected .safetensors (StyleKit) or .bin (official pytorch_adapter.bin)")
+    raise CatVersionWeightsError(f"{path}: expected .safetensors (StyleKit) or .bin (official pytorch_adapter.bin)")
 
 
 # --- applying -----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WeightFileError
+from .weights_file import positive_int, read_safetensors, require_finite
+
 BRANCHES = ("style", "content")
 # bert-base-uncased ids of "[CLS] <word> [SEP]" (DESIGN.md §3); LAVIS adds [DEC] as id 30522 (unused here)
 INSTRUCTION_IDS = {"style": (101, 2806, 102), "content": (101, 4180, 102)}
@@ -34,7 +37,7 @@ _ATTN2 = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output
                     r"transformer_blocks\.(\d+)\.attn2\.(i_to_k|i_to_v)\.weight$")
 
 
-class DEADiffWeightsError(ValueError):
+class DEADiffWeightsError(WeightFileError):
     pass
 
 
@@ -230,8 +233,8 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
         raise DEADiffWeightsError(
             f"{path.name}: StyleKit reads DEADiff weights as .safetensors. Extract them once from the official "
             f"checkpoint: python -m stylekit.tools.deadiff_extract {path.name} models/deadiff/deadiff_v1.safetensors")
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata() or {}
-    return adapter_from_state_dict(sd, heads=int(meta.get("qformer_heads", 12)), source=path.name)
+    sd, meta = read_safetensors(str(path), f"DEADiff weights extracted by StyleKit ({ARCHITECTURE})",
+                                "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError)
+    require_finite(sd, path, DEADiffWeightsError)
+    heads = positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
+    return adapter_from_state_dict(sd, heads=heads, source=path.name)

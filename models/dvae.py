@@ -13,14 +13,14 @@ any other object in the file is refused with its name.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights_file import refused_global
+from ..errors import WeightFileError
+from .weights_file import load_into, load_weights_only, read_safetensors, require_finite
 
 LOGIT_LAPLACE_EPS = 0.1
 DVAE_CLASSES = ("dall_e.encoder.Encoder", "dall_e.encoder.EncoderBlock", "dall_e.decoder.Decoder",
@@ -28,7 +28,7 @@ DVAE_CLASSES = ("dall_e.encoder.Encoder", "dall_e.encoder.EncoderBlock", "dall_e
 TORCH_LAYERS = (nn.Sequential, nn.ReLU, nn.MaxPool2d, nn.Upsample, nn.Identity)
 
 
-class DVAEWeightsError(ValueError):
+class DVAEWeightsError(WeightFileError):
     pass
 
 
@@ -158,22 +158,19 @@ def _config(sd: dict, part: str) -> dict:
 def dvae_from_state_dict(sd: dict, part: str, name: str = "weights") -> nn.Module:
     """Build the encoder or decoder the weights describe and load them (every key checked)."""
     if part not in ("encoder", "decoder"):
-        raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
+        raise DVAEWeightsError(f"part must be 'encoder' or 'decoder', got {part!r}")
     cfg = _config(sd, part)
     model = (DVAEEncoder if part == "encoder" else DVAEDecoder)(**cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise DVAEWeightsError(f"{name}: DALL-E dVAE {part} ({cfg}) keys do not match: missing {missing[:4]}, "
-                               f"unexpected {unexpected[:4]}")
+    load_into(model, sd, name, f"a DALL-E dVAE {part} ({cfg})", DVAEWeightsError)
     return model.eval().requires_grad_(False)
 
 
 def load_dvae(path: str) -> tuple[DVAEEncoder | None, DVAEDecoder | None]:
     """A StyleKit dVAE file (safetensors, keys ``encoder.*`` and/or ``decoder.*``)."""
-    from safetensors.torch import load_file
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"dVAE file {path} does not exist")
-    sd = load_file(path)
+    sd, _ = read_safetensors(path, "a StyleKit dVAE file (.safetensors with encoder.* / decoder.* tensors)",
+                             "Convert the official encoder.pkl / decoder.pkl with StyleKit StylerDALLE Convert.",
+                             DVAEWeightsError)
+    require_finite(sd, path, DVAEWeightsError)
     parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("encoder", "decoder")}
     if not any(parts.values()):
         raise DVAEWeightsError(f"{os.path.basename(path)}: no encoder.* or decoder.* keys; convert the official "
@@ -191,18 +188,14 @@ def convert_dalle_pickle(path: str) -> tuple[str, dict]:
     """Official ``encoder.pkl`` / ``decoder.pkl`` -> ("encoder" | "decoder", state dict), unpickling
     only the dVAE's own classes and the torch layers they hold."""
     stand_ins = [_stand_in(q) for q in DVAE_CLASSES]
-    try:
-        with torch.serialization.safe_globals([*stand_ins, *TORCH_LAYERS]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DVAEWeightsError(
-            f"{path} holds an object that is not part of the DALL-E dVAE "
-            f"({refused_global(e)}); refusing to unpickle it. Allowed: "
-            f"{', '.join(DVAE_CLASSES)} and torch's {', '.join(c.__name__ for c in TORCH_LAYERS)}") from None
+    allowed = f"Allowed: {', '.join(DVAE_CLASSES)} and torch's {', '.join(c.__name__ for c in TORCH_LAYERS)}."
+    obj = load_weights_only(path, DVAEWeightsError, "DALL-E dVAE pickle (openai/DALL-E encoder.pkl or decoder.pkl)",
+                            allowed, safe_globals=[*stand_ins, *TORCH_LAYERS])
     kind = type(obj).__module__ + "." + type(obj).__qualname__
     if kind not in ("dall_e.encoder.Encoder", "dall_e.decoder.Decoder"):
         raise DVAEWeightsError(f"{path} holds a {kind}, not a DALL-E dVAE Encoder or Decoder")
     part = "encoder" if kind.endswith("Encoder") else "decoder"
-    sd = {k: v.detach().float().contiguous() for k, v in obj.state_dict().items()}
+    sd = require_finite({k: v.detach().float().contiguous() for k, v in obj.state_dict().items()}, path,
+                        DVAEWeightsError)
     dvae_from_state_dict(sd, part, os.path.basename(path))  # the names and shapes really form a dVAE
     return part, sd

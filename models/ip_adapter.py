@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention.layers import ModelLayers, UnsupportedModelError
-from .weights_file import load_tensor_dict
+from ..errors import WeightFileError
+from .weights_file import load_into, load_tensor_dict, read_safetensors, require_finite
 
 DIM_HEAD = 64  # the Resampler's head width in every published IP-Adapter / CSGO file
 EMBEDS_WIDTH = {768: "CLIP ViT-L/14", 1024: "CLIP ViT-H/14", 1280: "CLIP ViT-bigG/14"}
@@ -37,7 +38,7 @@ HIDDEN_WIDTH = {1024: "CLIP ViT-L/14", 1280: "CLIP ViT-H/14", 1664: "CLIP ViT-bi
 CONTEXT_WIDTH = {768: "SD1.5", 1024: "SD2", 2048: "SDXL"}
 
 
-class AdapterWeightsError(ValueError):
+class AdapterWeightsError(WeightFileError):
     pass
 
 
@@ -105,12 +106,22 @@ class Resampler(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
-def _resampler_from(sd: dict) -> Resampler:
-    _, queries, dim = sd["latents"].shape
-    depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-    heads = sd["layers.0.0.to_q.weight"].shape[0] // DIM_HEAD
-    ff_mult = sd["layers.0.1.1.weight"].shape[0] // dim
-    return Resampler(dim, depth, heads, queries, sd["proj_in.weight"].shape[1], sd["proj_out.weight"].shape[0], ff_mult)
+def _resampler_from(sd: dict, name: str) -> Resampler:
+    """The Resampler the weights describe; sizes that cannot build one are refused, naming the tensor."""
+    try:
+        _, queries, dim = sd["latents"].shape
+        depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+        inner, hidden = sd["layers.0.0.to_q.weight"].shape[0], sd["layers.0.1.1.weight"].shape[0]
+        widths = {"latents": dim, "layers.0.0.to_q": inner, "layers.0.1.1": hidden, "proj_in": sd["proj_in.weight"].shape[1],
+                  "proj_out": sd["proj_out.weight"].shape[0]}
+    except (KeyError, ValueError) as e:
+        raise AdapterWeightsError(f"{name}: not an IP-Adapter plus Resampler ({e}); expected latents (1, queries, width), "
+                                  "proj_in, proj_out and layers.*") from None
+    bad = [k for k, w in widths.items() if w <= 0] + (["layers.0.0.to_q (not a multiple of 64)"] if inner % DIM_HEAD else []) \
+        + (["layers.0.1.1 (not a multiple of the width)"] if dim and hidden % dim else [])
+    if bad or depth == 0 or queries == 0:
+        raise AdapterWeightsError(f"{name}: the Resampler's sizes cannot build one: {bad or 'no layers or queries'}")
+    return Resampler(dim, depth, inner // DIM_HEAD, queries, widths["proj_in"], widths["proj_out"], hidden // dim)
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,18 +211,24 @@ def processor_order(layers: ModelLayers) -> list[tuple]:
     return sorted(layers.keys, key=lambda k: (rank[k[0]], k[1], k[2]))
 
 
+WHAT = "IP-Adapter (image_proj + ip_adapter) or CSGO (style_image_proj + ip_adapter) weights"
+
+
 def _read(path: str) -> dict:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"adapter file {path} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        flat = load_file(path)
+        flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError)
         groups: dict = {}
         for k, v in flat.items():
             head, _, rest = k.partition(".")
             groups.setdefault(head, {})[rest] = v
-        return groups
-    return load_tensor_dict(path, AdapterWeightsError, hint="convert it to .safetensors")
+    else:
+        groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.")
+    name = os.path.basename(path)
+    for head, group in groups.items():
+        if not isinstance(group, dict) or not all(isinstance(t, torch.Tensor) for t in group.values()):
+            raise AdapterWeightsError(f"{name}: {head!r} is a {type(group).__name__}, not a dict of tensors; expected {WHAT}")
+        require_finite({f"{head}.{k}": t for k, t in group.items()}, path, AdapterWeightsError)
+    return groups
 
 
 def load_adapter(path: str) -> StyleAdapter:
@@ -229,19 +246,19 @@ def load_adapter(path: str) -> StyleAdapter:
     if "ip_adapter" not in groups:
         raise AdapterWeightsError(f"{name}: no ip_adapter weights (top-level keys {sorted(groups)[:6]})")
     if "latents" in proj_sd and "proj_in.weight" in proj_sd:
-        kind, projection = "plus", _resampler_from(proj_sd)
+        kind, projection = "plus", _resampler_from(proj_sd, name)
     elif "proj.weight" in proj_sd and "norm.weight" in proj_sd:
-        context = proj_sd["norm.weight"].shape[0]
+        context, (out, feature) = proj_sd["norm.weight"].shape[0], proj_sd["proj.weight"].shape
         kind = "plain"
-        projection = ImageProjection(proj_sd["proj.weight"].shape[1], context, proj_sd["proj.weight"].shape[0] // context)
+        if context == 0 or out == 0 or feature == 0 or out % context:
+            raise AdapterWeightsError(f"{name}: image_proj.proj.weight {(out, feature)} is not (tokens x {context}, "
+                                      f"features) for norm.weight ({context},): not an IP-Adapter projection")
+        projection = ImageProjection(feature, context, out // context)
     else:
         raise AdapterWeightsError(
             f"{name}: unsupported image projection (keys {sorted(proj_sd)[:5]}); StyleKit reads IP-Adapter plain "
             "(proj, norm) and plus (Resampler: latents, proj_in, layers.*) projections, and CSGO's style branch")
-    missing, unexpected = projection.load_state_dict(proj_sd, strict=False)
-    if missing or unexpected:
-        raise AdapterWeightsError(f"{name}: {kind} image projection keys do not match: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+    load_into(projection, proj_sd, name, f"a {kind} IP-Adapter image projection", AdapterWeightsError)
     attn2 = {}
     for k, v in groups["ip_adapter"].items():
         n, _, rest = k.partition(".")

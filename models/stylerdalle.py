@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights_file import load_tensor_dict
+from ..errors import WeightFileError
+from .weights_file import load_into, load_tensor_dict, positive_int, read_safetensors, require_finite
 
 GRID_IN, GRID_OUT = 16, 32
 
 
-class StylerDALLEWeightsError(ValueError):
+class StylerDALLEWeightsError(WeightFileError):
     pass
 
 
@@ -233,17 +234,14 @@ def translator_config(sd: dict) -> dict:
 def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslator:
     """A translator checkpoint: ours (.safetensors, heads in the metadata) or the official
     ``model.state_dict()`` saved with torch.save (.pt, read with weights_only; 8 heads)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"translator file {path} does not exist")
     name = os.path.basename(path)
+    what = "StylerDALLE translator (StyleKit .safetensors or the official model.state_dict() .pt)"
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-            heads = heads or int((f.metadata() or {}).get("heads", 8))
+        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError)
+        heads = heads or positive_int(meta.get("heads", 8), "metadata heads", name, StylerDALLEWeightsError)
     else:
-        sd = load_tensor_dict(path, StylerDALLEWeightsError, "state dict",
-                              "save model.state_dict() or convert to .safetensors")
+        sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.")
+    require_finite(sd, path, StylerDALLEWeightsError)
     return load_translator_state(sd, heads or 8, name)
 
 
@@ -253,10 +251,7 @@ def load_translator_state(sd: dict, heads: int = 8, name: str = "state dict") ->
     if cfg["hidden"] % heads:
         raise StylerDALLEWeightsError(f"{name}: hidden width {cfg['hidden']} is not divisible by {heads} heads")
     model = StylerDALLETranslator(heads=heads, **cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise StylerDALLEWeightsError(f"{name}: StylerDALLE translator ({cfg}) keys do not match: missing "
-                                      f"{missing[:4]}, unexpected {unexpected[:4]}")
+    load_into(model, sd, name, f"a StylerDALLE translator ({cfg})", StylerDALLEWeightsError)
     return model.eval()
 
 

@@ -1,24 +1,132 @@
-"""Reading ``.bin`` / ``.pt`` weight files without unpickling arbitrary objects."""
+"""The one way StyleKit reads a weight file (and its side-car config).
+
+Every loader opens its files through :func:`read_safetensors`, :func:`load_tensor_dict` or
+:func:`read_json_config`. Any failure (missing, a directory, empty, truncated, corrupt, another
+format, a pickled object the weights-only loader refuses) becomes a :class:`WeightFileError` that
+names the file, the format expected and what to do; it never suggests ``weights_only=False``.
+Floating-point tensors holding NaN or inf are refused by name (:func:`require_finite`), and metadata
+fields are checked by :func:`positive_int` before any shape is built from them.
+"""
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import torch
 
+from ..errors import WeightFileError
 
-def refused_global(error: Exception) -> str:
-    """The global torch's weights-only loader refused (e.g. ``posix.system``), else the error's first line."""
+
+def refused_global(error: Exception) -> str | None:
+    """The global torch's weights-only loader refused (e.g. ``posix.system``), if that was the reason."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    return found.group(1) if found else str(error).splitlines()[0]
+    return found.group(1) if found else None
 
 
-def load_tensor_dict(path: str, error: type[Exception], what: str = "tensor file", hint: str = "") -> dict:
-    """``torch.load(weights_only=True)`` of a dict of tensors; anything else raises ``error`` naming the file."""
+def check_file(path: str, what: str, error: type[WeightFileError] = WeightFileError) -> str:
+    """``path`` as a string once it names a readable, non-empty file; else ``error`` saying which."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise error(f"{path}: not found; expected {what}. Check the name and the folder it is in.")
+    if os.path.isdir(path):
+        raise error(f"{path} is a folder; expected {what} (a file).")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: not readable (permissions); expected {what}.")
+    if os.path.getsize(path) == 0:
+        raise error(f"{path} is empty (0 bytes); expected {what}. Download or convert it again.")
+    return path
+
+
+def _first_line(e: Exception) -> str:
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFileError] = WeightFileError,
+                     keep=None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a ``.safetensors`` file; ``keep(name)`` selects the tensors to read."""
+    path = check_file(path, what, error)
+    from safetensors import safe_open
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise error(f"{path} is not a plain {what} ({type(e).__name__}: unsupported global "
-                    f"{refused_global(e)}){'; ' + hint if hint else ''}") from None
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
+    except Exception as e:  # safetensors raises its own header / I/O errors without the file's name
+        raise error(f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated, corrupt "
+                    f"or another format; expected {what}.{' ' + hint if hint else ''}") from None
+    return tensors, meta
+
+
+def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
+                      hint: str = "", safe_globals=()):
+    """``torch.load(weights_only=True)``, with ``safe_globals`` (further classes) allowed; a refusal or
+    a corrupt file raises ``error`` naming the file."""
+    path = check_file(path, what, error)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors, plain containers and safe_globals
+        refused = refused_global(e)
+        why = (f"it holds a pickled object ({refused}), which StyleKit does not unpickle" if refused else
+               "it is truncated, corrupt or not a torch file")
+        raise error(f"{path} cannot be read as a plain {what}: {why}.{' ' + hint if hint else ''}") from None
+
+
+def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
+                     hint: str = "") -> dict:
+    """A ``.bin`` / ``.pt`` dict of tensors, read weights-only; anything else raises ``error``."""
+    obj = load_weights_only(path, error, what, hint)
     if not isinstance(obj, dict):
-        raise error(f"{path} holds a {type(obj).__name__}, not a dict of weights")
+        raise error(f"{path} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
     return obj
+
+
+def require_finite(tensors: dict, path: str, error: type[WeightFileError] = WeightFileError) -> dict:
+    """Refuse a file whose floating-point tensors hold NaN or inf, naming the first such tensor."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise error(f"{os.path.basename(os.fspath(path))}: tensor {name!r} holds NaN or inf values; the file is "
+                        "corrupt or was saved from a diverged training run. Use another copy.")
+    return tensors
+
+
+def positive_int(value, field: str, source: str, error: type[WeightFileError] = WeightFileError) -> int:
+    """A metadata / config field that must be a whole number > 0 (``'12'`` and ``12`` both are)."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise error(f"{source}: {field} is {value!r}, not a whole number") from None
+    if n <= 0 or str(n) != str(value).strip().lstrip("+"):
+        raise error(f"{source}: {field} is {value!r}; it must be a whole number greater than 0")
+    return n
+
+
+def read_json_config(path: str, what: str, error: type[WeightFileError] = WeightFileError) -> dict:
+    """A side-car JSON config that must be an object (``{...}``)."""
+    path = check_file(path, what, error)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({_first_line(e)}); expected {what}") from None
+    if not isinstance(cfg, dict):
+        raise error(f"{path} holds a JSON {type(cfg).__name__}, not an object; expected {what}")
+    return cfg
+
+
+def load_into(module: torch.nn.Module, sd: dict, source: str, what: str,
+              error: type[WeightFileError] = WeightFileError) -> torch.nn.Module:
+    """``module.load_state_dict(sd)`` with every missing, unexpected or mis-shaped tensor reported as
+    ``error`` naming the file and the layout expected."""
+    mine = module.state_dict()
+    missing = [k for k in mine if k not in sd]
+    unexpected = [k for k in sd if k not in mine]
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(mine[k].shape)})" for k in mine
+             if k in sd and (not isinstance(sd[k], torch.Tensor) or sd[k].shape != mine[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {unexpected[:4]}" if unexpected else "",
+                 f"wrong shapes {wrong[:3]}" if wrong else ""]
+        raise error(f"{source}: the tensors do not form {what}: {'; '.join(p for p in parts if p)}")
+    module.load_state_dict(sd)
+    return module

@@ -1,0 +1,179 @@
+"""Every loader refuses every kind of bad weight file with the pack's own error naming the file.
+
+For each loader (DEADiff, IP-Adapter/CSGO, CatVersion ours and official, StylerDALLE translator, dVAE
+file and dVAE pickles) and each kind of bad file (missing, a folder, empty, truncated, garbage bytes,
+a refused pickle, NaN/inf tensors, wrong shapes, bad metadata or side-car config) the load raises a
+``WeightFileError`` (a ``StyleKitError``) whose message names the file, and never suggests the unsafe
+``weights_only=False``.
+"""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from stylekit.attention.layers import model_layers
+from stylekit.bridge.tiny import (flat_state_dict, tiny_dvae, tiny_deadiff_state_dict, tiny_ip_adapter,
+                                  tiny_sd15_unet, tiny_translator, write_official_dvae_pickles)
+from stylekit.errors import StyleKitError, WeightFileError
+from stylekit.models.catversion import CatVersionPrefix, load_official, load_prefix, save_prefix
+from stylekit.models.deadiff import load_deadiff
+from stylekit.models.dvae import convert_dalle_pickle, load_dvae
+from stylekit.models.ip_adapter import load_adapter
+from stylekit.models.stylerdalle import load_translator, save_translator
+
+
+@pytest.fixture(scope="module")
+def sd15_layers():
+    return model_layers(tiny_sd15_unet(seed=0))
+
+
+def good_files(folder, layers) -> dict:
+    """{loader name: (load function, path of a good file in the published layout)}."""
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+    p = os.path.join(folder, "deadiff.safetensors")
+    save_file({k: v.contiguous() for k, v in tiny_deadiff_state_dict(layers, seed=1).items()}, p,
+              metadata={"qformer_heads": "4"})
+    files["deadiff"] = (load_deadiff, p)
+    p = os.path.join(folder, "adapter.safetensors")
+    save_file(flat_state_dict(tiny_ip_adapter(layers, "plain", feature_width=48, tokens=4)), p)
+    files["ip-adapter safetensors"] = (load_adapter, p)
+    p = os.path.join(folder, "adapter.bin")
+    torch.save(tiny_ip_adapter(layers, "plus", feature_width=48, tokens=8), p)
+    files["ip-adapter bin"] = (load_adapter, p)
+    p = os.path.join(folder, "prefix.safetensors")
+    save_prefix(CatVersionPrefix.random([9, 10, 11], 64, seed=0, base_word="dog"), p)
+    files["catversion ours"] = (load_prefix, p)
+    os.makedirs(os.path.join(folder, "official"), exist_ok=True)
+    p = os.path.join(folder, "official", "pytorch_adapter.bin")
+    torch.save({"prefix_tunings.catversion.control_trans": torch.randn(2 * 3 * 64)}, p)
+    with open(os.path.join(folder, "official", "adapter_config.json"), "w") as f:
+        json.dump({"hidden_size": 64, "config": {"prefix_length": 1}}, f)
+    files["catversion official"] = (load_official, p)
+    p = os.path.join(folder, "translator.safetensors")
+    save_translator(tiny_translator(seed=2), p, style="tiny")
+    files["translator"] = (load_translator, p)
+    enc, dec = tiny_dvae(seed=1)
+    from stylekit.tools.dalle_convert import convert_files
+    write_official_dvae_pickles(enc, dec, folder)
+    p = os.path.join(folder, "dvae.safetensors")
+    convert_files(os.path.join(folder, "encoder.pkl"), os.path.join(folder, "decoder.pkl"), p)
+    files["dvae"] = (load_dvae, p)
+    files["dvae pickle"] = (convert_dalle_pickle, os.path.join(folder, "encoder.pkl"))
+    return files
+
+
+LOADERS = ["deadiff", "ip-adapter safetensors", "ip-adapter bin", "catversion ours", "catversion official",
+           "translator", "dvae", "dvae pickle"]
+
+
+def refused(load, path, match):
+    with pytest.raises(WeightFileError) as info:
+        load(path)
+    message = str(info.value)
+    assert os.path.basename(path) in message, message
+    assert "weights_only=False" not in message
+    assert pytest.importorskip("re").search(match, message), message
+    return message
+
+
+def test_good_files_load(tmp_path, sd15_layers):
+    for name, (load, path) in good_files(str(tmp_path), sd15_layers).items():
+        assert load(path) is not None, name
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("damage", ["missing", "folder", "empty", "truncated", "garbage"])
+def test_unreadable_files(tmp_path, sd15_layers, loader, damage):
+    load, good = good_files(str(tmp_path), sd15_layers)[loader]
+    path = good
+    if damage == "missing":
+        os.remove(good)
+        match = "not found"
+    elif damage == "folder":
+        os.remove(good)
+        os.mkdir(good)
+        match = "is a folder"
+    elif damage == "empty":
+        open(good, "wb").close()
+        match = "is empty"
+    elif damage == "truncated":
+        data = open(good, "rb").read()
+        open(good, "wb").write(data[: len(data) // 2])
+        match = "truncated|corrupt|do not form|missing"
+    else:
+        open(good, "wb").write(os.urandom(4096))
+        match = "truncated|corrupt|not a torch file|readable"
+    refused(load, path, match)
+
+
+@pytest.mark.parametrize("loader", ["deadiff", "ip-adapter safetensors", "ip-adapter bin", "catversion ours",
+                                    "catversion official", "translator", "dvae"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensors_are_refused_by_name(tmp_path, sd15_layers, loader, bad):
+    load, path = good_files(str(tmp_path), sd15_layers)[loader]
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        name = sorted(k for k, t in sd.items() if t.is_floating_point())[0]
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[0] = bad
+        save_file(sd, path, metadata=meta)
+    else:
+        sd = torch.load(path, weights_only=True)
+        inner = sd["ip_adapter"] if "ip_adapter" in sd else sd
+        name = sorted(inner)[0]
+        inner[name] = inner[name].clone()
+        inner[name].view(-1)[0] = bad
+        torch.save(sd, path)
+    refused(load, path, r"tensor '[^']*" + name.split(".")[-1] + r"' holds NaN or inf")
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "abc", "3.5", ""])
+def test_metadata_fields_are_validated(tmp_path, sd15_layers, value):
+    files = good_files(str(tmp_path), sd15_layers)
+    for loader, field in [("deadiff", "qformer_heads"), ("translator", "heads"), ("catversion ours", "hidden")]:
+        load, path = files[loader]
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            sd, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+        meta[field] = value
+        save_file(sd, path, metadata=meta)
+        refused(load, path, f"{field} is '{value}'")
+
+
+@pytest.mark.parametrize("config,match", [
+    ([1, 2], "JSON list, not an object"), ({"hidden_size": 0}, "hidden_size is 0"),
+    ({"hidden_size": "abc"}, "hidden_size is 'abc'"), ({"config": {"prefix_length": 0}}, "prefix_length is 0"),
+    ({"config": [1]}, "'config' is a list"), ("{not json", "not valid JSON")])
+def test_side_car_config_is_validated(tmp_path, sd15_layers, config, match):
+    load, path = good_files(str(tmp_path), sd15_layers)["catversion official"]
+    cfg = os.path.join(os.path.dirname(path), "adapter_config.json")
+    with open(cfg, "w") as f:
+        f.write(config if isinstance(config, str) else json.dumps(config))
+    with pytest.raises(WeightFileError, match=match) as info:
+        load(path)
+    assert "adapter_config.json" in str(info.value)
+
+
+@pytest.mark.parametrize("loader,key", [("ip-adapter safetensors", "image_proj.proj.weight"),
+                                        ("translator", "outNet.weight"), ("dvae", "decoder.blocks.output.conv.b")])
+def test_wrong_shapes_are_refused_at_load(tmp_path, sd15_layers, loader, key):
+    load, path = good_files(str(tmp_path), sd15_layers)[loader]
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    sd[key] = torch.zeros(*[d + 1 for d in sd[key].shape])
+    save_file(sd, path, metadata=meta)
+    refused(load, path, r"do not form|wrong shapes|not \(tokens|not an IP-Adapter")
+
+
+def test_errors_read_as_stylekit_in_comfyui():
+    """ComfyUI shows '<module>.<class>: message'; the pack's errors say StyleKit, not the folder path."""
+    from stylekit.errors import InputError, OutputFileError, UnsupportedModelError
+    from stylekit.models.ip_adapter import AdapterWeightsError
+    for cls in (StyleKitError, WeightFileError, InputError, OutputFileError, UnsupportedModelError, AdapterWeightsError):
+        assert cls.__module__ == "StyleKit" and issubclass(cls, StyleKitError)
