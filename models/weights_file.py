@@ -59,12 +59,18 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
 
 
 def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
-                      hint: str = "", safe_globals=()):
-    """``torch.load(weights_only=True)``, with ``safe_globals`` (further classes) allowed; a refusal or
-    a corrupt file raises ``error`` naming the file."""
+                      hint: str = "", safe_globals=(), mmap: bool = False):
+    """``torch.load(weights_only=True)``, with ``safe_globals`` (further classes) allowed and, for large
+    zip-format files, memory-mapped; a refusal or a corrupt file raises ``error`` naming the file."""
     path = check_file(path, what, error)
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
+            if mmap:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:  # the old (non-zip) format cannot be memory-mapped
+                    if "mmap" not in str(e):
+                        raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors, plain containers and safe_globals
         refused = refused_global(e)

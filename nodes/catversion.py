@@ -4,6 +4,7 @@ import os
 import torch
 
 from ..attention.layers import model_layers
+from ..files import write_new
 from ..models.catversion import CatVersionPrefix, catversion_clip, encoder_width, load_prefix, prefixed_layers, save_prefix
 from ..models.catversion_train import TrainSettings, train_prefix
 from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
@@ -90,6 +91,7 @@ class StyleKitCatVersionTrain:
     def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
         if model_layers(model).family != "sd15":
             raise ValueError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
+        target = comfy_glue.output_target(FOLDER, filename)  # checked before training, written after
         chosen = comfy_glue.number_list(layers, int)
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)
         # ComfyUI runs nodes under inference_mode: the prefix (and every tensor autograd keeps) is made outside it
@@ -115,9 +117,8 @@ class StyleKitCatVersionTrain:
             losses = train_prefix(prefix, encode, denoise, latents.to(device), sigmas, settings,
                                   comfy_glue.progress(steps), comfy_glue.interrupted)
         prefix.cpu()
-        path = comfy_glue.output_file(FOLDER, f"{filename}.safetensors")
+        path = write_new(target, lambda tmp: save_prefix(prefix, tmp))
         prefix.source = os.path.basename(path)
-        save_prefix(prefix, path)
         return {"ui": {"text": [f"saved {path}"]}, "result": (prefix, loss_curve(losses))}
 
 

@@ -129,20 +129,18 @@ def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[-2].float()
 
 
-def output_file(name: str, filename: str) -> str:
-    """A new file path in ComfyUI's ``models/<name>`` (a numbered name if taken); outside ComfyUI, as given."""
+def output_target(name: str, filename: str, extension: str = ".safetensors", field: str = "filename"):
+    """Where a node will write ``filename``: ComfyUI's ``models/<name>`` (outside ComfyUI, the current
+    folder), checked now, before the node's work (see :mod:`stylekit.files`); a taken name is numbered."""
     import os
+
+    from ..files import output_target as target
     try:
         import folder_paths
-        path = os.path.join(folder_paths.get_folder_paths(name)[0], filename)
+        folder = folder_paths.get_folder_paths(name)[0]
     except ImportError:
-        path = filename
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stem, ext = os.path.splitext(path)
-    n = 1
-    while os.path.exists(path):
-        path, n = f"{stem}_{n:05d}{ext}", n + 1
-    return path
+        folder = os.getcwd()
+    return target(folder, filename, extension, numbered=True, field=field)
 
 
 def ordinary(w: torch.Tensor) -> torch.Tensor:

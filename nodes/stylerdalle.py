@@ -3,6 +3,7 @@ import os
 
 import torch
 
+from ..files import write_new
 from ..models.dvae import convert_dalle_pickle, load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
@@ -130,14 +131,14 @@ class StyleKitStylerDALLEPretrain:
         }}
 
     def train(self, stylerdalle, steps, learning_rate, batch_size, warmup_steps, seed, filename, images=None, folder=""):
+        target = comfy_glue.output_target(TRANSLATOR_FOLDER, filename)  # checked before training
         pool = [x for x in (images, folder_images(folder) if folder.strip() else None) if x is not None]
         if not pool:
             raise ValueError("give photos: an IMAGE batch and/or a folder")
         t16, t32 = training_tokens(stylerdalle.encoder, torch.cat([square_pixels(p, OUTPUT_PX).movedim(1, -1) for p in pool]))
         net, losses = pretrain(stylerdalle.translator, stylerdalle.decoder, t16, t32,
                                PretrainSettings(steps, learning_rate, batch_size, warmup_steps, seed), _callback(steps))
-        path = comfy_glue.output_file(TRANSLATOR_FOLDER, f"{filename}.safetensors")
-        save_translator(net, path)
+        path = write_new(target, lambda tmp: save_translator(net, tmp))
         return {"ui": {"text": [f"saved {path}"]},
                 "result": (StylerDALLE(stylerdalle.encoder, stylerdalle.decoder, net), loss_curve(losses, label="NLL"))}
 
@@ -174,6 +175,7 @@ class StyleKitStylerDALLETrainStyle:
 
     def train(self, stylerdalle, images, clip_vision, clip, style, captions, steps, learning_rate, batch_size,
               official_dropout, seed, filename):
+        target = comfy_glue.output_target(TRANSLATOR_FOLDER, filename)  # checked before training
         lines = [c.strip() for c in captions.splitlines() if c.strip()] or ["a photo"]
         if len(lines) not in (1, images.shape[0]):
             raise ValueError(f"{len(lines)} captions for {images.shape[0]} images; give one per image or one for all")
@@ -192,8 +194,7 @@ class StyleKitStylerDALLETrainStyle:
         net, _, rewards, baseline = train_style(stylerdalle.translator, stylerdalle.decoder, t16, reward, lines,
                                                 StyleSettings(steps, learning_rate, batch_size, 3.0, official_dropout, seed),
                                                 _callback(steps))
-        path = comfy_glue.output_file(TRANSLATOR_FOLDER, f"{filename}.safetensors")
-        save_translator(net, path, style=style)
+        path = write_new(target, lambda tmp: save_translator(net, tmp, style=style))
         return {"ui": {"text": [f"saved {path}; final baseline {baseline:.4f}"]},
                 "result": (StylerDALLE(stylerdalle.encoder, stylerdalle.decoder, net, style),
                            loss_curve(rewards, label="reward"))}
@@ -221,7 +222,7 @@ class StyleKitStylerDALLEConvert:
 
     def convert(self, encoder_pickle, decoder_pickle, filename):
         from ..tools.dalle_convert import convert_files
-        path = comfy_glue.output_file(DVAE_FOLDER, f"{filename}.safetensors")
+        target = comfy_glue.output_target(DVAE_FOLDER, filename)
         report = convert_files(comfy_glue.full_path(DVAE_FOLDER, encoder_pickle),
-                               comfy_glue.full_path(DVAE_FOLDER, decoder_pickle), path)
+                               comfy_glue.full_path(DVAE_FOLDER, decoder_pickle), target)
         return {"ui": {"text": [report]}, "result": (report,)}

@@ -8,13 +8,21 @@ other object in a file stops the conversion with its name.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from ..errors import StyleKitError
+from ..files import OutputTarget, output_target, write_new
 from ..models.dvae import DVAEWeightsError, convert_dalle_pickle, dvae_from_state_dict
 
 
-def convert_files(encoder_pkl: str, decoder_pkl: str, out: str) -> str:
+def convert_files(encoder_pkl: str, decoder_pkl: str, out, force: bool = False) -> str:
+    """Convert and write ``out``: an :class:`~stylekit.files.OutputTarget` (the node's, checked before)
+    or a path, which must not exist (an input included) unless ``force``."""
     from safetensors.torch import save_file
+    if not isinstance(out, OutputTarget):
+        out = output_target(os.path.dirname(os.path.abspath(out)), os.path.basename(out), "",
+                            numbered=False, force=force, field="output")
     merged = {}
     for path, want in ((encoder_pkl, "encoder"), (decoder_pkl, "decoder")):
         part, sd = convert_dalle_pickle(path)
@@ -25,9 +33,10 @@ def convert_files(encoder_pkl: str, decoder_pkl: str, out: str) -> str:
     dec = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("decoder.")}, "decoder")
     if enc.vocab != dec.vocab:
         raise DVAEWeightsError(f"encoder vocabulary {enc.vocab} != decoder vocabulary {dec.vocab}")
-    save_file(merged, out, metadata={"source": "DALL-E dVAE (openai/DALL-E encoder.pkl, decoder.pkl)"})
+    path = write_new(out, lambda tmp: save_file(
+        merged, tmp, metadata={"source": "DALL-E dVAE (openai/DALL-E encoder.pkl, decoder.pkl)"}))
     n = sum(v.numel() for v in merged.values())
-    return f"wrote {out}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"
+    return f"wrote {path}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"
 
 
 def main(argv=None) -> int:
@@ -35,10 +44,11 @@ def main(argv=None) -> int:
     ap.add_argument("encoder_pkl")
     ap.add_argument("decoder_pkl")
     ap.add_argument("out")
+    ap.add_argument("--force", action="store_true", help="replace OUT if it exists (never done otherwise)")
     a = ap.parse_args(argv)
     try:
-        print(convert_files(a.encoder_pkl, a.decoder_pkl, a.out))
-    except (DVAEWeightsError, FileNotFoundError) as e:
+        print(convert_files(a.encoder_pkl, a.decoder_pkl, a.out, force=a.force))
+    except StyleKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,49 +13,44 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
+from ..errors import StyleKitError
+from ..files import output_target, write_new
 from ..models.deadiff import DEADiffWeightsError, extract_deadiff
+from ..models.weights_file import load_weights_only
 
 
 def read_checkpoint(path: Path) -> dict:
-    try:
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # old (non-zip) serialisation cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any refusal with the file name and the way out
-        raise DEADiffWeightsError(
-            f"{path.name} cannot be read as plain tensors (torch.load weights_only=True refused it: "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}). StyleKit does not unpickle arbitrary objects. "
-            "If you trust the file, re-save only its state_dict in an environment of your choice: "
-            "torch.save(torch.load(p, weights_only=False)['state_dict'], 'deadiff_state_dict.pt'), then run this "
-            "command on that file.") from e
+    obj = load_weights_only(str(path), DEADiffWeightsError, "DEADiff checkpoint (deadiff_v1.ckpt, tensors only)",
+                            "The official deadiff_v1.ckpt holds only tensors and plain containers.", mmap=True)
+    if not isinstance(obj, dict):
+        raise DEADiffWeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
 
 
-def extract_file(src: Path, dst: Path) -> dict:
+def extract_file(src: Path, dst: Path, force: bool = False) -> tuple[dict, str]:
+    """(tensors, path written); the output is checked before the (7.4 GB) checkpoint is read."""
     from safetensors.torch import save_file
+    target = output_target(str(dst.parent), dst.name, "", numbered=False, force=force, field="output")
     tensors = extract_deadiff(read_checkpoint(src))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(dst), metadata={"format": "pt", "source": src.name, "qformer_heads": "12"})
-    return tensors
+    path = write_new(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "source": src.name,
+                                                                            "qformer_heads": "12"}))
+    return tensors, path
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", type=Path, help="deadiff_v1.ckpt (or a state_dict .pt re-saved from it)")
     ap.add_argument("output", type=Path, nargs="?", help="output .safetensors (default: next to the input)")
+    ap.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never done otherwise)")
     a = ap.parse_args(argv)
     out = a.output or a.checkpoint.with_suffix(".safetensors")
     try:
-        tensors = extract_file(a.checkpoint, out)
-    except DEADiffWeightsError as e:
+        tensors, path = extract_file(a.checkpoint, out, force=a.force)
+    except StyleKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     size = sum(t.numel() * t.element_size() for t in tensors.values())
-    print(f"wrote {out} ({len(tensors)} tensors, {size / 2**20:.1f} MiB)")
+    print(f"wrote {path} ({len(tensors)} tensors, {size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -155,18 +155,19 @@ def tiny_vae():
                          latent_channels=4, sample_size=32).eval()
 
 
-def test_train_node_saves_a_loadable_prefix(sd15, tmp_path):
+def test_train_node_saves_a_loadable_prefix(sd15, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI a node writes into the current folder
     clip = tiny_bridge_clip()
     images = torch.rand(2, 64, 48, 3, generator=torch.Generator().manual_seed(0))
     out = StyleKitCatVersionTrain().train(images, sd15, clip, tiny_vae(), "teapot", 3, 1e-2, 2, True, "2, 3", 0,
-                                          str(tmp_path / "teapot"))
+                                          "teapot")
     prefix, curve = out["result"]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and 0 <= curve.min() and curve.max() <= 1
     saved = load_prefix(str(tmp_path / "teapot.safetensors"))
     assert torch.equal(saved.keys, prefix.keys.detach()) and saved.layers == [2, 3] and saved.base_word == "teapot"
     fresh = CatVersionPrefix.random([2, 3], 64, seed=0)
     assert not torch.equal(saved.keys, fresh.keys)  # it trained
-    StyleKitCatVersionTrain().train(images, sd15, clip, tiny_vae(), "teapot", 1, 1e-2, 1, False, "3", 0, str(tmp_path / "teapot"))
+    StyleKitCatVersionTrain().train(images, sd15, clip, tiny_vae(), "teapot", 1, 1e-2, 1, False, "3", 0, "teapot")
     assert (tmp_path / "teapot_00001.safetensors").exists()  # never overwrites
 
 
