@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .functional import host_attention
 from .image_kv import expand_rows
 from .router import Contribution, block_key, movable
@@ -72,9 +73,9 @@ def adapter_contribution(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
     """``cond_tokens`` / ``uncond_tokens``: (1 or B, T, D) context tokens; ``projections``: 3-part
     key -> (W_k, W_v); ``mask``: (1 or B, H, W) in [0, 1] or None."""
     if fusion not in FUSIONS:
-        raise ValueError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
+        raise InputError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
     if cond_tokens.shape[1:] != uncond_tokens.shape[1:]:
-        raise ValueError(f"unconditional image tokens {tuple(uncond_tokens.shape)} do not match the style "
+        raise InputError(f"unconditional image tokens {tuple(uncond_tokens.shape)} do not match the style "
                          f"tokens {tuple(cond_tokens.shape)}")
     cache = {}
 

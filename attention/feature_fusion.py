@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .functional import host_attention, sdpa_attention
 from .router import Contribution, as_device, block_key, current_sigma, movable
 
@@ -86,6 +87,9 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
             return call_next(q, k, v, extra)
         key = block_key(extra)
         h = store.lookup(key, current_sigma(extra)).to(device=q.device, dtype=q.dtype)
+        if h.shape[1] != q.shape[1]:
+            raise InputError(f"Feature Fusion: the inversion stored {h.shape[1]} tokens at block {key}, this sampling has "
+                             f"{q.shape[1]}: sample a latent of the inverted size (Feature Fusion's start_latent)")
         attn = projections[key]
         h_c, h_s = h[0:1], h[1:2]
         k_c = v_c = None

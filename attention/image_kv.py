@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from ..errors import InputError
 from .router import Contribution, block_key, movable
 
 
@@ -27,7 +28,7 @@ def expand_rows(t: torch.Tensor, rows: int, what: str) -> torch.Tensor:
         return t
     if t.shape[0] == 1:
         return t.expand(rows, *t.shape[1:])
-    raise ValueError(f"{what}: {t.shape[0]} sets of image tokens for a batch of {rows}; give 1 or {rows}")
+    raise InputError(f"{what}: {t.shape[0]} sets of image tokens for a batch of {rows}; give 1 or {rows}")
 
 
 @movable("tokens", "projections")

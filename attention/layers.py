@@ -8,9 +8,10 @@ this module imports neither.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ..errors import UnsupportedModelError  # noqa: F401  (re-exported: the methods raise it from here)
+from ..errors import InputError, UnsupportedModelError  # noqa: F401  (re-exported: the methods raise it from here)
 
 SD15_LAYOUT = {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(3, 12)}
 SDXL_LAYOUT = {("input", i) for i in (4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(0, 6)}
@@ -170,8 +171,10 @@ def attention_modules(model, attn: str = "attn1") -> dict:
     return {key: getattr(tb, attn) for key, tb in _transformer_blocks(model) if getattr(tb, attn, None) is not None}
 
 
-def parse_block_weights(text: str) -> dict:
-    """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys)."""
+def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
+    """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys).
+
+    With ``layers`` (the model's), a block the model lacks is refused with the valid names."""
     out = {}
     for item in filter(None, (p.strip() for p in (text or "").replace(";", ",").split(","))):
         try:
@@ -180,7 +183,18 @@ def parse_block_weights(text: str) -> dict:
             parts = tuple(int(x) for x in ids.split("."))
             if name not in ("input", "middle", "output") or len(parts) not in (1, 2):
                 raise ValueError
-            out[(name, *parts)] = float(value)
+            weight = float(value)
         except ValueError:
-            raise ValueError(f"cannot read block weight {item!r}: write e.g. 'output 5=0.5' or 'input 7.0=0'") from None
+            raise InputError(f"block_weights: cannot read {item!r}; write e.g. 'output 5=0.5' or 'input 7.0=0'") from None
+        if not math.isfinite(weight):
+            raise InputError(f"block_weights: {item!r} is not a finite number")
+        out[(name, *parts)] = weight
+    if layers is not None:
+        blocks = {k[:2] for k in layers.keys}
+        unknown = [k for k in out if (k[:2] not in blocks) or (len(k) == 3 and k not in layers.keys)]
+        if unknown:
+            valid = ", ".join(f"{n} {i}" for n, i in sorted(blocks, key=lambda b: (("input", "middle", "output").index(b[0]), b[1])))
+            named = ", ".join(f"{k[0]} {'.'.join(map(str, k[1:]))}" for k in unknown)
+            raise InputError(f"block_weights names {named}, which this {layers.family} model does not have; "
+                             f"its attention blocks are: {valid}")
     return out

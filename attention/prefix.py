@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..errors import InputError
 from .functional import sdpa_attention
 
 OFFICIAL_BIAS = 1.0
@@ -46,5 +47,5 @@ def strength_bias(strength: float, official_bias: bool = True) -> float:
     strength 1 is the trained behaviour; 0 would be -inf (callers leave the encoder unpatched instead).
     """
     if strength <= 0:
-        raise ValueError("strength must be > 0 (at 0 leave the CLIP unpatched)")
+        raise InputError("strength must be > 0 (at 0 leave the CLIP unpatched)")
     return (OFFICIAL_BIAS if official_bias else 0.0) + math.log(strength)

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from ..errors import InputError
 from .functional import host_attention
 
 BlockKey = tuple  # ("input"|"middle"|"output", block_id, transformer_depth_index)
@@ -200,11 +201,11 @@ def add_contribution(patcher, contribution: Contribution, keys: Iterable[BlockKe
     ``model_options`` and ``set_model_patch_replace`` are used.
     """
     if attn not in ("attn1", "attn2"):
-        raise ValueError(f"attn must be 'attn1' or 'attn2', got {attn!r}")
+        raise InputError(f"attn must be 'attn1' or 'attn2', got {attn!r}")
     for key in keys:
         key = tuple(key)
         if len(key) != 3:
-            raise ValueError(f"block keys must be (name, id, index) triples, got {key!r}")
+            raise InputError(f"block keys must be (name, id, index) triples, got {key!r}")
         existing = installed_patch(patcher.model_options, attn, key)
         if is_router(existing) and existing.key == key:
             router = existing.with_contribution(contribution)

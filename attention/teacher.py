@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from .adapter_attention import TEACHER_CHUNKS
 from .router import Contribution
 
@@ -54,7 +55,7 @@ class TeacherWrapper:
 
     def __init__(self, fraction: float, fallback_sigma: float, previous=None):
         if not 0 <= fraction <= 1:
-            raise ValueError(f"teacher fraction must be in [0, 1], got {fraction}")
+            raise InputError(f"teacher fraction must be in [0, 1], got {fraction}")
         self.fraction, self.fallback_sigma, self.previous = fraction, fallback_sigma, previous
 
     def active(self, sigma: float, transformer_options: dict) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from ..attention.layers import UnsupportedModelError
 from ..attention.prefix import prefix_attention, strength_bias
-from ..errors import WeightFileError
+from ..errors import InputError, WeightFileError
 from .weights_file import load_tensor_dict, positive_int, read_json_config, read_safetensors, require_finite
 
 ENCODER = "clip_l.transformer.text_model.encoder"
@@ -42,9 +42,9 @@ class CatVersionPrefix(torch.nn.Module):
                  source: str = ""):
         super().__init__()
         if keys.shape != values.shape or keys.ndim != 2:
-            raise ValueError(f"prefix keys {tuple(keys.shape)} and values {tuple(values.shape)} must both be (layers, hidden)")
+            raise InputError(f"prefix keys {tuple(keys.shape)} and values {tuple(values.shape)} must both be (layers, hidden)")
         if layers is not None and len(layers) != keys.shape[0]:
-            raise ValueError(f"{keys.shape[0]} prefix layers but the layer list names {len(layers)}: {list(layers)}")
+            raise InputError(f"{keys.shape[0]} prefix layers but the layer list names {len(layers)}: {list(layers)}")
         self.keys = torch.nn.Parameter(keys.detach().float().clone(), requires_grad=False)  # the trainer turns it on
         self.values = torch.nn.Parameter(values.detach().float().clone(), requires_grad=False)
         self.layers = None if layers is None else [int(i) for i in layers]
@@ -71,7 +71,7 @@ class CatVersionPrefix(torch.nn.Module):
         """Parse the official flat vector (see the module docstring)."""
         flat = flat.reshape(-1)
         if flat.numel() % (2 * hidden):
-            raise ValueError(f"{source or 'prefix'}: {flat.numel()} values is not layers x 2 x {hidden} "
+            raise CatVersionWeightsError(f"{source or 'prefix'}: {flat.numel()} values is not layers x 2 x {hidden} "
                              f"(CatVersion on a CLIP-L text encoder stores 3 x 2 x 768 = 4608)")
         kv = flat.view(-1, 2, hidden)
         return cls(kv[:, 0], kv[:, 1], layers, base_word, source)
@@ -92,7 +92,7 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
         first = next(iter(flat.values()))
         for k, v in flat.items():
             if v.shape != first.shape or not torch.equal(v, first):
-                raise ValueError(f"{path}: the control_trans tensors differ ({next(iter(flat))} vs {k}); "
+                raise CatVersionWeightsError(f"{path}: the control_trans tensors differ ({next(iter(flat))} vs {k}); "
                                  "the file holds more than one prefix, which CatVersion never writes")
         return first
     # Unflattened (reparameterised) prefix tuning: wte -> Linear -> tanh -> Linear.
@@ -104,8 +104,8 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
             h = torch.tanh(emb.float() @ sd[p + "control_trans.0.weight"].float().T + sd[p + "control_trans.0.bias"].float())
             return (h @ sd[p + "control_trans.2.weight"].float().T + sd[p + "control_trans.2.bias"].float()).reshape(-1)
         except KeyError as e:
-            raise ValueError(f"{path}: reparameterised prefix without {e.args[0]!r}") from None
-    raise ValueError(f"{path}: no key ending in 'control_trans' (found {sorted(sd)[:6]}...); expected an "
+            raise CatVersionWeightsError(f"{path}: reparameterised prefix without {e.args[0]!r}") from None
+    raise CatVersionWeightsError(f"{path}: no key ending in 'control_trans' (found {sorted(sd)[:6]}...); expected an "
                      "adapter-transformers prefix-tuning file (CatVersion's pytorch_adapter.bin)")
 
 
@@ -229,10 +229,10 @@ def prefixed_layers(prefix: CatVersionPrefix, clip) -> list[int]:
     chosen = prefix.layers if prefix.layers is not None else list(range(n - prefix.n_layers, n))
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise ValueError(f"CatVersion prefix {prefix.source!r} names layers {bad}; this text encoder has {n}")
+        raise InputError(f"CatVersion prefix {prefix.source!r} names layers {bad}; this text encoder has {n}")
     hidden = encoder_width(clip)
     if hidden != prefix.hidden:
-        raise ValueError(f"CatVersion prefix {prefix.source!r} is {prefix.hidden} wide; this text encoder's "
+        raise InputError(f"CatVersion prefix {prefix.source!r} is {prefix.hidden} wide; this text encoder's "
                          f"attention is {hidden} (CatVersion prefixes are made for CLIP-L, 768)")
     return chosen
 
@@ -253,7 +253,7 @@ def catversion_clip(clip, prefix: CatVersionPrefix, strength: float = 1.0, offic
     for j, i in enumerate(chosen):
         attn = clip.patcher.get_model_object(f"{ENCODER}.layers.{i}.self_attn")
         if isinstance(attn, PrefixedSelfAttention):
-            raise ValueError(f"this CLIP already has a CatVersion prefix on layer {i}; apply one prefix per CLIP")
+            raise InputError(f"this CLIP already has a CatVersion prefix on layer {i}; apply one prefix per CLIP")
         attns[i] = PrefixedSelfAttention(attn, prefix, j, bias)
     if not trainable:
         for i, attn in attns.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .catversion import CatVersionPrefix
 
 
@@ -34,9 +35,9 @@ def train_prefix(prefix: CatVersionPrefix, encode, denoise, latents: torch.Tenso
     training timestep); each sample draws one uniformly, as LDM training draws t.
     """
     if latents.ndim != 4 or latents.shape[0] == 0:
-        raise ValueError(f"expected a latent batch (N, C, H, W), got {tuple(latents.shape)}")
+        raise InputError(f"expected a latent batch (N, C, H, W), got {tuple(latents.shape)}")
     if settings.steps < 1 or settings.batch < 1:
-        raise ValueError("steps and batch size must be at least 1")
+        raise InputError("steps and batch size must be at least 1")
     params = [prefix.keys, prefix.values]
     for p in params:
         p.requires_grad_(True)
@@ -64,7 +65,7 @@ def _train(params, encode, denoise, latents, sigmas, settings, progress, interru
         eps = (x - denoise(x, sigma, context).float()) / sigma.view(-1, 1, 1, 1)
         loss = F.mse_loss(eps, noise)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"CatVersion training: loss is {loss.item()} at step {step}; lower the learning rate")
+            raise InputError(f"CatVersion training: loss is {loss.item()} at step {step}; lower the learning rate")
         grads = torch.autograd.grad(loss, params)
         for p, gr in zip(params, grads):
             p.grad = gr

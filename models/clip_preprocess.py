@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -53,7 +55,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 def deadiff_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, 3) in [0, 1] -> CLIP pixel values (B, 3, size, size), as DEADiff makes them."""
     if image.ndim != 4 or image.shape[-1] < 3:
-        raise ValueError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
+        raise InputError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
     x = blurred_resize(image[..., :3].movedim(-1, 1).float(), (size, size))
     return normalize(x)
 
@@ -63,7 +65,7 @@ def clip_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     ComfyUI's ``encode_image(crop=True)`` make them: shortest side to ``size`` (bicubic, antialiased),
     centre crop, 8-bit values, CLIP mean/std."""
     if image.ndim != 4 or image.shape[-1] < 3:
-        raise ValueError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
+        raise InputError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(image.shape)}")
     x = image[..., :3].movedim(-1, 1).float()
     h, w = x.shape[-2:]
     s = size / min(h, w)

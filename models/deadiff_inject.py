@@ -15,6 +15,7 @@ import torch
 from ..attention.image_kv import image_kv_contribution
 from ..attention.layers import UnsupportedModelError, model_layers, register_layer_set
 from ..attention.router import add_contribution
+from ..errors import InputError
 from .deadiff import DEADiffAdapter
 
 STYLE_BLOCKS = [("input", 1), ("input", 2), ("input", 4), ("input", 5)] + [("output", i) for i in range(5, 12)]
@@ -40,10 +41,10 @@ def mix(tokens: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
     if not weights:
         return tokens.mean(0, keepdim=True)
     if len(weights) != tokens.shape[0]:
-        raise ValueError(f"{len(weights)} mixing weights for {tokens.shape[0]} images; give one per image")
+        raise InputError(f"{len(weights)} mixing weights for {tokens.shape[0]} images; give one per image")
     w = torch.tensor(weights, dtype=tokens.dtype, device=tokens.device)
     if w.sum().abs() < 1e-8:
-        raise ValueError("mixing weights sum to 0")
+        raise InputError("mixing weights sum to 0")
     return (w.view(-1, 1, 1) * tokens).sum(0, keepdim=True) / w.sum()
 
 
@@ -70,9 +71,9 @@ def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: 
     adapter = tokens.adapter
     check_pairing(adapter, model)
     if tokens.style is None and tokens.content is None:
-        raise ValueError("no DEADiff tokens: encode a style and/or a content image first")
+        raise InputError("no DEADiff tokens: encode a style and/or a content image first")
     if split not in SPLITS:
-        raise ValueError(f"unknown layer split {split!r}; choose from {list(SPLITS)}")
+        raise InputError(f"unknown layer split {split!r}; choose from {list(SPLITS)}")
     layers = model_layers(model)
     some = tokens.style if tokens.style is not None else tokens.content
     zeros = torch.zeros_like(some)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass
 class StorePolicy:
@@ -25,8 +27,8 @@ class StorePolicy:
     mode: str = "store"           # "store" | "recompute"
 
 
-class MissingStepError(KeyError):
-    pass
+class MissingStepError(InputError):
+    """A sampler sigma the inversion stored no features for."""
 
 
 def _close(a: float, b: float) -> bool:
@@ -70,8 +72,8 @@ class FeatureStore:
             have = [round(s, 4) for s in sorted({s for (_, s) in table}, reverse=True)]
             raise MissingStepError(
                 f"no stored features for sigma {float(sigma):.4f} at block {tuple(key)}; the inversion stored "
-                f"sigmas {have[:8]}{' ...' if len(have) > 8 else ''}. Sample with the SIGMAS of the inversion "
-                "(StyleKit Inversion Sigmas) or invert with the same steps as the sampler.")
+                f"sigmas {have[:8]}{' ...' if len(have) > 8 else ''}. Sample with SamplerCustom on the sigmas output "
+                "of StyleKit DDIM Invert (or a KSampler with scheduler ddim_uniform and the same steps).")
         return hit
 
     def move_to(self, device) -> "FeatureStore":

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import InputError
+
 
 def ddim_uniform_sigmas(model_sampling, steps: int) -> torch.Tensor:
     """ComfyUI's ``ddim_uniform`` scheduler over the model's own sigma table (high to low, then 0)."""
@@ -48,7 +50,7 @@ def ddim_invert(eps_fn: Callable[[torch.Tensor, float], torch.Tensor], x0: torch
     """
     sig = [float(s) for s in sigmas]
     if sig[-1] != 0.0 or any(a <= b for a, b in zip(sig, sig[1:])):
-        raise ValueError("sigmas must decrease strictly and end in 0 (a sampler's schedule)")
+        raise InputError("sigmas must decrease strictly and end in 0 (a sampler's schedule)")
     x = x0.clone()
     inputs = {}
     levels = sig[::-1]  # 0, s_{n-1}, ..., s_0

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_patch
-from ..attention.layers import attention_modules, model_layers
+from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
 from ..attention.router import add_contribution, as_device, move_to
+from ..errors import InputError
 from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
@@ -40,6 +41,8 @@ class Inversion:
     store: FeatureStore
     context: torch.Tensor        # the conditioning the references were inverted with, (2, T, C)
     extra_conds: dict = None     # further model inputs (SDXL: y), batch 2
+    family: str = ""             # the model it was made with: "sd15" | "sdxl"
+    widths: dict = None          # stored layer -> its attention width in that model
 
     def __deepcopy__(self, memo):
         return self
@@ -58,7 +61,7 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
     ``extra_conds``: model inputs besides the context, by name (SDXL's ``y``: pooled prompt + sizes).
     """
     if content.shape != style.shape:
-        raise ValueError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
+        raise InputError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
                          "size: resize both images to the same size before encoding")
     layers = model_layers(model)
     layers.require("sd15", "sdxl", method="DDIM inversion with a feature store")
@@ -82,7 +85,23 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
         return (x - x0_hat) / sigma
 
     result = ddim_invert(eps_fn, x0, sigmas, callback=progress)
-    return Inversion(result, store, ctx, extra)
+    widths = {k: layers.by_key(k).channels for k in policy.layers}
+    return Inversion(result, store, ctx, extra, layers.family, widths)
+
+
+def check_inversion_fits(inv: Inversion, model) -> None:
+    """The model must be the one the inversion was made with (family and widths of the stored layers)."""
+    layers = model_layers(model)
+    theirs = f"{inv.family} model" if inv.family else "model"
+    if inv.family and layers.family != inv.family:
+        raise UnsupportedModelError(f"the inversion was made with an {theirs}; this model is {layers.family}. "
+                                    "Feature Fusion needs the model the references were inverted with")
+    have = {k: layers.by_key(k).channels for k in (inv.widths or {}) if k in layers.keys}
+    differ = [f"{k[0]} {k[1]}: {inv.widths[k]} vs {have.get(k, 'absent')}" for k in (inv.widths or {})
+              if have.get(k) != inv.widths[k]]
+    if differ:
+        raise UnsupportedModelError(f"the inversion's layers do not fit this model (inverted vs this model: "
+                                    f"{', '.join(differ[:4])}); invert the references with this model")
 
 
 def start_latent(inv: Inversion, adain: bool = True) -> torch.Tensor:
@@ -95,6 +114,7 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
     """A clone of ``model`` whose recorded layers fuse content and style features in attn1."""
     store = inv.store
     keys = list(store.policy.layers)
+    check_inversion_fits(inv, model)
     modules = attention_modules(model, "attn1")
     m = _recorder(model, store) if store.policy.mode == "recompute" else model.clone()
     add_contribution(m, feature_fusion_contribution(store, settings, {k: modules[k] for k in keys}, weight, mask,
@@ -155,4 +175,4 @@ def _nearest(inputs: dict, sigma: float):
     for s, x in inputs.items():
         if _close(sigma, s):
             return x
-    raise KeyError(f"no inversion step at sigma {sigma:.4f}; inverted sigmas: {sorted(inputs, reverse=True)[:8]}")
+    raise InputError(f"no inversion step at sigma {sigma:.4f}; inverted sigmas: {sorted(inputs, reverse=True)[:8]}")

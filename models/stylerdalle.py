@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WeightFileError
+from ..errors import InputError, WeightFileError
 from .weights_file import load_into, load_tensor_dict, positive_int, read_safetensors, require_finite
 
 GRID_IN, GRID_OUT = 16, 32
@@ -199,7 +199,7 @@ class StylerDALLETranslator(nn.Module):
     def forward(self, encodings: torch.Tensor, official_dropout: bool = False) -> torch.Tensor:
         """(B, 256, input_dim) embedded 16x16 tokens -> (B, 1024, vocab) log-probabilities."""
         if encodings.shape[1:] != (GRID_IN * GRID_IN, self.input_dim):
-            raise ValueError(f"expected embedded tokens (B, {GRID_IN * GRID_IN}, {self.input_dim}); got "
+            raise InputError(f"expected embedded tokens (B, {GRID_IN * GRID_IN}, {self.input_dim}); got "
                              f"{tuple(encodings.shape)}")
         e = F.relu(self.linear_proj(encodings))
         y = self.nat_enc(e)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .dvae import DVAEDecoder, DVAEEncoder
 from .stylerdalle import GRID_IN, GRID_OUT, StylerDALLETranslator, sample_tokens
 from .stylerdalle_train import embed_tokens
@@ -31,7 +32,7 @@ class StylerDALLE:
     def check(self) -> None:
         v = (self.encoder.vocab, self.decoder.vocab, self.translator.vocab)
         if len(set(v)) != 1 or self.translator.input_dim != self.decoder.n_init:
-            raise ValueError(f"dVAE and translator do not fit: vocabularies (encoder, decoder, translator) {v}, "
+            raise InputError(f"dVAE and translator do not fit: vocabularies (encoder, decoder, translator) {v}, "
                              f"translator input {self.translator.input_dim} vs the decoder's first width "
                              f"{self.decoder.n_init}")
 
@@ -39,7 +40,7 @@ class StylerDALLE:
 def square_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     """IMAGE (B, H, W, C) -> (B, 3, size, size), squashed with an antialiased bicubic resize."""
     if images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(images.shape)}")
+        raise InputError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(images.shape)}")
     x = images[..., :3].movedim(-1, 1).float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)

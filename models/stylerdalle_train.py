@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import InputError
 from .dvae import DVAEDecoder
 from .stylerdalle import GRID_IN, StylerDALLETranslator, load_translator_state, sample_tokens
 
@@ -64,7 +65,7 @@ def pretrain(model: StylerDALLETranslator, decoder: DVAEDecoder, tokens16: torch
              settings: PretrainSettings = PretrainSettings(), callback: Callable | None = None):
     """Token super-resolution; returns (trained copy, per-step NLL)."""
     if tokens16.shape[0] != tokens32.shape[0]:
-        raise ValueError(f"{tokens16.shape[0]} low-resolution token grids for {tokens32.shape[0]} targets")
+        raise InputError(f"{tokens16.shape[0]} low-resolution token grids for {tokens32.shape[0]} targets")
     with torch.inference_mode(False), torch.enable_grad():
         net = trainable_copy(model)
         opt = torch.optim.AdamW(net.parameters(), lr=settings.lr)
@@ -99,7 +100,7 @@ def train_style(model: StylerDALLETranslator, decoder: DVAEDecoder, tokens16: to
     """REINFORCE for one style. ``reward(images (B, 3, 256, 256) in [0, 1], captions) -> (B,)``.
     Returns (trained copy, per-step loss, per-step mean reward, final baseline)."""
     if len(captions) != tokens16.shape[0]:
-        raise ValueError(f"{len(captions)} captions for {tokens16.shape[0]} images")
+        raise InputError(f"{len(captions)} captions for {tokens16.shape[0]} images")
     with torch.inference_mode(False), torch.enable_grad():
         net = trainable_copy(model)
         params = [p for n, p in net.named_parameters() if n.startswith(("nat_dec.", "outNet."))]

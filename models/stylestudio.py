@@ -17,6 +17,7 @@ from ..attention.adapter_attention import adapter_contribution
 from ..attention.layers import model_layers, register_layer_set
 from ..attention.router import add_contribution, installed_patch
 from ..attention.teacher import TeacherWrapper, teacher_layout_contribution
+from ..errors import InputError
 from .ip_adapter import StyleAdapter
 
 PRESETS = ("StyleStudio: all up blocks", "InstantStyle: style blocks", "all", "custom")
@@ -34,14 +35,14 @@ def preset_keys(layers, preset: str, block_weights: dict, available) -> list[tup
         keys = layers.keys
     elif preset == "custom":
         if not block_weights:
-            raise ValueError("preset 'custom' patches the blocks named in block_weights, e.g. 'output 1=1.0'; "
+            raise InputError("preset 'custom' patches the blocks named in block_weights, e.g. 'output 1=1.0'; "
                              "none were given")
         keys = layers.select(list(block_weights))
     else:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
     chosen = [k for k in keys if k in available]
     if not chosen:
-        raise ValueError(f"preset {preset!r} selects no layer this adapter has weights for "
+        raise InputError(f"preset {preset!r} selects no layer this adapter has weights for "
                          f"(it has {sorted({k[:2] for k in available})})")
     return chosen
 
@@ -71,7 +72,7 @@ def style_adapter_model(model, adapter: StyleAdapter, style_features: torch.Tens
     else:
         neg = adapter.encode(negative_features)
         if neg.shape[0] not in (1, style_features.shape[0]):
-            raise ValueError(f"{neg.shape[0]} negative style images for {style_features.shape[0]} style images; "
+            raise InputError(f"{neg.shape[0]} negative style images for {style_features.shape[0]} style images; "
                              "give one, or one per style image")
         uncond = neg.expand(style_features.shape[0], -1, -1).reshape(1, -1, neg.shape[-1])
     if mask is not None:

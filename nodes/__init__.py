@@ -1,11 +1,20 @@
 """Node registry: every StyleKit node class, keyed by its id (all ids start with ``StyleKit``)."""
-from .catversion import (StyleKitCatVersionApply, StyleKitCatVersionLoad, StyleKitCatVersionScore,
-                         StyleKitCatVersionTrain)
+from .catversion import (
+                         StyleKitCatVersionApply,
+                         StyleKitCatVersionLoad,
+                         StyleKitCatVersionScore,
+                         StyleKitCatVersionTrain,
+)
 from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
-from .stylerdalle import (StyleKitStylerDALLEConvert, StyleKitStylerDALLELoad, StyleKitStylerDALLEPretrain,
-                          StyleKitStylerDALLEStylize, StyleKitStylerDALLETrainStyle)
+from .stylerdalle import (
+                         StyleKitStylerDALLEConvert,
+                         StyleKitStylerDALLELoad,
+                         StyleKitStylerDALLEPretrain,
+                         StyleKitStylerDALLEStylize,
+                         StyleKitStylerDALLETrainStyle,
+)
 from .stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter, StyleKitTeacherLayout
 
 NODE_CLASS_MAPPINGS = {

@@ -4,12 +4,21 @@ import os
 import torch
 
 from ..attention.layers import model_layers
+from ..errors import InputError
 from ..files import write_new
-from ..models.catversion import CatVersionPrefix, catversion_clip, encoder_width, load_prefix, prefixed_layers, save_prefix
+from ..models.catversion import (
+    CatVersionPrefix,
+    catversion_clip,
+    encoder_width,
+    load_prefix,
+    prefixed_layers,
+    save_prefix,
+)
 from ..models.catversion_train import TrainSettings, train_prefix
 from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
 from ..models.magicstyle import host_apply_model
-from . import comfy_glue
+from . import checks, comfy_glue
+from .checks import IMAGE_TOOLTIP, boundary
 from .images import loss_curve
 
 FOLDER = "catversion"
@@ -32,6 +41,7 @@ class StyleKitCatVersionLoad:
         return {"required": {"catversion_name": (comfy_glue.list_files(FOLDER), {
             "tooltip": "A prefix file in ComfyUI/models/catversion (.safetensors, or an official .bin in its own sub-folder)."})}}
 
+    @boundary
     def load(self, catversion_name):
         return (load_prefix(comfy_glue.full_path(FOLDER, catversion_name)),)
 
@@ -55,6 +65,7 @@ class StyleKitCatVersionApply:
             "official_bias": ("BOOLEAN", {"default": True, "tooltip": "Add +1 to the prefix logit, as the official code does (and trains with). Off: plain concatenation."}),
         }}
 
+    @boundary
     def apply(self, clip, catversion, strength, official_bias):
         return (catversion_clip(clip, catversion, strength, official_bias),)
 
@@ -74,7 +85,7 @@ class StyleKitCatVersionTrain:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE", {"tooltip": "A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)."}),
+            "images": ("IMAGE", {"tooltip": "A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)." + IMAGE_TOOLTIP}),
             "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
             "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),
             "vae": ("VAE", {"tooltip": "Its VAE, to encode the images once."}),
@@ -88,9 +99,10 @@ class StyleKitCatVersionTrain:
             "filename": ("STRING", {"default": "catversion_concept", "tooltip": "Saved as models/catversion/<filename>.safetensors (numbered if it exists)."}),
         }}
 
+    @boundary
     def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
         if model_layers(model).family != "sd15":
-            raise ValueError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
+            raise InputError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
         target = comfy_glue.output_target(FOLDER, filename)  # checked before training, written after
         chosen = comfy_glue.number_list(layers, int)
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)
@@ -139,8 +151,8 @@ class StyleKitCatVersionScore:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP image tower to score with (the paper: ViT-L/14)."}),
-            "reference": ("IMAGE", {"tooltip": "The concept's reference images."}),
-            "generated": ("IMAGE", {"tooltip": "The generated images to score."}),
+            "reference": ("IMAGE", {"tooltip": "The concept's reference images." + IMAGE_TOOLTIP}),
+            "generated": ("IMAGE", {"tooltip": "The generated images to score." + IMAGE_TOOLTIP}),
             "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
         }, "optional": {
             "reference_mask": ("MASK", {"tooltip": "Foreground (1) of the references; one mask for all or one per image."}),
@@ -149,8 +161,13 @@ class StyleKitCatVersionScore:
             "prompt": ("STRING", {"default": "", "tooltip": "The prompt the images were generated from, for CLIP-T."}),
         }}
 
+    @boundary
     def score(self, clip_vision, reference, generated, background, reference_mask=None, generated_mask=None,
               clip=None, prompt=""):
+        if reference_mask is not None:
+            checks.mask_for(reference_mask, reference.shape[0], "reference_mask")
+        if generated_mask is not None:
+            checks.mask_for(generated_mask, generated.shape[0], "generated_mask")
         with torch.no_grad():
             ref = comfy_glue.image_embeds(clip_vision, remove_background(reference, reference_mask, background))
             gen = comfy_glue.image_embeds(clip_vision, remove_background(generated, generated_mask, background))

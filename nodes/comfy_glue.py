@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def number_list(text: str, cast=float) -> list:
     """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped."""
@@ -60,7 +62,7 @@ def model_sampling(model):
 def percent_window(model, start: float, end: float) -> tuple[float, float]:
     ms = model_sampling(model)
     if end < start:
-        raise ValueError(f"end_percent {end} is before start_percent {start}")
+        raise InputError(f"end_percent {end} is before start_percent {start}")
     return float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
 
 
@@ -79,7 +81,7 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
     conds = model.model.extra_conds(**params)
     unknown = sorted(set(conds) - {"c_crossattn", "y"})
     if unknown:
-        raise ValueError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
+        raise InputError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
                          "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
     extra = {"y": conds["y"].cond[:1].to(device)} if "y" in conds else {}
     return conds["c_crossattn"].cond[:1].to(device), extra
@@ -111,7 +113,7 @@ def full_path(name: str, filename: str) -> str:
         return filename
     path = folder_paths.get_full_path(name, filename)
     if path is None:
-        raise FileNotFoundError(f"{filename} is not in ComfyUI's models/{name} folder")
+        raise InputError(f"{filename} is not in ComfyUI's models/{name} folder")
     return path
 
 

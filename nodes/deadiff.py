@@ -1,11 +1,13 @@
 """DEADiff nodes: Loader (extracted safetensors), Encode (CLIP_VISION + IMAGE -> tokens), Apply (MODEL)."""
 import torch
 
-from ..attention.layers import parse_block_weights
+from ..attention.layers import model_layers, parse_block_weights
+from ..errors import InputError
 from ..models.clip_preprocess import deadiff_pixels
 from ..models.deadiff import BRANCHES, load_deadiff
 from ..models.deadiff_inject import SPLITS, DEADiffTokens, deadiff_model, mix
 from . import comfy_glue
+from .checks import IMAGE_TOOLTIP, boundary
 
 FOLDER = "deadiff"
 comfy_glue.register_folder(FOLDER)
@@ -26,6 +28,7 @@ class StyleKitDEADiffLoader:
         return {"required": {"deadiff_name": (comfy_glue.list_files(FOLDER), {
             "tooltip": "Extracted DEADiff weights (.safetensors) in ComfyUI/models/deadiff."})}}
 
+    @boundary
     def load(self, deadiff_name):
         return (load_deadiff(comfy_glue.full_path(FOLDER, deadiff_name)),)
 
@@ -45,17 +48,18 @@ class StyleKitDEADiffEncode:
         return {"required": {
             "deadiff": ("STYLEKIT_DEADIFF", {"tooltip": "From StyleKit DEADiff Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision model (Load CLIP Vision), as DEADiff was trained with."}),
-            "image": ("IMAGE", {"tooltip": "Reference image(s); a batch is mixed into one set of tokens."}),
+            "image": ("IMAGE", {"tooltip": "Reference image(s); a batch is mixed into one set of tokens." + IMAGE_TOOLTIP}),
             "mode": (["style", "content", "both"], {"default": "style", "tooltip": "Which Q-Former branch(es) to run on these images."}),
             "mix_weights": ("STRING", {"default": "", "tooltip": "One weight per image of the batch, e.g. '1, 0.5'; empty = equal."}),
         }, "optional": {
             "add_to": ("STYLEKIT_DEADIFF_TOKENS", {"tooltip": "Tokens to extend, e.g. style from another image; the branch(es) encoded here replace theirs."}),
         }}
 
+    @boundary
     def encode(self, deadiff, clip_vision, image, mode, mix_weights, add_to=None):
         weights = comfy_glue.number_list(mix_weights)
         if add_to is not None and add_to.adapter is not deadiff:
-            raise ValueError("add_to tokens come from a different DEADiff model than this Encode's")
+            raise InputError("add_to tokens come from a different DEADiff model than this Encode's")
         with torch.no_grad():
             hidden = comfy_glue.vision_hidden_states(clip_vision, deadiff_pixels(image))
         device = next(deadiff.parameters()).device
@@ -89,7 +93,8 @@ class StyleKitDEADiffApply:
             "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of img_weight, e.g. 'output 5=0.5, input 1=0'."}),
         }}
 
+    @boundary
     def apply(self, model, tokens, img_weight, layer_split, zero_tokens, start_percent, end_percent, block_weights):
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
         return (deadiff_model(model, tokens, img_weight, layer_split, zero_tokens, hi, lo,
-                              parse_block_weights(block_weights)),)
+                              parse_block_weights(block_weights, model_layers(model))),)

@@ -5,7 +5,8 @@ from ..attention.feature_fusion import PRESETS, STYLEID_BLOCKS, FusionSettings
 from ..attention.layers import model_layers
 from ..models.feature_store import StorePolicy
 from ..models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
-from . import comfy_glue
+from . import checks, comfy_glue
+from .checks import boundary
 
 BLOCK_SETS = {"output 6-11 (StyleID)": STYLEID_BLOCKS, "output (all decoder)": "output", "all": "all"}
 
@@ -35,6 +36,7 @@ class StyleKitDDIMInvert:
             "mode": (["store", "recompute"], {"default": "store", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory, ~2x compute)."}),
         }}
 
+    @boundary
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode):
         layers = model_layers(model)
         layers.require("sd15", "sdxl", method="StyleKit DDIM Invert")
@@ -81,10 +83,13 @@ class StyleKitFeatureFusion:
             "mask": ("MASK", {"tooltip": "White = spare this region (plain self-attention), e.g. a face."}),
         }}
 
+    @boundary
     def apply(self, model, inversion, preset, gamma, temperature, content_kv, weight, adain_start,
               start_percent, end_percent, mask=None):
         settings = PRESETS[preset] if preset in PRESETS else FusionSettings(gamma, temperature, content_kv)
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
-        m = fusion_model(model, inversion, settings, weight, None if mask is None else mask[0], hi, lo)
+        if mask is not None:  # one content image was inverted: one mask
+            mask = checks.mask_for(mask, 1, what="inverted content image")[0]
+        m = fusion_model(model, inversion, settings, weight, mask, hi, lo)
         x = start_latent(inversion, adain_start)
         return (m, {"samples": comfy_glue.latent_out(model, x).cpu()})

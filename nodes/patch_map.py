@@ -1,5 +1,6 @@
 """StyleKit Patch Map: shows which blocks of a MODEL carry which StyleKit contributions."""
 from ..attention.patch_map import render_patch_map, summarize
+from .checks import boundary
 from .images import pil_to_image
 
 
@@ -17,5 +18,6 @@ class StyleKitPatchMap:
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL", {"tooltip": "Any SD1.5/SDXL MODEL, patched or not."})}}
 
+    @boundary
     def run(self, model):
         return (pil_to_image(render_patch_map(model)), summarize(model))

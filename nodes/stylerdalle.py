@@ -3,12 +3,14 @@ import os
 
 import torch
 
+from ..errors import InputError
 from ..files import write_new
 from ..models.dvae import convert_dalle_pickle, load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
 from ..models.stylerdalle_train import PretrainSettings, StyleSettings, pretrain, train_style
 from . import comfy_glue
+from .checks import IMAGE_TOOLTIP, boundary
 from .images import loss_curve, pil_to_image
 
 DVAE_FOLDER, TRANSLATOR_FOLDER = "dalle", "stylerdalle"
@@ -37,10 +39,10 @@ def folder_images(folder: str) -> torch.Tensor:
     """Every image file in ``folder`` squashed to 256 px, as one IMAGE batch."""
     from PIL import Image
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"photo folder {folder!r} does not exist")
+        raise InputError(f"photo folder {folder!r} does not exist")
     names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
     if not names:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+        raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
     return torch.cat([square_pixels(pil_to_image(Image.open(os.path.join(folder, n))), OUTPUT_PX).movedim(1, -1)
                       for n in names])
 
@@ -62,10 +64,11 @@ class StyleKitStylerDALLELoad:
             "translator_name": ([NEW] + _files(TRANSLATOR_FOLDER, ""), {"tooltip": f"A trained translator in ComfyUI/models/stylerdalle, or {NEW} to start pre-training (hidden 512, 8 heads, 4 decoder blocks)."}),
         }}
 
+    @boundary
     def load(self, dvae_name, translator_name):
         encoder, decoder = load_dvae(comfy_glue.full_path(DVAE_FOLDER, dvae_name))
         if encoder is None or decoder is None:
-            raise ValueError(f"{dvae_name} lacks the dVAE {'encoder' if encoder is None else 'decoder'}; StylerDALLE "
+            raise InputError(f"{dvae_name} lacks the dVAE {'encoder' if encoder is None else 'decoder'}; StylerDALLE "
                              "needs both (convert encoder.pkl and decoder.pkl together)")
         if translator_name == NEW:
             translator = StylerDALLETranslator(input_dim=decoder.n_init, vocab=decoder.vocab).eval()
@@ -92,13 +95,14 @@ class StyleKitStylerDALLEStylize:
     def INPUT_TYPES(cls):
         return {"required": {
             "stylerdalle": ("STYLEKIT_STYLERDALLE", {"tooltip": "From StyleKit StylerDALLE Load (or a Train node)."}),
-            "images": ("IMAGE", {"tooltip": "Content images (any size; squashed to 128 px)."}),
+            "images": ("IMAGE", {"tooltip": "Content images (any size; squashed to 128 px)." + IMAGE_TOOLTIP}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Sampling seed; image i of the batch uses seed + i."}),
             "sampling": (["sample", "argmax"], {"default": "sample", "tooltip": "sample: one draw per token (the paper); argmax: the most likely token."}),
             "official_dropout": ("BOOLEAN", {"default": False, "tooltip": "The official code keeps a p=0.5 dropout on the decoder output at inference; on reproduces that (random), off is deterministic."}),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Images translated at once (memory vs speed); results do not depend on it."}),
         }}
 
+    @boundary
     def run(self, stylerdalle, images, seed, sampling, official_dropout, batch_size):
         return (stylize(stylerdalle, images, seed, sampling == "argmax", official_dropout, batch_size,
                         _callback(images.shape[0])),)
@@ -126,15 +130,16 @@ class StyleKitStylerDALLEPretrain:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds the batch order."}),
             "filename": ("STRING", {"default": "stylerdalle_pretrained", "tooltip": "Saved as models/stylerdalle/<filename>.safetensors (numbered, never overwritten)."}),
         }, "optional": {
-            "images": ("IMAGE", {"tooltip": "Photos to pre-train on."}),
+            "images": ("IMAGE", {"tooltip": "Photos to pre-train on." + IMAGE_TOOLTIP}),
             "folder": ("STRING", {"default": "", "tooltip": "Or/and a folder of photos (png/jpg/webp), read and squashed to 256 px."}),
         }}
 
+    @boundary
     def train(self, stylerdalle, steps, learning_rate, batch_size, warmup_steps, seed, filename, images=None, folder=""):
         target = comfy_glue.output_target(TRANSLATOR_FOLDER, filename)  # checked before training
         pool = [x for x in (images, folder_images(folder) if folder.strip() else None) if x is not None]
         if not pool:
-            raise ValueError("give photos: an IMAGE batch and/or a folder")
+            raise InputError("give photos: an IMAGE batch and/or a folder")
         t16, t32 = training_tokens(stylerdalle.encoder, torch.cat([square_pixels(p, OUTPUT_PX).movedim(1, -1) for p in pool]))
         net, losses = pretrain(stylerdalle.translator, stylerdalle.decoder, t16, t32,
                                PretrainSettings(steps, learning_rate, batch_size, warmup_steps, seed), _callback(steps))
@@ -160,7 +165,7 @@ class StyleKitStylerDALLETrainStyle:
     def INPUT_TYPES(cls):
         return {"required": {
             "stylerdalle": ("STYLEKIT_STYLERDALLE", {"tooltip": "A pre-trained translator (StyleKit StylerDALLE Pretrain or Load)."}),
-            "images": ("IMAGE", {"tooltip": "Content photos to stylise while training."}),
+            "images": ("IMAGE", {"tooltip": "Content photos to stylise while training." + IMAGE_TOOLTIP}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision model for the reward (the official code uses CLIP ViT-B/32)."}),
             "clip": ("CLIP", {"tooltip": "The text tower of the same CLIP as clip_vision, with its text projection (Load CLIP)."}),
             "style": ("STRING", {"default": "an oil painting", "tooltip": "The style text; the reward prompt is '{style} of {caption}'."}),
@@ -173,12 +178,13 @@ class StyleKitStylerDALLETrainStyle:
             "filename": ("STRING", {"default": "stylerdalle_style", "tooltip": "Saved as models/stylerdalle/<filename>.safetensors (numbered, never overwritten)."}),
         }}
 
+    @boundary
     def train(self, stylerdalle, images, clip_vision, clip, style, captions, steps, learning_rate, batch_size,
               official_dropout, seed, filename):
         target = comfy_glue.output_target(TRANSLATOR_FOLDER, filename)  # checked before training
         lines = [c.strip() for c in captions.splitlines() if c.strip()] or ["a photo"]
         if len(lines) not in (1, images.shape[0]):
-            raise ValueError(f"{len(lines)} captions for {images.shape[0]} images; give one per image or one for all")
+            raise InputError(f"{len(lines)} captions for {images.shape[0]} images; give one per image or one for all")
         lines = lines * images.shape[0] if len(lines) == 1 else lines
         texts = {c: torch.nn.functional.normalize(comfy_glue.text_embeds(clip, f"{style.strip()} of {c}"), dim=-1)
                  for c in set(lines)}
@@ -187,7 +193,7 @@ class StyleKitStylerDALLETrainStyle:
             img = torch.nn.functional.normalize(comfy_glue.image_embeds(clip_vision, decoded.movedim(1, -1)), dim=-1)
             txt = torch.cat([texts[c] for c in caps]).to(img.device)
             if txt.shape[-1] != img.shape[-1]:
-                raise ValueError(f"CLIP text embeddings are {txt.shape[-1]} wide, image embeddings {img.shape[-1]}: "
+                raise InputError(f"CLIP text embeddings are {txt.shape[-1]} wide, image embeddings {img.shape[-1]}: "
                                  "give the text tower of the same CLIP, with its projection")
             return (img * txt).sum(-1)
         t16, _ = training_tokens(stylerdalle.encoder, images)
@@ -220,6 +226,7 @@ class StyleKitStylerDALLEConvert:
             "filename": ("STRING", {"default": "dalle_dvae", "tooltip": "Written as models/dalle/<filename>.safetensors (numbered, never overwritten)."}),
         }}
 
+    @boundary
     def convert(self, encoder_pickle, decoder_pickle, filename):
         from ..tools.dalle_convert import convert_files
         target = comfy_glue.output_target(DVAE_FOLDER, filename)

@@ -2,10 +2,11 @@
 import torch
 
 from ..attention.adapter_attention import FUSIONS
-from ..attention.layers import parse_block_weights
+from ..attention.layers import model_layers, parse_block_weights
 from ..models.ip_adapter import load_adapter
 from ..models.stylestudio import PRESETS, style_adapter_model, teacher_model
 from . import comfy_glue
+from .checks import IMAGE_TOOLTIP, boundary
 
 FOLDER = "ipadapter"
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
@@ -26,6 +27,7 @@ class StyleKitAdapterLoader:
             "tooltip": "IP-Adapter / CSGO file in ComfyUI/models/ipadapter. Pair it with its CLIP vision model: "
                        "SD1.5 and *_vit-h files use ViT-H, ip-adapter_sdxl and CSGO use ViT-bigG."})}}
 
+    @boundary
     def load(self, adapter_name):
         return (load_adapter(comfy_glue.full_path(FOLDER, adapter_name)),)
 
@@ -48,7 +50,7 @@ class StyleKitStyleAdapter:
             "model": ("MODEL", {"tooltip": "SD1.5 or SDXL model matching the adapter."}),
             "adapter": ("STYLEKIT_ADAPTER", {"tooltip": "From StyleKit Adapter Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP vision model the adapter was trained with (Load CLIP Vision)."}),
-            "image": ("IMAGE", {"tooltip": "Style reference image(s); several images give one longer set of image tokens."}),
+            "image": ("IMAGE", {"tooltip": "Style reference image(s); several images give one longer set of image tokens." + IMAGE_TOOLTIP}),
             "fusion": (list(FUSIONS), {"default": FUSIONS[0], "tooltip": "cross-modal AdaIN: StyleStudio's fusion (weight 1 = the paper); add: text + weight x image attention (IP-Adapter)."}),
             "preset": (list(PRESETS), {"default": PRESETS[0], "tooltip": "Which cross-attention blocks get the style: all up blocks (StyleStudio), InstantStyle's style block(s), every layer, or custom (the blocks named in block_weights)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Style strength; 0 leaves the model plain."}),
@@ -56,10 +58,11 @@ class StyleKitStyleAdapter:
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "The style acts until this fraction of sampling."}),
             "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."}),
         }, "optional": {
-            "negative_style_image": ("IMAGE", {"tooltip": "Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch."}),
+            "negative_style_image": ("IMAGE", {"tooltip": "Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch." + IMAGE_TOOLTIP}),
             "mask": ("MASK", {"tooltip": "Where the style applies (1) and where not (0); resized to every block."}),
         }}
 
+    @boundary
     def apply(self, model, adapter, clip_vision, image, fusion, preset, weight, start_percent, end_percent,
               block_weights, negative_style_image=None, mask=None):
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
@@ -68,7 +71,7 @@ class StyleKitStyleAdapter:
             negative = None if negative_style_image is None else \
                 comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature)
         return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo,
-                                    parse_block_weights(block_weights), mask),)
+                                    parse_block_weights(block_weights, model_layers(model)), mask),)
 
 
 class StyleKitTeacherLayout:
@@ -89,6 +92,7 @@ class StyleKitTeacherLayout:
             "teacher_fraction": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.02, "tooltip": "Fraction of the sampling steps the teacher acts for (the paper: 20 of 50 = 0.4); 0 turns it off."}),
         }}
 
+    @boundary
     def apply(self, model, teacher_fraction):
         fallback = float(comfy_glue.model_sampling(model).percent_to_sigma(teacher_fraction))
         return (teacher_model(model, teacher_fraction, fallback),)

@@ -29,6 +29,7 @@ def dump(comfyui_path: str) -> tuple[str, dict]:
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     import comfyui_version
+
     import nodes
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

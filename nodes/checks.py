@@ -1,0 +1,141 @@
+"""Node inputs checked at the boundary, before any heavy work, by their declared ComfyUI type.
+
+:func:`boundary` wraps a node's FUNCTION: every argument is checked against its ``INPUT_TYPES``
+declaration and the node receives the checked value. Refusals are :class:`InputError` naming the
+input and the fix.
+
+* INT / FLOAT: finite and within the declared min..max (ComfyUI's own validation lets NaN through).
+* STRING: a string without NUL characters.
+* IMAGE: a (B, H, W, C) batch of at least one image, sides of at least :data:`MIN_SIDE` px, finite
+  pixels; C = 3 as is, C = 4 (RGBA) with its alpha channel ignored, C = 1 (grayscale) used as RGB.
+* MASK: (B, H, W) or one (H, W) mask, at least one, values finite and within 0..1.
+* LATENT: ``{"samples": (B, C, H, W)}``, at least one, finite.
+* CONDITIONING: a non-empty list of ``[tensor (B, T, C), dict]``.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+
+import torch
+
+from ..errors import InputError
+
+MIN_SIDE = 8
+IMAGE_TOOLTIP = " RGBA images are used without their alpha channel, grayscale ones as RGB."
+MASK_TOOLTIP = " Values 0..1; one mask for all images or one per image."
+
+
+def number(value, name: str, opts: dict):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} is {value!r}, not a number")
+    if not math.isfinite(value):
+        raise InputError(f"{name} is {value}; give a finite number")
+    lo, hi = opts.get("min"), opts.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise InputError(f"{name} is {value}; it must be between {lo} and {hi}")
+    return value
+
+
+def text(value, name: str):
+    if not isinstance(value, str):
+        raise InputError(f"{name} is a {type(value).__name__}, not text")
+    if "\x00" in value:
+        raise InputError(f"{name} holds a NUL character; remove it")
+    return value
+
+
+def images(value, name: str = "image") -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 4:
+        raise InputError(f"{name}: expected an IMAGE batch (B, H, W, C), got "
+                         f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+    b, h, w, c = value.shape
+    if b == 0:
+        raise InputError(f"{name} is an empty batch; connect at least one image")
+    if c not in (1, 3, 4):
+        raise InputError(f"{name} has {c} channels; expected RGB (3), RGBA (4) or grayscale (1)")
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"{name} is {w}x{h} px; each side must be at least {MIN_SIDE} px (upscale it first)")
+    if not torch.isfinite(value).all():
+        raise InputError(f"{name} holds NaN or infinite pixel values; check the node that made it")
+    if c == 1:
+        return value.expand(b, h, w, 3)
+    return value[..., :3] if c == 4 else value
+
+
+def mask(value, name: str = "mask") -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim not in (2, 3):
+        raise InputError(f"{name}: expected a MASK (B, H, W) or (H, W), got "
+                         f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+    m = value if value.ndim == 3 else value.unsqueeze(0)
+    if m.shape[0] == 0 or min(m.shape[1:]) == 0:
+        raise InputError(f"{name} is empty ({tuple(value.shape)}); connect a mask")
+    if not torch.isfinite(m).all():
+        raise InputError(f"{name} holds NaN or infinite values")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < 0 or hi > 1:
+        raise InputError(f"{name} values run from {lo:g} to {hi:g}; a MASK holds 0..1 (normalise or clamp it)")
+    return m
+
+
+def mask_for(m: torch.Tensor, count: int, name: str = "mask", what: str = "image") -> torch.Tensor:
+    """The batch rule: one mask for all (``count``) images or one per image; anything else refused."""
+    if m.shape[0] not in (1, count):
+        raise InputError(f"{name} has {m.shape[0]} masks for {count} {what}{'s' if count != 1 else ''}; "
+                         f"give one mask for all or one per {what}")
+    return m
+
+
+def latent(value, name: str = "latent") -> dict:
+    samples = value.get("samples") if isinstance(value, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise InputError(f"{name}: expected a LATENT with samples (B, C, H, W)")
+    if samples.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch")
+    if not torch.isfinite(samples).all():
+        raise InputError(f"{name} holds NaN or infinite values")
+    return value
+
+
+def conditioning(value, name: str = "conditioning") -> list:
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{name} is empty; connect a CLIP Text Encode (or another CONDITIONING)")
+    for entry in value:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)
+                and entry[0].ndim == 3 and isinstance(entry[1], dict)):
+            raise InputError(f"{name} is not a CONDITIONING ([tensor (B, T, C), options] entries)")
+        if entry[0].shape[0] == 0 or entry[0].shape[1] == 0:
+            raise InputError(f"{name} holds an empty tensor {tuple(entry[0].shape)}")
+    return value
+
+
+CHECKS = {"IMAGE": images, "MASK": mask, "LATENT": latent, "CONDITIONING": conditioning}
+
+
+def check_input(typ, opts: dict, value, name: str):
+    if typ in ("INT", "FLOAT"):
+        return number(value, name, opts)
+    if typ == "STRING":
+        return text(value, name)
+    if isinstance(typ, (list, tuple)):  # a combo; ComfyUI checks the choice, a file may be missing here
+        return text(value, name)
+    check = CHECKS.get(typ)
+    return value if check is None else check(value, name)
+
+
+def boundary(method):
+    """Decorator for a node's FUNCTION: each argument checked by its declared type (module docstring)."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        spec = type(self).INPUT_TYPES()
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}
+        bound = signature.bind(self, *args, **kwargs)
+        for name, value in list(bound.arguments.items()):
+            if name in declared and value is not None:
+                decl = declared[name]
+                bound.arguments[name] = check_input(decl[0], decl[1] if len(decl) > 1 else {}, value, name)
+        return method(*bound.args, **bound.kwargs)
+    return run
