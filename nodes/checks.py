@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..errors import InputError
+from .comfy_glue import FileList
 
 MIN_SIDE = 8
 IMAGE_TOOLTIP = " RGBA images are used without their alpha channel, grayscale ones as RGB."
@@ -118,8 +119,11 @@ def check_input(typ, opts: dict, value, name: str):
         return number(value, name, opts)
     if typ == "STRING":
         return text(value, name)
-    if isinstance(typ, (list, tuple)):  # a combo; ComfyUI checks the choice, a file may be missing here
-        return text(value, name)
+    if isinstance(typ, (list, tuple)):  # a combo: a fixed choice, or a model file (see comfy_glue.FileList)
+        text(value, name)
+        if not isinstance(typ, FileList) and value not in typ:
+            raise InputError(f"{name} is {value!r}; choose one of {list(typ)}")
+        return value
     check = CHECKS.get(typ)
     return value if check is None else check(value, name)
 

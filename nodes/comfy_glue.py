@@ -6,9 +6,27 @@ import torch
 from ..errors import InputError
 
 
-def number_list(text: str, cast=float) -> list:
-    """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped."""
-    return [cast(x) for x in text.replace(";", ",").split(",") if x.strip()]
+def number_list(text: str, cast=float, field: str = "list") -> list:
+    """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped; anything else refused naming ``field``."""
+    import math
+    out = []
+    for item in (x.strip() for x in text.replace(";", ",").split(",")):
+        if not item:
+            continue
+        try:
+            value = cast(item)
+        except ValueError:
+            raise InputError(f"{field}: cannot read {item[:40]!r} as a {'whole ' if cast is int else ''}number; "
+                             "write e.g. '1, 0.5'") from None
+        if not math.isfinite(value):
+            raise InputError(f"{field}: {item!r} is not a finite number")
+        out.append(value)
+    return out
+
+
+class FileList(list):
+    """The choices of a model-file combo (what ComfyUI's folder holds): ComfyUI checks the choice; the
+    node boundary does not, as outside ComfyUI a path is given directly."""
 
 
 def progress(total: int):
@@ -98,12 +116,12 @@ def register_folder(name: str, extensions=(".safetensors",)) -> None:
         folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
 
 
-def list_files(name: str) -> list[str]:
+def list_files(name: str) -> FileList:
     try:
         import folder_paths
     except ImportError:
-        return []
-    return folder_paths.get_filename_list(name)
+        return FileList()
+    return FileList(folder_paths.get_filename_list(name))
 
 
 def full_path(name: str, filename: str) -> str:

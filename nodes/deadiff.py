@@ -57,7 +57,7 @@ class StyleKitDEADiffEncode:
 
     @boundary
     def encode(self, deadiff, clip_vision, image, mode, mix_weights, add_to=None):
-        weights = comfy_glue.number_list(mix_weights)
+        weights = comfy_glue.number_list(mix_weights, float, "mix_weights")
         if add_to is not None and add_to.adapter is not deadiff:
             raise InputError("add_to tokens come from a different DEADiff model than this Encode's")
         with torch.no_grad():

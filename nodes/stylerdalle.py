@@ -22,7 +22,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _files(folder, ext):
-    return [f for f in comfy_glue.list_files(folder) if f.endswith(ext)]
+    return comfy_glue.FileList(f for f in comfy_glue.list_files(folder) if f.endswith(ext))
 
 
 def _callback(total):
@@ -61,7 +61,7 @@ class StyleKitStylerDALLELoad:
     def INPUT_TYPES(cls):
         return {"required": {
             "dvae_name": (_files(DVAE_FOLDER, ".safetensors"), {"tooltip": "The converted dVAE (.safetensors with encoder and decoder) in ComfyUI/models/dalle."}),
-            "translator_name": ([NEW] + _files(TRANSLATOR_FOLDER, ""), {"tooltip": f"A trained translator in ComfyUI/models/stylerdalle, or {NEW} to start pre-training (hidden 512, 8 heads, 4 decoder blocks)."}),
+            "translator_name": (comfy_glue.FileList([NEW] + _files(TRANSLATOR_FOLDER, "")), {"tooltip": f"A trained translator in ComfyUI/models/stylerdalle, or {NEW} to start pre-training (hidden 512, 8 heads, 4 decoder blocks)."}),
         }}
 
     @boundary
