@@ -5,7 +5,7 @@ import torch
 
 from ..errors import InputError
 from ..files import write_new
-from ..models.dvae import convert_dalle_pickle, load_dvae
+from ..models.dvae import load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
 from ..models.stylerdalle_train import PretrainSettings, StyleSettings, pretrain, train_style

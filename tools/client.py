@@ -4,8 +4,13 @@
     python -m stylekit.tools.client wf.json --set 1.ckpt_name=my_model.safetensors --set 5.seed=7
 
 Follows progress over ComfyUI's websocket, downloads every image the outputs list through /view and
-exits 0. Exit 2: the server refused the graph (ComfyUI's validation errors are printed); 3: it failed
-while running; 4: the server could not be reached or timed out.
+exits 0. Otherwise it prints one line (plus ComfyUI's own validation errors) and exits with:
+
+    2  the server refused the graph (ComfyUI's validation errors are printed)
+    3  the workflow failed while running
+    4  the server could not be reached, or timed out
+    5  bad input: the workflow file is missing, not JSON, not an API-format graph; a bad --set; a bad URL
+    6  the server's reply was not what ComfyUI sends (another service on that address?)
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import sys
 import uuid
 from pathlib import Path
 
+from ..errors import StyleKitError
+from ..files import output_target, write_new
+
 
 class WorkflowRejected(RuntimeError):
     pass
@@ -23,6 +31,17 @@ class WorkflowRejected(RuntimeError):
 
 class WorkflowFailed(RuntimeError):
     pass
+
+
+class BadInput(ValueError):
+    pass
+
+
+class MalformedReply(RuntimeError):
+    pass
+
+
+EXIT = {WorkflowRejected: 2, WorkflowFailed: 3, BadInput: 5, MalformedReply: 6}
 
 
 def format_rejection(body: dict) -> str:
@@ -42,16 +61,56 @@ def format_rejection(body: dict) -> str:
 
 def apply_overrides(workflow: dict, sets: list[str]) -> dict:
     for s in sets or []:
-        target, _, raw = s.partition("=")
+        target, eq, raw = s.partition("=")
         nid, _, name = target.partition(".")
-        if nid not in workflow or not name:
-            raise SystemExit(f"--set {s!r}: expected NODE_ID.INPUT=VALUE with a node id in the workflow")
+        if not eq or nid not in workflow or not name:
+            raise BadInput(f"--set {s!r}: expected NODE_ID.INPUT=VALUE with a node id in the workflow")
+        inputs = workflow[nid].get("inputs") if isinstance(workflow[nid], dict) else None
+        if not isinstance(inputs, dict):
+            raise BadInput(f"--set {s!r}: node {nid} has no inputs to set")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        workflow[nid]["inputs"][name] = value
+        inputs[name] = value
     return workflow
+
+
+def check_server(server: str) -> str:
+    from urllib.parse import urlparse
+    url = urlparse(server)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise BadInput(f"--server {server!r}: expected an address like http://127.0.0.1:8188")
+    try:
+        url.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise BadInput(f"--server {server!r}: the port is not a number") from None
+    return server.rstrip("/")
+
+
+def read_workflow(path: Path) -> dict:
+    from .workflow_check import api_structure_errors, is_ui_format, load_workflow
+    try:
+        workflow = load_workflow(path)
+    except ValueError as e:
+        raise BadInput(f"{path} {e}") from None
+    if is_ui_format(workflow):
+        raise BadInput(f"{path} is a UI-format workflow; use its API-format twin (example_workflows/api/) or "
+                       "ComfyUI's 'Export (API)'")
+    errs = api_structure_errors(workflow)
+    if errs:
+        raise BadInput(f"{path}: {errs[0]}")
+    return workflow
+
+
+async def _json(response):
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedReply(f"{response.url} answered {response.status} with something that is not JSON") from None
+    if not isinstance(body, dict):
+        raise MalformedReply(f"{response.url} answered with a JSON {type(body).__name__}, not an object")
+    return body
 
 
 async def run_workflow(workflow: dict, server: str, out_dir: Path, timeout: float = 600.0, log=print) -> list[Path]:
@@ -63,36 +122,49 @@ async def run_workflow(workflow: dict, server: str, out_dir: Path, timeout: floa
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async with session.ws_connect(ws_url) as ws:  # connect first so no message is missed
             async with session.post(f"{server.rstrip('/')}/prompt", json={"prompt": workflow, "client_id": client_id}) as r:
-                body = await r.json(content_type=None)
+                body = await _json(r)
                 if r.status != 200 or "prompt_id" not in body:
                     raise WorkflowRejected(format_rejection(body))
             prompt_id = body["prompt_id"]
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue  # binary previews
-                m = json.loads(msg.data)
-                data = m.get("data", {})
+                try:
+                    m = json.loads(msg.data)
+                except ValueError:
+                    raise MalformedReply("the server's websocket sent a message that is not JSON") from None
+                data = m.get("data") if isinstance(m, dict) else None
+                if not isinstance(data, dict):
+                    continue  # not a message about a prompt
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
-                if m["type"] == "progress":
-                    log(f"node {data.get('node')}: {data['value']}/{data['max']}")
-                elif m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                if m.get("type") == "progress":
+                    log(f"node {data.get('node')}: {data.get('value')}/{data.get('max')}")
+                elif m.get("type") == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     break
-                elif m["type"] == "execution_error":
+                elif m.get("type") == "execution_error":
                     raise WorkflowFailed(f"node {data.get('node_id')} ({data.get('node_type')}): "
                                          f"{data.get('exception_type')}: {data.get('exception_message')}")
         async with session.get(f"{server.rstrip('/')}/history/{prompt_id}") as r:
-            history = (await r.json())[prompt_id]
+            history = (await _json(r)).get(prompt_id)
+        outputs = history.get("outputs") if isinstance(history, dict) else None
+        if not isinstance(outputs, dict):
+            raise MalformedReply(f"the server's history has no outputs for prompt {prompt_id}")
         saved = []
-        for nid, output in history.get("outputs", {}).items():
-            for im in output.get("images", []):
+        for nid, output in outputs.items():
+            images = output.get("images", []) if isinstance(output, dict) else None
+            if not isinstance(images, list) or not all(isinstance(im, dict) and isinstance(im.get("filename"), str)
+                                                       for im in images):
+                raise MalformedReply(f"the server's outputs of node {nid} do not list images by filename")
+            for im in images:
                 params = {"filename": im["filename"], "subfolder": im.get("subfolder", ""), "type": im.get("type", "output")}
                 async with session.get(f"{server.rstrip('/')}/view", params=params) as r:
                     r.raise_for_status()
-                    path = out_dir / f"{nid}_{Path(im['filename']).name}"
-                    path.write_bytes(await r.read())
-                    saved.append(path)
-                    log(f"saved {path}")
+                    data = await r.read()
+                target = output_target(str(out_dir), f"{nid}_{Path(im['filename']).name}", "", field="image name")
+                path = Path(write_new(target, lambda tmp, data=data: Path(tmp).write_bytes(data)))
+                saved.append(path)
+                log(f"saved {path}")
             for text in output.get("text", []):
                 log(f"node {nid} text: {text}")
         return saved
@@ -106,20 +178,19 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="override an input")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
     a = ap.parse_args(argv)
-    workflow = apply_overrides(json.loads(a.workflow.read_text()), a.set)
-    if "nodes" in workflow:
-        print(f"{a.workflow} is a UI-format workflow; use its API-format twin (example_workflows/api/) or "
-              "ComfyUI's 'Export (API)'", file=sys.stderr)
-        return 2
+    import aiohttp
     try:
-        saved = asyncio.run(run_workflow(workflow, a.server, a.out, a.timeout))
+        server = check_server(a.server)
+        workflow = apply_overrides(read_workflow(a.workflow), a.set)
+        saved = asyncio.run(run_workflow(workflow, server, a.out, a.timeout))
     except WorkflowRejected as e:
         print(f"ComfyUI refused the workflow:\n{e}", file=sys.stderr)
         return 2
-    except WorkflowFailed as e:
-        print(f"the workflow failed: {e}", file=sys.stderr)
-        return 3
-    except (OSError, asyncio.TimeoutError) as e:
+    except (WorkflowFailed, BadInput, MalformedReply, StyleKitError) as e:
+        what = {WorkflowFailed: "the workflow failed", MalformedReply: "unexpected reply from the server"}
+        print(f"{what.get(type(e), 'error')}: {e}", file=sys.stderr)
+        return EXIT.get(type(e), 5)
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
         print(f"could not talk to ComfyUI at {a.server}: {e!r}", file=sys.stderr)
         return 4
     print(f"{len(saved)} image(s) saved under {a.out}")

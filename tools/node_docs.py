@@ -9,7 +9,6 @@ them with what this script writes.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -51,23 +50,13 @@ def node_page(node_id: str, cls, display_name: str) -> str:
     return "\n".join(lines)
 
 
-def load_pack():
-    """The pack imported from its folder under a private name, whatever the folder is called (as
-    ComfyUI imports it: everything inside is relative)."""
-    import importlib.util
-    name = "_stylekit_pack"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, PACK / "__init__.py", submodule_search_locations=[str(PACK)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def pages(pack=None) -> dict[str, str]:
     """{file name: page} for every node the pack registers. A page describes the node, not the files
     this machine has: model-folder lists are read as empty while the pages are made."""
-    nodes = (pack or load_pack()).nodes
+    if pack is None:
+        from _pack import load_pack  # run as a script: tools/ is on the path
+        pack = load_pack()
+    nodes = pack.nodes
     listed = nodes.comfy_glue.list_files
     nodes.comfy_glue.list_files = lambda name: []
     try:
@@ -81,8 +70,11 @@ def main() -> None:
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     written = pages()
-    for name, text in written.items():
-        (out / name).write_text(text)
+    from _pack import load_pack  # run as a script: tools/ is on the path
+    files = __import__("importlib").import_module(load_pack().__name__ + ".files")
+    for name, text in written.items():  # regenerated pages replace the old ones
+        target = files.output_target(str(out), name, "", numbered=False, force=True)
+        files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))
     print(f"wrote {len(written)} node help pages to {out}")
 
 

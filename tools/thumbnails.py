@@ -6,7 +6,9 @@ coloured by pack, and its links).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[1]
@@ -47,8 +49,13 @@ def draw(workflow: dict):
 
 def main() -> None:
     folder = PACK / "example_workflows"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import load_pack
+    files = importlib.import_module(load_pack().__name__ + ".files")
     for path in sorted(folder.glob("*.json")):
-        draw(json.loads(path.read_text())).save(path.with_suffix(".jpg"), quality=70, optimize=True)
+        image = draw(json.loads(path.read_text()))
+        target = files.output_target(str(folder), path.with_suffix(".jpg").name, "", numbered=False, force=True)
+        files.write_new(target, lambda tmp, image=image: image.save(tmp, format="JPEG", quality=70, optimize=True))
     print(f"drew {len(list(folder.glob('*.json')))} thumbnails in {folder}")
 
 

@@ -1,6 +1,6 @@
 """Build the UI-format twin of an API-format workflow (what ComfyUI's template browser loads).
 
-    python -m stylekit.tools.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json
+    python -m stylekit.tools.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
 Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
@@ -9,19 +9,24 @@ ComfyUI adds the outputs it gave a node since, so the template loads in every su
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from .workflow_check import _inputs, widget_names
+from .workflow_check import WorkflowError, _inputs, _is_link, check_api, load_workflow, widget_names
 
 
 def api_to_ui(api: dict, specs: dict) -> dict:
+    """The UI-format twin of a valid API-format graph; an invalid one (a cycle, unknown nodes, broken
+    links, non-numeric ids: anything :func:`check_api` reports) raises WorkflowError."""
+    errs = check_api(api, specs)
+    errs += [f"node id {nid!r} is not a number" for nid in api if not str(nid).isdigit()] if not errs else []
+    if errs:
+        raise WorkflowError("cannot convert an invalid workflow: " + "; ".join(errs[:5]))
     ids = {nid: int(nid) for nid in api}
     depth = {}
 
     def d(nid):
         if nid not in depth:
-            srcs = [v[0] for v in api[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+            srcs = [v[0] for v in api[nid].get("inputs", {}).values() if _is_link(v)]
             depth[nid] = 1 + max((d(s) for s in srcs), default=-1)
         return depth[nid]
 
@@ -33,8 +38,8 @@ def api_to_ui(api: dict, specs: dict) -> dict:
         spec = specs[api[nid]["class_type"]]
         inputs = []
         for name, decl, _ in _inputs(spec):
-            v = api[nid]["inputs"].get(name)
-            is_link = isinstance(v, list) and len(v) == 2
+            v = api[nid].get("inputs", {}).get(name)
+            is_link = _is_link(v)
             if decl[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") and not is_link:
                 continue
             if v is None and decl[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
@@ -52,7 +57,7 @@ def api_to_ui(api: dict, specs: dict) -> dict:
         values = []
         for name, decl, n in widget_names(spec):
             opts = decl[1] if len(decl) > 1 else {}
-            v = api[nid]["inputs"].get(name, opts.get("default", (opts.get("choices") or [None])[0]))  # a combo: its first
+            v = api[nid].get("inputs", {}).get(name, opts.get("default", (opts.get("choices") or [None])[0]))  # a combo: its first
             values.append(None if isinstance(v, list) else v)
             if n == 2:
                 values.append("fixed")
@@ -63,8 +68,9 @@ def api_to_ui(api: dict, specs: dict) -> dict:
                       "size": [320, 200], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
                       "outputs": [], "properties": {"Node name for S&R": api[nid]["class_type"]},
                       "widgets_values": values})
-        if "_meta" in api[nid]:
-            nodes[-1]["title"] = api[nid]["_meta"].get("title", api[nid]["class_type"])
+        meta = api[nid].get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get("title"), str):
+            nodes[-1]["title"] = meta["title"]
     for node in nodes:
         spec = specs[node["type"]]
         node["outputs"] = [{"name": t, "type": t, "links": out_links[str(node["id"])].get(i, [])}
@@ -85,10 +91,27 @@ def known_specs(repo: Path, version: str | None = None) -> dict:
 
 
 def main(argv=None):
-    argv = argv or sys.argv[1:]
-    src, dst = Path(argv[0]), Path(argv[1])
+    import argparse
+
+    from ..errors import StyleKitError
+    from ..files import output_target, write_new
+    ap = argparse.ArgumentParser(description="Build the UI-format twin of an API-format workflow.")
+    ap.add_argument("api", type=Path, help="API-format workflow JSON")
+    ap.add_argument("ui", type=Path, help="UI-format file to write")
+    ap.add_argument("--force", action="store_true", help="replace UI if it exists (never done otherwise)")
+    a = ap.parse_args(argv)
+    src, dst = a.api, a.ui
     specs = known_specs(Path(__file__).resolve().parents[1])
-    dst.write_text(json.dumps(api_to_ui(json.loads(src.read_text()), specs), indent=1) + "\n")
+    try:
+        api = load_workflow(src)
+    except ValueError as e:
+        raise SystemExit(f"error: {src} {e}") from None
+    try:
+        ui = api_to_ui(api, specs)
+        target = output_target(str(dst.parent), dst.name, "", numbered=False, force=a.force, field="ui")
+    except StyleKitError as e:
+        raise SystemExit(f"error: {src}: {e}") from None
+    write_new(target, lambda tmp: Path(tmp).write_text(json.dumps(ui, indent=1) + "\n"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ import json
 import math
 from pathlib import Path
 
+from ..errors import StyleKitError
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+class WorkflowError(StyleKitError):
+    """A workflow file the tools cannot use (unreadable, not a graph, a cycle)."""
 
 
 def spec_from_node_class(cls) -> dict:
@@ -76,8 +82,58 @@ def _types_match(out_type: str, in_type: str) -> bool:
     return bool(set(out_type.split(",")) & set(in_type.split(",")))
 
 
-def check_api(workflow: dict, specs: dict) -> list[str]:
+def find_cycle(edges: dict) -> list | None:
+    """A cycle in a graph ``{node: successors}`` as ``[a, b, ..., a]``, or None (iterative DFS)."""
+    state = {}  # 1: on the current path, 2: done
+    for root in edges:
+        if state.get(root):
+            continue
+        stack = [(root, iter(edges.get(root, ())))]
+        state[root] = 1
+        while stack:
+            node, successors = stack[-1]
+            for nxt in successors:
+                if state.get(nxt) == 1:  # back edge: the path from nxt to here, and back to nxt
+                    path = [n for n, _ in stack]
+                    return path[path.index(nxt):] + [nxt]
+                if not state.get(nxt):
+                    state[nxt] = 1
+                    stack.append((nxt, iter(edges.get(nxt, ()))))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return None
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def api_structure_errors(workflow) -> list[str]:
+    """What makes ``workflow`` not an API-format graph at all (checked before anything else)."""
+    if not isinstance(workflow, dict):
+        return [f"an API-format workflow is a JSON object of nodes, not a {type(workflow).__name__}"]
     errs = []
+    for nid, node in workflow.items():
+        if not isinstance(node, dict):
+            errs.append(f"node {nid}: is a {type(node).__name__}, not an object")
+        elif not isinstance(node.get("class_type"), str):
+            errs.append(f"node {nid}: has no class_type")
+        elif not isinstance(node.get("inputs", {}), dict):
+            errs.append(f"node {nid}: inputs is a {type(node['inputs']).__name__}, not an object")
+    if errs:
+        return errs
+    edges = {nid: {v[0] for v in node.get("inputs", {}).values() if _is_link(v) and v[0] in workflow}
+             for nid, node in workflow.items()}
+    cycle = find_cycle(edges)
+    return [f"nodes {' <- '.join(cycle)} form a cycle; a workflow must be acyclic"] if cycle else []
+
+
+def check_api(workflow: dict, specs: dict) -> list[str]:
+    errs = api_structure_errors(workflow)
+    if errs:
+        return errs
     for nid, node in workflow.items():
         ct = node.get("class_type")
         where = f"node {nid} ({ct})"
@@ -95,7 +151,7 @@ def check_api(workflow: dict, specs: dict) -> list[str]:
                     errs.append(f"{where}: required input {name!r} is missing")
                 continue
             value = given[name]
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            if _is_link(value):
                 src, slot = value
                 if src not in workflow:
                     errs.append(f"{where}: {name} links to missing node {src}")
@@ -124,14 +180,49 @@ def widget_names(spec: dict) -> list[tuple[str, list, int]]:
     return out
 
 
+def ui_structure_errors(workflow) -> list[str]:
+    """What makes ``workflow`` not a UI-format graph at all (checked before anything else)."""
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list) \
+            or not isinstance(workflow.get("links"), list):
+        return ["a UI-format workflow is an object with a 'nodes' list and a 'links' list"]
+    errs, ids, link_ids = [], set(), set()
+    for i, node in enumerate(workflow["nodes"]):
+        if not isinstance(node, dict) or not isinstance(node.get("id"), int) or not isinstance(node.get("type"), str):
+            errs.append(f"nodes[{i}] is not an object with an integer id and a type")
+            continue
+        if node["id"] in ids:
+            errs.append(f"node id {node['id']} is used twice")
+        ids.add(node["id"])
+        entry_ok = {"inputs": lambda x: isinstance(x, dict) and isinstance(x.get("name"), str)
+                    and (x.get("link") is None or isinstance(x.get("link"), int)),
+                    "outputs": lambda x: isinstance(x, dict) and isinstance(x.get("links") or [], list),
+                    "widgets_values": lambda x: True}
+        for field, ok in entry_ok.items():
+            if not isinstance(node.get(field, []), list) or not all(ok(x) for x in node.get(field, [])):
+                errs.append(f"node {node['id']} ({node['type']}): {field} is not a list of the expected entries")
+    for link in workflow["links"]:
+        if not (isinstance(link, list) and len(link) == 6 and all(isinstance(x, int) for x in link[:5])):
+            errs.append(f"link {link!r} is not [id, from, from_slot, to, to_slot, type]")
+        elif link[0] in link_ids:
+            errs.append(f"link id {link[0]} is used twice")
+        else:
+            link_ids.add(link[0])
+    if errs:
+        return errs
+    edges = {}
+    for _, a, _, b, _, _ in workflow["links"]:
+        edges.setdefault(a, set()).add(b)
+    cycle = find_cycle(edges)
+    return [f"nodes {' -> '.join(map(str, cycle))} form a cycle; a workflow must be acyclic"] if cycle else []
+
+
 def check_ui(workflow: dict, specs: dict) -> list[str]:
-    errs = []
+    errs = ui_structure_errors(workflow)
+    if errs:
+        return errs
     nodes = {n["id"]: n for n in workflow.get("nodes", [])}
     links = {}
     for link in workflow.get("links", []):
-        if len(link) != 6:
-            errs.append(f"link {link!r} is not [id, from, from_slot, to, to_slot, type]")
-            continue
         lid, a, a_slot, b, b_slot, typ = link
         links[lid] = link
         if a not in nodes or b not in nodes:
@@ -139,9 +230,9 @@ def check_ui(workflow: dict, specs: dict) -> list[str]:
             continue
         outs = nodes[a].get("outputs", [])
         ins = nodes[b].get("inputs", [])
-        if a_slot >= len(outs) or lid not in (outs[a_slot].get("links") or []):
+        if not 0 <= a_slot < len(outs) or lid not in (outs[a_slot].get("links") or []):
             errs.append(f"link {lid}: output {a_slot} of node {a} does not list it")
-        if b_slot >= len(ins) or ins[b_slot].get("link") != lid:
+        if not 0 <= b_slot < len(ins) or ins[b_slot].get("link") != lid:
             errs.append(f"link {lid}: input {b_slot} of node {b} does not hold it")
     for nid, node in nodes.items():
         ct = node.get("type")
@@ -183,11 +274,39 @@ def core_specs(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in files}
 
 
-def is_ui_format(workflow: dict) -> bool:
-    return "nodes" in workflow and "links" in workflow
+def is_ui_format(workflow) -> bool:
+    return isinstance(workflow, dict) and "nodes" in workflow and "links" in workflow
+
+
+def _no_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice (a node id used twice?)")
+        seen[key] = value
+    return seen
+
+
+def load_workflow(path: Path):
+    """The parsed workflow file; a file that cannot be read or parsed (or repeats a key) raises
+    ValueError with the reason."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError("not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot be read ({e})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
 def check_file(path: Path, specs: dict) -> list[str]:
-    wf = json.loads(Path(path).read_text())
+    """Every problem of the workflow file at ``path``, as lines; never raises on a bad file."""
+    try:
+        wf = load_workflow(path)
+    except ValueError as e:
+        return [f"{Path(path).name}: {e}"]
     errs = check_ui(wf, specs) if is_ui_format(wf) else check_api(wf, specs)
     return [f"{Path(path).name}: {e}" for e in errs]

@@ -60,7 +60,8 @@ def test_client_formats_comfyui_rejections_and_overrides():
     assert "prompt_outputs_failed_validation" in text and "node 2 (StyleKitPatchMap) input model" in text
     wf = apply_overrides({"1": {"inputs": {"a": 1}}}, ["1.a=5", "1.b=hello"])
     assert wf["1"]["inputs"] == {"a": 5, "b": "hello"}
-    with pytest.raises(SystemExit):
+    from stylekit.tools.client import BadInput
+    with pytest.raises(BadInput):
         apply_overrides({"1": {"inputs": {}}}, ["9.a=1"])
 
 
