@@ -3,7 +3,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads unless STYLEKIT_TEST_THREADS says otherwise (make test TEST_THREADS=1): no tolerance
+# depends on it (see roundoff_tolerance).
+torch.set_num_threads(int(os.environ.get("STYLEKIT_TEST_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

@@ -22,3 +22,22 @@ def test_nodes_chain_on_the_bridge(sd15, roundoff):
         plain = sample_euler_cfg(sd15, start["samples"] / sigmas[0], sigmas, cond[0][0])
     torch.testing.assert_close(out, plain, atol=roundoff(plain, sd15, len(sigmas) - 1), rtol=0)
     assert sd15.model_options == {"transformer_options": {}}
+
+
+def test_an_inversion_refuses_another_model_and_another_latent_size(sd15, sdxl):
+    import pytest
+
+    from stylekit.errors import InputError, UnsupportedModelError
+    g = torch.Generator().manual_seed(0)
+    content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))
+    cond = [[torch.randn(1, 77, 64, generator=g), {}]]
+    inv, _, sigmas = StyleKitDDIMInvert().invert(sd15, content, style, cond, 2, "output 6-11 (StyleID)", "fp32",
+                                                 "cpu", "store")
+    with pytest.raises(UnsupportedModelError, match="made with an sd15 model; this model is sdxl"):
+        StyleKitFeatureFusion().apply(sdxl, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
+    model, start = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
+    with pytest.raises(InputError, match="stored 64 tokens at block .* this sampling has 256"):
+        with torch.no_grad():
+            sample_euler_cfg(model, torch.randn(1, 4, 32, 32, generator=g), sigmas, cond[0][0])
+    with pytest.raises(InputError, match="2 masks for 1 inverted content image"):
+        StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0, mask=torch.ones(2, 8, 8))

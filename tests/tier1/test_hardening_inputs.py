@@ -1,0 +1,91 @@
+"""Inputs checked at the node boundary (nodes/checks.py): what is converted, what is refused, and why."""
+import math
+
+import pytest
+import torch
+
+from stylekit.errors import InputError
+from stylekit.nodes import checks
+
+
+def test_image_channels_are_converted_as_the_tooltips_say():
+    rgb = torch.rand(2, 16, 12, 3)
+    assert torch.equal(checks.images(rgb), rgb)
+    rgba = torch.cat([rgb, torch.zeros(2, 16, 12, 1)], -1)
+    assert torch.equal(checks.images(rgba), rgb)  # alpha ignored
+    gray = rgb[..., :1]
+    assert torch.equal(checks.images(gray), gray.expand(2, 16, 12, 3))  # used as RGB
+    assert "alpha" in checks.IMAGE_TOOLTIP and "grayscale" in checks.IMAGE_TOOLTIP
+
+
+@pytest.mark.parametrize("image,match", [
+    (torch.rand(0, 16, 16, 3), "empty batch"), (torch.rand(1, 1, 1, 3), "at least 8 px"),
+    (torch.rand(1, 16, 16, 2), "2 channels"), (torch.rand(16, 16, 3), r"\(B, H, W, C\)"),
+    (torch.full((1, 16, 16, 3), math.nan), "NaN"), (torch.full((1, 16, 16, 3), math.inf), "NaN or infinite"),
+    ("not an image", "expected an IMAGE")])
+def test_bad_images_are_refused(image, match):
+    with pytest.raises(InputError, match=match):
+        checks.images(image, "image")
+
+
+def test_masks():
+    assert checks.mask(torch.ones(8, 8)).shape == (1, 8, 8)  # one (H, W) mask
+    for bad, match in [(torch.ones(0, 8, 8), "empty"), (torch.full((1, 8, 8), 1.5), "from 1.5 to 1.5; a MASK holds 0..1"),
+                       (torch.full((1, 8, 8), -0.5), "-0.5 to -0.5"), (torch.full((1, 8, 8), math.nan), "NaN"),
+                       (torch.ones(1, 1, 8, 8), r"\(B, H, W\)")]:
+        with pytest.raises(InputError, match=match):
+            checks.mask(bad)
+    assert checks.mask_for(torch.ones(1, 8, 8), 3).shape[0] == 1  # one mask for all images
+    assert checks.mask_for(torch.ones(3, 8, 8), 3).shape[0] == 3  # one per image
+    with pytest.raises(InputError, match="2 masks for 3 images"):
+        checks.mask_for(torch.ones(2, 8, 8), 3)
+
+
+def test_numbers_strings_conditioning_latents():
+    assert checks.number(0.5, "w", {"min": 0, "max": 1}) == 0.5
+    for bad, match in [(math.nan, "finite"), (math.inf, "finite"), (2.0, "between 0 and 1"), ("1", "not a number"),
+                       (True, "not a number")]:
+        with pytest.raises(InputError, match=match):
+            checks.number(bad, "w", {"min": 0, "max": 1})
+    with pytest.raises(InputError, match="NUL"):
+        checks.text("a\x00b", "base_word")
+    with pytest.raises(InputError, match="empty"):
+        checks.conditioning([], "conditioning")
+    with pytest.raises(InputError, match="empty tensor"):
+        checks.conditioning([[torch.zeros(1, 0, 8), {}]], "conditioning")
+    with pytest.raises(InputError, match="empty batch"):
+        checks.latent({"samples": torch.zeros(0, 4, 8, 8)}, "latent")
+    with pytest.raises(InputError, match="NaN"):
+        checks.latent({"samples": torch.full((1, 4, 8, 8), math.nan)}, "latent")
+
+
+def test_block_weights_must_name_blocks_the_model_has():
+    from stylekit.attention.layers import model_layers, parse_block_weights
+    from stylekit.bridge.tiny import tiny_sd15_unet
+    layers = model_layers(tiny_sd15_unet(seed=0))
+    assert parse_block_weights("output 6=0.5, input 1.0=0", layers) == {("output", 6): 0.5, ("input", 1, 0): 0.0}
+    with pytest.raises(InputError, match=r"names output 40, middle 0\.3.*its attention blocks are: input 1, input 2"):
+        parse_block_weights("output 40=1, middle 0.3=1", layers)
+    with pytest.raises(InputError, match="not a finite number"):
+        parse_block_weights("output 6=nan", layers)
+    with pytest.raises(InputError, match="cannot read 'output six=1'"):
+        parse_block_weights("output six=1", layers)
+
+
+def test_the_boundary_decorator_checks_by_declared_type():
+    class Node:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"image": ("IMAGE", {}), "weight": ("FLOAT", {"min": 0.0, "max": 1.0}),
+                                 "mode": (["a", "b"], {})}, "optional": {"mask": ("MASK", {})}}
+
+        @checks.boundary
+        def run(self, image, weight, mode, mask=None):
+            return image, mask
+
+    image, mask = Node().run(torch.rand(1, 8, 8, 4), 0.5, "a", torch.ones(8, 8))
+    assert image.shape == (1, 8, 8, 3) and mask.shape == (1, 8, 8)
+    for kwargs, match in [(dict(weight=math.nan), "weight is nan"), (dict(mode="c"), "choose one of"),
+                          (dict(image=torch.rand(0, 8, 8, 3)), "image is an empty batch")]:
+        with pytest.raises(InputError, match=match):
+            Node().run(**dict(dict(image=torch.rand(1, 8, 8, 3), weight=0.5, mode="a"), **kwargs))
