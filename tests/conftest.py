@@ -47,6 +47,18 @@ def roundoff_tolerance(reference: torch.Tensor, model, steps: int, dtype=torch.f
     return steps * layers * torch.finfo(dtype).eps * float(reference.abs().max())
 
 
+@pytest.fixture(scope="session")
+def free_port():
+    """A function giving a free TCP port on 127.0.0.1 (loopback only)."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
+
+
 @pytest.fixture
 def roundoff():
     return roundoff_tolerance

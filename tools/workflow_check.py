@@ -124,10 +124,17 @@ def api_structure_errors(workflow) -> list[str]:
             errs.append(f"node {nid}: inputs is a {type(node['inputs']).__name__}, not an object")
     if errs:
         return errs
-    edges = {nid: {v[0] for v in node.get("inputs", {}).values() if _is_link(v) and v[0] in workflow}
-             for nid, node in workflow.items()}
+    consumers = {}  # source node -> the nodes that read it
+    for nid, node in workflow.items():
+        for v in node.get("inputs", {}).values():
+            if _is_link(v) and v[0] in workflow:
+                consumers.setdefault(v[0], set()).add(nid)
+    return _cycle_errors(consumers)
+
+
+def _cycle_errors(edges: dict) -> list[str]:
     cycle = find_cycle(edges)
-    return [f"nodes {' <- '.join(cycle)} form a cycle; a workflow must be acyclic"] if cycle else []
+    return [f"nodes {' -> '.join(map(str, cycle))} form a cycle; a workflow must be acyclic"] if cycle else []
 
 
 def check_api(workflow: dict, specs: dict) -> list[str]:
@@ -209,11 +216,10 @@ def ui_structure_errors(workflow) -> list[str]:
             link_ids.add(link[0])
     if errs:
         return errs
-    edges = {}
+    consumers = {}
     for _, a, _, b, _, _ in workflow["links"]:
-        edges.setdefault(a, set()).add(b)
-    cycle = find_cycle(edges)
-    return [f"nodes {' -> '.join(map(str, cycle))} form a cycle; a workflow must be acyclic"] if cycle else []
+        consumers.setdefault(a, set()).add(b)
+    return _cycle_errors(consumers)
 
 
 def check_ui(workflow: dict, specs: dict) -> list[str]:

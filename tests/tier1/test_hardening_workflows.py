@@ -4,7 +4,6 @@ import asyncio
 import copy
 import json
 import random
-import socket
 import threading
 from pathlib import Path
 
@@ -131,16 +130,8 @@ def test_client_set_on_a_node_without_inputs(tmp_path, capsys):
     assert "has no inputs" in capsys.readouterr().err
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
-def fake_server():
+def fake_server(free_port):
     """A loopback HTTP server answering what a misconfigured or foreign service might (bounded: it
     serves until the test ends)."""
     from aiohttp import web
@@ -186,7 +177,7 @@ def test_client_on_malformed_or_refusing_servers(fake_server, capsys, reply, cod
     assert match in err and "Traceback" not in err
 
 
-def test_client_on_an_unreachable_server(capsys):
+def test_client_on_an_unreachable_server(capsys, free_port):
     good = ROOT / "example_workflows" / "api" / "patch_map.json"
     assert run_client(good, "--server", f"http://127.0.0.1:{free_port()}", "--timeout", "5") == 4
     assert "could not talk to ComfyUI" in capsys.readouterr().err

@@ -3,7 +3,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -172,16 +171,8 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
                 assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all(), path.name
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-StyleKit")
