@@ -269,5 +269,10 @@ def load_adapter(path: str) -> StyleAdapter:
         raise AdapterWeightsError(f"{name}: ip_adapter needs to_k_ip and to_v_ip per layer; "
                                   f"{'none found' if not attn2 else f'incomplete at {sorted(incomplete)[:5]}'}")
     pairs = {n: (d["to_k_ip.weight"], d["to_v_ip.weight"]) for n, d in sorted(attn2.items())}
+    context = (projection.norm if kind == "plain" else projection.norm_out).normalized_shape[0]
+    for n, (wk, wv) in pairs.items():  # the image tokens are `context` wide: every projection must read that
+        if wk.ndim != 2 or wk.shape != wv.shape or wk.shape[1] != context:
+            raise AdapterWeightsError(f"{name}: ip_adapter.{n}.to_k_ip {tuple(wk.shape)} / to_v_ip {tuple(wv.shape)} "
+                                      f"do not read the image projection's {context}-wide tokens")
     return StyleAdapter(name, kind, projection.float().eval().requires_grad_(False), pairs, source, blocks)
 

@@ -160,6 +160,7 @@ def test_side_car_config_is_validated(tmp_path, sd15_layers, config, match):
 
 
 @pytest.mark.parametrize("loader,key", [("ip-adapter safetensors", "image_proj.proj.weight"),
+                                        ("ip-adapter safetensors", "ip_adapter.1.to_k_ip.weight"),
                                         ("translator", "outNet.weight"), ("dvae", "decoder.blocks.output.conv.b")])
 def test_wrong_shapes_are_refused_at_load(tmp_path, sd15_layers, loader, key):
     load, path = good_files(str(tmp_path), sd15_layers)[loader]
@@ -168,7 +169,7 @@ def test_wrong_shapes_are_refused_at_load(tmp_path, sd15_layers, loader, key):
         sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     sd[key] = torch.zeros(*[d + 1 for d in sd[key].shape])
     save_file(sd, path, metadata=meta)
-    refused(load, path, r"do not form|wrong shapes|not \(tokens|not an IP-Adapter")
+    refused(load, path, r"do not form|wrong shapes|not \(tokens|not an IP-Adapter|do not read")
 
 
 def test_errors_read_as_stylekit_in_comfyui():
