@@ -112,13 +112,16 @@ def _resampler_from(sd: dict, name: str) -> Resampler:
         _, queries, dim = sd["latents"].shape
         depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
         inner, hidden = sd["layers.0.0.to_q.weight"].shape[0], sd["layers.0.1.1.weight"].shape[0]
-        widths = {"latents": dim, "layers.0.0.to_q": inner, "layers.0.1.1": hidden, "proj_in": sd["proj_in.weight"].shape[1],
-                  "proj_out": sd["proj_out.weight"].shape[0]}
+        widths = {"latents": dim, "layers.0.0.to_q": inner, "layers.0.1.1": hidden,
+                  "proj_in": sd["proj_in.weight"].shape[1], "proj_out": sd["proj_out.weight"].shape[0]}
     except (KeyError, ValueError) as e:
-        raise AdapterWeightsError(f"{name}: not an IP-Adapter plus Resampler ({e}); expected latents (1, queries, width), "
-                                  "proj_in, proj_out and layers.*") from None
-    bad = [k for k, w in widths.items() if w <= 0] + (["layers.0.0.to_q (not a multiple of 64)"] if inner % DIM_HEAD else []) \
-        + (["layers.0.1.1 (not a multiple of the width)"] if dim and hidden % dim else [])
+        raise AdapterWeightsError(f"{name}: not an IP-Adapter plus Resampler ({e}); expected latents (1, queries, "
+                                  "width), proj_in, proj_out and layers.*") from None
+    bad = [k for k, w in widths.items() if w <= 0]
+    if inner % DIM_HEAD:
+        bad.append("layers.0.0.to_q (not a multiple of 64)")
+    if dim and hidden % dim:
+        bad.append("layers.0.1.1 (not a multiple of the width)")
     if bad or depth == 0 or queries == 0:
         raise AdapterWeightsError(f"{name}: the Resampler's sizes cannot build one: {bad or 'no layers or queries'}")
     return Resampler(dim, depth, inner // DIM_HEAD, queries, widths["proj_in"], widths["proj_out"], hidden // dim)

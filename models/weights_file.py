@@ -39,7 +39,7 @@ def check_file(path: str, what: str, error: type[WeightFileError] = WeightFileEr
 
 
 def _first_line(e: Exception) -> str:
-    lines = [l for l in str(e).splitlines() if l.strip()]
+    lines = [line for line in str(e).splitlines() if line.strip()]
     return lines[0][:200] if lines else type(e).__name__
 
 

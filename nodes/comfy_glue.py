@@ -1,14 +1,15 @@
 """The few ComfyUI services nodes need, imported lazily so nodes also run on the diffusers bridge."""
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 
 
 def number_list(text: str, cast=float, field: str = "list") -> list:
     """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped; anything else refused naming ``field``."""
-    import math
     out = []
     for item in (x.strip() for x in text.replace(";", ",").split(",")):
         if not item:
@@ -99,8 +100,8 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
     conds = model.model.extra_conds(**params)
     unknown = sorted(set(conds) - {"c_crossattn", "y"})
     if unknown:
-        raise InputError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
-                         "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
+        raise UnsupportedModelError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
+                                    "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
     extra = {"y": conds["y"].cond[:1].to(device)} if "y" in conds else {}
     return conds["c_crossattn"].cond[:1].to(device), extra
 
