@@ -4,7 +4,7 @@ import torch
 from ..attention.adapter_attention import FUSIONS
 from ..attention.layers import model_layers, parse_block_weights
 from ..models.ip_adapter import load_adapter
-from ..models.stylestudio import PRESETS, style_adapter_model, teacher_model
+from ..models.stylestudio import PRESETS, preset_keys, style_adapter_model, teacher_model
 from . import comfy_glue
 from .checks import IMAGE_TOOLTIP, boundary
 
@@ -66,12 +66,15 @@ class StyleKitStyleAdapter:
     def apply(self, model, adapter, clip_vision, image, fusion, preset, weight, start_percent, end_percent,
               block_weights, negative_style_image=None, mask=None):
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
+        # the cheap checks first: the pairing, preset and block weights refuse before any image is encoded
+        layers = model_layers(model)
+        weights = parse_block_weights(block_weights, layers)
+        preset_keys(layers, preset, weights, adapter.bind(layers))
         with torch.no_grad():
             style = comfy_glue.vision_features(clip_vision, image, adapter.feature)
             negative = None if negative_style_image is None else \
                 comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature)
-        return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo,
-                                    parse_block_weights(block_weights, model_layers(model)), mask),)
+        return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo, weights, mask),)
 
 
 class StyleKitTeacherLayout:

@@ -136,3 +136,19 @@ def test_teacher_shares_maps_only_during_its_steps_batched_or_split(sd15, tmp_pa
     assert {(labels, n) for _, labels, n in seen} == {(2, 1), (1, None)}  # split calls: one chunk each
     torch.testing.assert_close(split, batched, atol=roundoff(batched, sd15, STEPS), rtol=0)
     assert batched.shape == (2, 4, 16, 16)
+
+
+def test_pairing_is_refused_before_any_image_is_encoded(sd15, sdxl, tmp_path):
+    """The cheap checks come first: a wrong adapter/model pairing, preset or block weight is refused
+    before CLIP vision runs (at full size the encode alone takes tens of seconds on a CPU)."""
+    from stylekit.errors import InputError, UnsupportedModelError
+    adapter = adapter_for(sd15, tmp_path)
+
+    class NoEncode:
+        def __call__(self, *a, **k):
+            raise AssertionError("CLIP vision ran before the pairing was checked")
+        parameters = __call__
+    with pytest.raises(UnsupportedModelError, match="SDXL-shaped"):
+        StyleKitStyleAdapter().apply(sdxl, adapter, NoEncode(), images(1), "add", "all", 1.0, 0.0, 1.0, "")
+    with pytest.raises(InputError, match="output 40"):
+        StyleKitStyleAdapter().apply(sd15, adapter, NoEncode(), images(1), "add", "all", 1.0, 0.0, 1.0, "output 40=1")
