@@ -89,3 +89,11 @@ def test_registry_metadata():
     assert "Operating System :: OS Independent" in meta["project"]["classifiers"]
     ignored = (ROOT / ".comfyignore").read_text().split()
     assert "tests/" in ignored and ".ci/" in ignored
+
+
+def test_tier3_registers_its_model_folders_first():
+    """Every tier-3 model folder goes first in ComfyUI's search path (is_default=True), so a user's
+    real files in ComfyUI's models/ never replace the tiny ones a test wrote."""
+    calls = [line for py in (ROOT / "tests" / "tier3").glob("*.py") for line in py.read_text().splitlines()
+             if "add_model_folder_path(" in line and "# where ComfyUI's own" not in line]
+    assert calls and all("is_default=True" in line for line in calls), [c for c in calls if "is_default" not in c]

@@ -133,14 +133,14 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
     overrides = real_standins(comfy_sd15_random, tmp_path)
     write_tiny_deadiff(comfy_sd15_random(), tmp_path / "deadiff")  # the real StyleKit loader nodes read these
-    folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"))
+    folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"), is_default=True)
     write_tiny_catversion(tmp_path / "catversion")
     folder_paths.add_model_folder_path("catversion", str(tmp_path / "catversion"), is_default=True)
     write_tiny_adapter(comfy_sd15_random(), tmp_path / "ipadapter", "ip-adapter_sd15.safetensors")
     write_tiny_adapter(comfy_sdxl_random(), tmp_path / "ipadapter", "csgo_4_32.bin", "plus", csgo=True)
-    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"))
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"), is_default=True)
     write_tiny_stylerdalle(tmp_path)
-    folder_paths.add_model_folder_path("dalle", str(tmp_path / "dalle"))
+    folder_paths.add_model_folder_path("dalle", str(tmp_path / "dalle"), is_default=True)
     folder_paths.add_model_folder_path("stylerdalle", str(tmp_path / "stylerdalle"), is_default=True)
     small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
     paths = sorted((ROOT / "example_workflows" / "api").glob("*.json"))
@@ -241,3 +241,17 @@ def test_ddim_uniform_sigmas_equal_comfyuis_scheduler():
     ms = comfy_sd15_random().get_model_object("model_sampling")
     for steps in (4, 20, 50):
         assert torch.equal(ddim_uniform_sigmas(ms, steps), comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps))
+
+
+def test_test_folders_come_before_a_users_real_files(comfy_nodes, tmp_path):
+    """Tier 3 registers its model folders first (is_default=True), so a user's real file of the same
+    name in ComfyUI's own models folder never changes what a test loads."""
+    import folder_paths
+    user, ours = tmp_path / "user_models", tmp_path / "test_models"
+    for folder, data in ((user, b"the user's real weights"), (ours, b"the test's tiny weights")):
+        folder.mkdir()
+        (folder / "deadiff_v1.safetensors").write_bytes(data)
+    folder_paths.add_model_folder_path("deadiff", str(user))  # where ComfyUI's own models/deadiff sits
+    folder_paths.add_model_folder_path("deadiff", str(ours), is_default=True)  # how the tests register theirs
+    path = folder_paths.get_full_path("deadiff", "deadiff_v1.safetensors")
+    assert open(path, "rb").read() == b"the test's tiny weights"

@@ -24,7 +24,7 @@ def test_deadiff_in_comfyui(comfy_nodes, tmp_path):
 
     model = comfy_sd15_random()
     write_tiny_deadiff(model, tmp_path / "deadiff", "tiny.safetensors")
-    folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"))
+    folder_paths.add_model_folder_path("deadiff", str(tmp_path / "deadiff"), is_default=True)
     assert "tiny.safetensors" in StyleKitDEADiffLoader.INPUT_TYPES()["required"]["deadiff_name"][0]
     deadiff = StyleKitDEADiffLoader().load("tiny.safetensors")[0]
 

@@ -42,7 +42,7 @@ def test_style_adapter_and_teacher_in_comfyui(comfy_nodes, tmp_path, host, kind,
 
     model = comfy_sd15_random() if host == "sd15" else comfy_sdxl_random()
     write_tiny_adapter(model, tmp_path / "ipadapter", name, kind, csgo=name.startswith("csgo"))
-    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"))
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"), is_default=True)
     assert name in StyleKitAdapterLoader.INPUT_TYPES()["required"]["adapter_name"][0]
     adapter = StyleKitAdapterLoader().load(name)[0]
     cv = comfy_clip_vision_tiny(tmp_path)
@@ -77,7 +77,7 @@ def test_pairing_errors_before_sampling(comfy_nodes, tmp_path):
     from stylekit.nodes.stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter
 
     write_tiny_adapter(comfy_sd15_random(), tmp_path / "ipadapter", "sd15.safetensors")
-    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"))
+    folder_paths.add_model_folder_path("ipadapter", str(tmp_path / "ipadapter"), is_default=True)
     adapter = StyleKitAdapterLoader().load("sd15.safetensors")[0]
     image = torch.rand(1, 64, 64, 3)
     with pytest.raises(UnsupportedModelError, match=r"sd15.safetensors.*16 cross-attention layers.*SDXL-shaped \(17"):
