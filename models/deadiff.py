@@ -210,7 +210,7 @@ def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict
     if missing:
         raise DEADiffWeightsError(f"{source}: {len(missing)} DEADiff tensors missing, e.g. {missing[:4]} "
                                   f"(have {len(sd)} tensors). Extract the file again from deadiff_v1.ckpt "
-                                  "with `python -m stylekit.tools.deadiff_extract`.")
+                                  "with StyleKit DEADiff Extract (or tools/deadiff_extract.py).")
     if unknown:
         raise DEADiffWeightsError(f"{source}: unexpected tensors {unknown[:4]}{' ...' if len(unknown) > 4 else ''}; "
                                   f"expected only {ARCHITECTURE}")
@@ -218,11 +218,18 @@ def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict
     return adapter.eval()
 
 
-def extract_deadiff(official_sd: dict) -> dict:
-    """The non-SD part of ``deadiff_v1.ckpt``'s state dict: Q-Formers, ln_vision, projections, i_to_k/v."""
+def extract_deadiff(official_sd: dict, progress=None) -> dict:
+    """The non-SD part of ``deadiff_v1.ckpt``'s state dict: Q-Formers, ln_vision, projections, i_to_k/v.
+    ``progress(done, total)`` is called as the kept tensors are copied out of the checkpoint."""
     sd = official_sd.get("state_dict", official_sd)
-    out = {k: v.detach().contiguous() for k, v in sd.items()
-           if isinstance(v, torch.Tensor) and (_module_name(k) or attn2_key(k))}
+    if not isinstance(sd, dict):
+        raise DEADiffWeightsError(f"the checkpoint's state_dict is a {type(sd).__name__}, not a dict of tensors")
+    keep = [k for k, v in sd.items() if isinstance(v, torch.Tensor) and (_module_name(k) or attn2_key(k))]
+    out = {}
+    for i, k in enumerate(keep):
+        out[k] = sd[k].detach().contiguous()
+        if progress is not None:
+            progress(i + 1, len(keep))
     adapter_from_state_dict(out, heads=1, source="extracted tensors")  # shapes only; validates before writing
     return out
 
@@ -232,7 +239,8 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
     if path.suffix != ".safetensors":
         raise DEADiffWeightsError(
             f"{path.name}: StyleKit reads DEADiff weights as .safetensors. Extract them once from the official "
-            f"checkpoint: python -m stylekit.tools.deadiff_extract {path.name} models/deadiff/deadiff_v1.safetensors")
+            f"checkpoint with the StyleKit DEADiff Extract node, or: python tools/deadiff_extract.py {path.name} "
+            "models/deadiff/deadiff_v1.safetensors")
     sd, meta = read_safetensors(str(path), f"DEADiff weights extracted by StyleKit ({ARCHITECTURE})",
                                 "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError)
     require_finite(sd, path, DEADiffWeightsError)

@@ -5,7 +5,7 @@ from .catversion import (
                          StyleKitCatVersionScore,
                          StyleKitCatVersionTrain,
 )
-from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
+from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffExtract, StyleKitDEADiffLoader
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
 from .stylerdalle import (
@@ -21,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitPatchMap": StyleKitPatchMap,
     "StyleKitDDIMInvert": StyleKitDDIMInvert,
     "StyleKitFeatureFusion": StyleKitFeatureFusion,
+    "StyleKitDEADiffExtract": StyleKitDEADiffExtract,
     "StyleKitDEADiffLoader": StyleKitDEADiffLoader,
     "StyleKitDEADiffEncode": StyleKitDEADiffEncode,
     "StyleKitDEADiffApply": StyleKitDEADiffApply,
@@ -42,6 +43,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitPatchMap": "StyleKit Patch Map",
     "StyleKitDDIMInvert": "StyleKit DDIM Invert",
     "StyleKitFeatureFusion": "StyleKit Feature Fusion",
+    "StyleKitDEADiffExtract": "StyleKit DEADiff Extract",
     "StyleKitDEADiffLoader": "StyleKit DEADiff Loader",
     "StyleKitDEADiffEncode": "StyleKit DEADiff Encode",
     "StyleKitDEADiffApply": "StyleKit DEADiff Apply",

@@ -1,4 +1,7 @@
-"""DEADiff nodes: Loader (extracted safetensors), Encode (CLIP_VISION + IMAGE -> tokens), Apply (MODEL)."""
+"""DEADiff nodes: Extract (official checkpoint -> safetensors, once), Loader (extracted safetensors),
+Encode (CLIP_VISION + IMAGE -> tokens), Apply (MODEL)."""
+from pathlib import Path
+
 import torch
 
 from ..attention.layers import model_layers, parse_block_weights
@@ -10,14 +13,45 @@ from . import comfy_glue
 from .checks import IMAGE_TOOLTIP, boundary
 
 FOLDER = "deadiff"
-comfy_glue.register_folder(FOLDER)
+comfy_glue.register_folder(FOLDER, (".safetensors", ".ckpt", ".pt"))
+
+
+class StyleKitDEADiffExtract:
+    CATEGORY = "StyleKit/DEADiff"
+    DESCRIPTION = ("One-time step: extracts DEADiff's image encoder (two Q-Formers and their projections) and the "
+                   "attn2 image projections from the official deadiff_v1.ckpt (7.4 GB, put it in models/deadiff) "
+                   "into a small models/deadiff/<filename>.safetensors that StyleKit DEADiff Loader reads. Only "
+                   "tensors are read from the checkpoint, never pickled objects.")
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("report",)
+    OUTPUT_TOOLTIPS = ("What was written: the file, its tensor count and size.",)
+    FUNCTION = "extract"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": (comfy_glue.FileList(f for f in comfy_glue.list_files(FOLDER) if f.endswith((".ckpt", ".pt"))), {
+                "tooltip": "The official deadiff_v1.ckpt in ComfyUI/models/deadiff."}),
+            "filename": ("STRING", {"default": "deadiff_v1", "tooltip": "Written as models/deadiff/<filename>.safetensors (numbered, never overwritten)."}),
+        }}
+
+    @boundary
+    def extract(self, checkpoint, filename):
+        from ..tools.deadiff_extract import extract_file
+        target = comfy_glue.output_target(FOLDER, filename)  # checked before the long read
+        tensors, path = extract_file(Path(comfy_glue.full_path(FOLDER, checkpoint)), target,
+                                     progress=comfy_glue.progress(1))
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        report = f"wrote {path} ({len(tensors)} tensors, {size / 2**20:.1f} MiB)"
+        return {"ui": {"text": [report]}, "result": (report,)}
 
 
 class StyleKitDEADiffLoader:
     CATEGORY = "StyleKit/DEADiff"
     DESCRIPTION = ("Loads DEADiff's image encoder (two Q-Formers + projections) and its attn2 image projections "
-                   "from models/deadiff. Make the file once from the official deadiff_v1.ckpt with "
-                   "`python -m stylekit.tools.deadiff_extract`.")
+                   "from models/deadiff. Make the file once from the official deadiff_v1.ckpt with StyleKit "
+                   "DEADiff Extract (or tools/deadiff_extract.py).")
     RETURN_TYPES = ("STYLEKIT_DEADIFF",)
     RETURN_NAMES = ("deadiff",)
     OUTPUT_TOOLTIPS = ("DEADiff weights; feed StyleKit DEADiff Encode.",)
@@ -25,7 +59,7 @@ class StyleKitDEADiffLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"deadiff_name": (comfy_glue.list_files(FOLDER), {
+        return {"required": {"deadiff_name": (comfy_glue.FileList(f for f in comfy_glue.list_files(FOLDER) if f.endswith(".safetensors")), {
             "tooltip": "Extracted DEADiff weights (.safetensors) in ComfyUI/models/deadiff."})}}
 
     @boundary

@@ -15,3 +15,10 @@ def load_pack():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def run_tool(name: str) -> int:
+    """``python tools/<name>.py ...`` from a pack folder (a ComfyUI install with ComfyUI's Python, or a
+    clone): run ``tools.<name>.main`` inside the pack as if it were ``python -m stylekit.tools.<name>``."""
+    import importlib
+    return importlib.import_module(f"{load_pack().__name__}.tools.{name}").main()

@@ -14,6 +14,13 @@ exits 0. Otherwise it prints one line (plus ComfyUI's own validation errors) and
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/client.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import run_tool
+    sys.exit(run_tool("client"))
+
 import argparse
 import asyncio
 import json

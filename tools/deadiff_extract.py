@@ -1,6 +1,9 @@
 """Extract DEADiff's image encoder and attn2 image projections from ``deadiff_v1.ckpt``.
 
-    python -m stylekit.tools.deadiff_extract deadiff_v1.ckpt ComfyUI/models/deadiff/deadiff_v1.safetensors
+    python tools/deadiff_extract.py deadiff_v1.ckpt ComfyUI/models/deadiff/deadiff_v1.safetensors
+
+(from the pack's folder, with ComfyUI's Python or the dev venv's; ``python -m stylekit.tools.deadiff_extract``
+in the dev venv; or the StyleKit DEADiff Extract node inside ComfyUI).
 
 The official checkpoint (7.4 GB) holds all of SD1.5 plus the DEADiff parts; the output keeps only
 the two Q-Formers, ln_vision, the two projection MLPs and the 32 i_to_k / i_to_v weights, under
@@ -9,12 +12,19 @@ plain containers only, never arbitrary pickled objects.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/deadiff_extract.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import run_tool
+    sys.exit(run_tool("deadiff_extract"))
+
 import argparse
 import sys
 from pathlib import Path
 
 from ..errors import StyleKitError
-from ..files import output_target, write_new
+from ..files import OutputTarget, output_target, write_new
 from ..models.deadiff import DEADiffWeightsError, extract_deadiff
 from ..models.weights_file import load_weights_only
 
@@ -27,25 +37,38 @@ def read_checkpoint(path: Path) -> dict:
     return obj
 
 
-def extract_file(src: Path, dst: Path, force: bool = False) -> tuple[dict, str]:
-    """(tensors, path written); the output is checked before the (7.4 GB) checkpoint is read."""
+def extract_file(src: Path, dst, force: bool = False, progress=None) -> tuple[dict, str]:
+    """(tensors, path written). ``dst``: a path (refused if it exists, unless ``force``) or an
+    OutputTarget; checked before the (7.4 GB) checkpoint is read. ``progress(done, total)`` follows the
+    copy of the tensors kept."""
     from safetensors.torch import save_file
-    target = output_target(str(dst.parent), dst.name, "", numbered=False, force=force, field="output")
-    tensors = extract_deadiff(read_checkpoint(src))
+    target = dst if isinstance(dst, OutputTarget) else output_target(str(dst.parent), dst.name, "", numbered=False,
+                                                                      force=force, field="output")
+    tensors = extract_deadiff(read_checkpoint(src), progress)
     path = write_new(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "source": src.name,
                                                                             "qformer_heads": "12"}))
     return tensors, path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint", type=Path, help="deadiff_v1.ckpt (or a state_dict .pt re-saved from it)")
-    ap.add_argument("output", type=Path, nargs="?", help="output .safetensors (default: next to the input)")
+    ap = argparse.ArgumentParser(
+        prog="deadiff_extract",
+        description="Extract DEADiff's image encoder (two Q-Formers, their projections) and the attn2 image "
+                    "projections from the official deadiff_v1.ckpt into a small .safetensors file that StyleKit "
+                    "DEADiff Loader reads. Only tensors are read from the checkpoint, never pickled objects.")
+    ap.add_argument("checkpoint", type=Path, help="the official deadiff_v1.ckpt (7.4 GB)")
+    ap.add_argument("output", type=Path, nargs="?",
+                    help="the .safetensors to write, e.g. ComfyUI/models/deadiff/deadiff_v1.safetensors "
+                         "(default: beside the checkpoint); its folder is made if missing")
     ap.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never done otherwise)")
     a = ap.parse_args(argv)
     out = a.output or a.checkpoint.with_suffix(".safetensors")
+
+    def progress(done, total):
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"extracting: {done}/{total} tensors", file=sys.stderr)
     try:
-        tensors, path = extract_file(a.checkpoint, out, force=a.force)
+        tensors, path = extract_file(a.checkpoint, out, force=a.force, progress=progress)
     except StyleKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

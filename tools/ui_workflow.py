@@ -8,6 +8,13 @@ ComfyUI adds the outputs it gave a node since, so the template loads in every su
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/ui_workflow.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import run_tool
+    sys.exit(run_tool("ui_workflow"))
+
 import json
 from pathlib import Path
 

@@ -10,6 +10,7 @@ from stylekit.attention.functional import explicit_attention
 from stylekit.attention.image_kv import image_kv_contribution
 from stylekit.attention.layers import ModelLayers, LayerInfo
 from stylekit.bridge.tiny import tiny_deadiff_state_dict
+from stylekit.errors import StyleKitError
 from stylekit.models.deadiff import (INSTRUCTION_IDS, DEADiffWeightsError, adapter_from_state_dict, attn2_key,
                                      extract_deadiff, load_deadiff)
 
@@ -100,7 +101,7 @@ def test_loader_names_missing_and_misshapen_keys(tmp_path):
         adapter_from_state_dict({"first_stage_model.encoder.conv_in.weight": torch.zeros(1)})
     path = tmp_path / "deadiff.ckpt"
     path.write_bytes(b"")
-    with pytest.raises(DEADiffWeightsError, match="deadiff.ckpt.*deadiff_extract"):
+    with pytest.raises(DEADiffWeightsError, match="deadiff.ckpt.*DEADiff Extract node.*tools/deadiff_extract.py"):
         load_deadiff(path)
     out = tmp_path / "d.safetensors"
     save_file({k: v.contiguous() for k, v in official_sd().items()}, str(out), metadata={"qformer_heads": "4"})
@@ -127,6 +128,25 @@ def test_extractor_keeps_only_deadiff_and_refuses_pickled_objects(tmp_path):
     torch.save({"state_dict": full, "callbacks": NotATensor()}, tmp_path / "evil.ckpt")
     assert main([str(tmp_path / "evil.ckpt"), str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_extract_node_writes_a_loadable_file_into_its_folder(tmp_path, monkeypatch):
+    from stylekit.nodes.deadiff import StyleKitDEADiffExtract, StyleKitDEADiffLoader
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI a node writes into the current folder
+    sd = official_sd()
+    torch.save({"state_dict": dict(sd, **{"first_stage_model.decoder.conv_out.weight": torch.zeros(3, 4, 3, 3)})},
+               tmp_path / "deadiff_v1.ckpt")
+    out = StyleKitDEADiffExtract().extract(str(tmp_path / "deadiff_v1.ckpt"), "extracted")
+    assert "extracted.safetensors" in out["result"][0]
+    again = StyleKitDEADiffExtract().extract(str(tmp_path / "deadiff_v1.ckpt"), "extracted")  # never overwrites
+    assert "extracted_00001.safetensors" in again["result"][0]
+    from safetensors.torch import load_file
+    written = load_file(str(tmp_path / "extracted.safetensors"))
+    assert written.keys() == {k for k in sd if not k.endswith("position_ids")}
+    assert all(torch.equal(written[k], sd[k]) for k in written)
+    with pytest.raises(StyleKitError, match="filename"):  # the name is checked before the checkpoint is read
+        StyleKitDEADiffExtract().extract(str(tmp_path / "missing.ckpt"), "../escape")
+    assert StyleKitDEADiffLoader.INPUT_TYPES()["required"]["deadiff_name"][0] == []
 
 
 @torch.no_grad()

@@ -97,3 +97,19 @@ def test_tier3_registers_its_model_folders_first():
     calls = [line for py in (ROOT / "tests" / "tier3").glob("*.py") for line in py.read_text().splitlines()
              if "add_model_folder_path(" in line and "# where ComfyUI's own" not in line]
     assert calls and all("is_default=True" in line for line in calls), [c for c in calls if "is_default" not in c]
+
+
+def test_every_tool_the_readme_shows_starts_from_a_pack_folder_outside_the_venv(tmp_path):
+    """Each `python tools/<x>.py` command in the README answers --help when run by path from a copy of
+    the pack named as users clone it, as from a ComfyUI install (the pack is not installed there)."""
+    import shutil
+    readme = (ROOT / "README.md").read_text()
+    scripts = sorted(set(re.findall(r"^python (tools/\w+\.py)", readme, re.M)))
+    assert {"tools/client.py", "tools/dalle_convert.py", "tools/deadiff_extract.py"} <= set(scripts)
+    pack = tmp_path / "custom_nodes" / "ComfyUI-StyleKit"
+    shutil.copytree(ROOT, pack, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "out", "*.egg-info"))
+    for script in scripts:
+        run = subprocess.run([sys.executable, str(pack / script), "--help"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+        assert run.returncode == 0, (script, run.stderr[-2000:])
+        assert run.stdout.startswith("usage:") and "`" not in run.stdout, (script, run.stdout)

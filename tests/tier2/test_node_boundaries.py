@@ -43,8 +43,10 @@ def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("boundary")
     model = BridgePatcher(tiny_sd15_unet(seed=0))
     layers = model_layers(model)
-    save_file({k: v.contiguous() for k, v in tiny_deadiff_state_dict(layers, seed=1).items()},
-              str(folder / "deadiff.safetensors"), metadata={"qformer_heads": "4"})
+    deadiff_sd = tiny_deadiff_state_dict(layers, seed=1)
+    save_file({k: v.contiguous() for k, v in deadiff_sd.items()}, str(folder / "deadiff.safetensors"),
+              metadata={"qformer_heads": "4"})
+    torch.save({"state_dict": deadiff_sd}, str(folder / "deadiff_v1.ckpt"))
     save_file(flat_state_dict(tiny_ip_adapter(layers, "plain", feature_width=48, tokens=4)), str(folder / "adapter.safetensors"))
     save_prefix(CatVersionPrefix.random([2, 3], 48, seed=0, base_word="dog"), str(folder / "prefix.safetensors"))
     write_official_dvae_pickles(*tiny_dvae(seed=1), folder)
@@ -79,6 +81,7 @@ def valid_call(node_id, w) -> dict:
                                       temperature=1.5, content_kv=0.0, weight=1.0, adain_start=True, start_percent=0.0,
                                       end_percent=1.0, mask=torch.ones(1, 64, 64)),
         "StyleKitDEADiffLoader": dict(deadiff_name=f + "/deadiff.safetensors"),
+        "StyleKitDEADiffExtract": dict(checkpoint=f + "/deadiff_v1.ckpt", filename="boundary"),
         "StyleKitDEADiffEncode": dict(deadiff=w["deadiff"], clip_vision=tiny_clip_vision(), image=w["image"], mode="style",
                                       mix_weights=""),
         "StyleKitDEADiffApply": dict(model=w["model"], tokens=w["tokens"], img_weight=1.0, layer_split="official",
