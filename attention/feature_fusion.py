@@ -8,7 +8,8 @@ the style (h_s) at the same block and sigma, projected with the layer's own weig
     K  = [k_s ; k_c]   V = [v_s ; v_c]          (the content half only when content_kv > 0)
     logits = temperature * q' K^T / sqrt(d)  + log(content_kv) on the content keys
     fused = softmax(logits) V
-    out = weight * fused + (1 - weight) * plain,  and where MASK = 1 (spared region) out = plain
+    out = weight * fused + (1 - weight) * plain  where MASK = 1; plain where MASK = 0 (as in every StyleKit node,
+                                                 a MASK marks where the method acts)
 
 ``plain`` is the block's ordinary self-attention (the rest of the router chain). The fused attention
 runs on the host's attention function (its backend and overrides); the temperature scales q' first.
@@ -104,7 +105,7 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
         if mask is not None:
             hw = tuple(extra["activations_shape"][-2:])
             m = resize_mask(mask.to(q.device), hw).to(q.dtype)
-            out = m * plain + (1 - m) * out
+            out = plain + m * (out - plain)
         return out
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,

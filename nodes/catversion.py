@@ -18,7 +18,7 @@ from ..models.catversion_train import TrainSettings, train_prefix
 from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
 from ..models.magicstyle import host_apply_model
 from . import checks, comfy_glue
-from .checks import IMAGE_TOOLTIP, boundary
+from .checks import IMAGE_TOOLTIP, MASK_TOOLTIP, boundary
 from .images import loss_curve
 
 FOLDER = "catversion"
@@ -157,8 +157,8 @@ class StyleKitCatVersionScore:
             "generated": ("IMAGE", {"tooltip": "The generated images to score." + IMAGE_TOOLTIP}),
             "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
         }, "optional": {
-            "reference_mask": ("MASK", {"tooltip": "Foreground (1) of the references; one mask for all or one per image."}),
-            "generated_mask": ("MASK", {"tooltip": "Foreground (1) of the generated images; one mask for all or one per image."}),
+            "reference_mask": ("MASK", {"tooltip": "Where the score looks: 1 (white) = the references' foreground, 0 = background (filled)." + MASK_TOOLTIP}),
+            "generated_mask": ("MASK", {"tooltip": "Where the score looks: 1 (white) = the generated images' foreground, 0 = background (filled)." + MASK_TOOLTIP}),
             "clip": ("CLIP", {"tooltip": "For CLIP-T: the text tower of the same CLIP as clip_vision (with its projection, e.g. clip-vit-large-patch14 via Load CLIP)."}),
             "prompt": ("STRING", {"default": "", "tooltip": "The prompt the images were generated from, for CLIP-T."}),
         }}

@@ -6,7 +6,7 @@ from ..attention.layers import model_layers
 from ..models.feature_store import StorePolicy
 from ..models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
 from . import checks, comfy_glue
-from .checks import boundary
+from .checks import MASK_TOOLTIP, boundary
 
 BLOCK_SETS = {"output 6-11 (StyleID)": STYLEID_BLOCKS, "output (all decoder)": "output", "all": "all"}
 
@@ -80,16 +80,18 @@ class StyleKitFeatureFusion:
             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fusion starts at this fraction of sampling."}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fusion ends at this fraction of sampling."}),
         }, "optional": {
-            "mask": ("MASK", {"tooltip": "White = spare this region (plain self-attention), e.g. a face."}),
+            "mask": ("MASK", {"tooltip": "Where the fusion acts: 1 (white) = styled, 0 = plain self-attention (e.g. black over a face to keep it)." + MASK_TOOLTIP}),
+            "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."}),
         }}
 
     @boundary
     def apply(self, model, inversion, preset, gamma, temperature, content_kv, weight, adain_start,
-              start_percent, end_percent, mask=None):
+              start_percent, end_percent, mask=None, invert_mask=False):
         settings = PRESETS[preset] if preset in PRESETS else FusionSettings(gamma, temperature, content_kv)
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
         if mask is not None:  # one content image was inverted: one mask
             mask = checks.mask_for(mask, 1, what="inverted content image")[0]
+            mask = 1 - mask if invert_mask else mask
         m = fusion_model(model, inversion, settings, weight, mask, hi, lo)
         x = start_latent(inversion, adain_start)
         return (m, {"samples": comfy_glue.latent_out(model, x).cpu()})

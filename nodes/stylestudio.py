@@ -6,7 +6,7 @@ from ..attention.layers import model_layers, parse_block_weights
 from ..models.ip_adapter import load_adapter
 from ..models.stylestudio import PRESETS, preset_keys, style_adapter_model, teacher_model
 from . import comfy_glue
-from .checks import IMAGE_TOOLTIP, boundary
+from .checks import IMAGE_TOOLTIP, MASK_TOOLTIP, boundary
 
 FOLDER = "ipadapter"
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
@@ -59,12 +59,13 @@ class StyleKitStyleAdapter:
             "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."}),
         }, "optional": {
             "negative_style_image": ("IMAGE", {"tooltip": "Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch." + IMAGE_TOOLTIP}),
-            "mask": ("MASK", {"tooltip": "Where the style applies (1) and where not (0); resized to every block."}),
+            "mask": ("MASK", {"tooltip": "Where the style acts: 1 (white) = styled, 0 = untouched; resized to every block." + MASK_TOOLTIP}),
+            "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."}),
         }}
 
     @boundary
     def apply(self, model, adapter, clip_vision, image, fusion, preset, weight, start_percent, end_percent,
-              block_weights, negative_style_image=None, mask=None):
+              block_weights, negative_style_image=None, mask=None, invert_mask=False):
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
         # the cheap checks first: the pairing, preset and block weights refuse before any image is encoded
         layers = model_layers(model)
@@ -74,6 +75,8 @@ class StyleKitStyleAdapter:
             style = comfy_glue.vision_features(clip_vision, image, adapter.feature)
             negative = None if negative_style_image is None else \
                 comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature)
+        if mask is not None and invert_mask:
+            mask = 1 - mask
         return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo, weights, mask),)
 
 

@@ -66,13 +66,13 @@ def test_contribution_projects_stored_states_with_the_layer_weights():
 
 
 @torch.no_grad()
-def test_mask_spares_region_and_weight_blends():
+def test_mask_marks_where_fusion_acts_and_weight_blends():
     q, k, v = rand(1, 16, 8, seed=1), rand(1, 16, 8, seed=2), rand(1, 16, 8, seed=3)
     h_c, h_s = rand(1, 16, 8, seed=4), rand(1, 16, 8, seed=5)
     proj = {("output", 6, 0): Projections()}
     st = store_with(h_c, h_s)
     mask = torch.zeros(8, 8)
-    mask[:, :4] = 1.0  # spare the left half
+    mask[:, 4:] = 1.0  # fuse the right half, leave the left one plain
     extra = {"block": ("output", 6), "block_index": 0, "sigmas": torch.tensor([1.0]), "n_heads": H,
              "activations_shape": [1, 8, 4, 4]}
     s = FusionSettings()

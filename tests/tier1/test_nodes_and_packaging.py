@@ -113,3 +113,11 @@ def test_every_tool_the_readme_shows_starts_from_a_pack_folder_outside_the_venv(
                              cwd=tmp_path, timeout=120)
         assert run.returncode == 0, (script, run.stderr[-2000:])
         assert run.stdout.startswith("usage:") and "`" not in run.stdout, (script, run.stdout)
+
+
+def test_every_mask_input_says_the_one_meaning():
+    """MASK means one thing in every node: 1 (white) marks where the node acts."""
+    masks = [(nid, name, decl[1]["tooltip"]) for nid, cls in NODE_CLASS_MAPPINGS.items()
+             for section in ("required", "optional") for name, decl in cls.INPUT_TYPES().get(section, {}).items()
+             if decl[0] == "MASK"]
+    assert len(masks) >= 4 and all("1 (white)" in tip for _, _, tip in masks), masks

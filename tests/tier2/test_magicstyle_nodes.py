@@ -14,13 +14,26 @@ def test_nodes_chain_on_the_bridge(sd15, roundoff):
     assert inverted["samples"].shape == (2, 4, 16, 16) and len(sigmas) == 5 and float(sigmas[-1]) == 0
     assert all(t.device.type == "cpu" and t.dtype == torch.float16 for t in inv.store.features.values())
     model, start = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
-                                                 mask=torch.ones(1, 64, 64))
+                                                 mask=torch.zeros(1, 64, 64))
     summary = StyleKitPatchMap().run(model)[1]
     assert "output 6.0 attn1: feature_fusion w=1" in summary and "feature_record" not in summary  # store mode
-    with torch.no_grad():  # a mask of ones spares everything: the plain model's result
-        out = sample_euler_cfg(model, start["samples"] / sigmas[0], sigmas, cond[0][0])
-        plain = sample_euler_cfg(sd15, start["samples"] / sigmas[0], sigmas, cond[0][0])
-    torch.testing.assert_close(out, plain, atol=roundoff(plain, sd15, len(sigmas) - 1), rtol=0)
+    inverted_ones = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
+                                                  mask=torch.ones(1, 64, 64), invert_mask=True)[0]
+    everywhere = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
+                                               mask=torch.ones(1, 64, 64))[0]
+    unmasked = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)[0]
+    x = start["samples"] / sigmas[0]
+    with torch.no_grad():  # MASK marks where the fusion acts: all 0 (or all 1, inverted) is the plain model
+        out = sample_euler_cfg(model, x, sigmas, cond[0][0])
+        plain = sample_euler_cfg(sd15, x, sigmas, cond[0][0])
+        inv_out = sample_euler_cfg(inverted_ones, x, sigmas, cond[0][0])
+        full = sample_euler_cfg(everywhere, x, sigmas, cond[0][0])
+        fused = sample_euler_cfg(unmasked, x, sigmas, cond[0][0])
+    tol = roundoff(plain, sd15, len(sigmas) - 1)
+    torch.testing.assert_close(out, plain, atol=tol, rtol=0)
+    torch.testing.assert_close(inv_out, plain, atol=tol, rtol=0)
+    torch.testing.assert_close(full, fused, atol=tol, rtol=0)  # all 1: fused everywhere, as with no mask
+    assert (fused - plain).abs().mean() > 20 * tol  # so the comparisons above can tell fused from plain
     assert sd15.model_options == {"transformer_options": {}}
 
 
