@@ -63,14 +63,20 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
     if content.shape != style.shape:
         raise InputError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
                          "size: resize both images to the same size before encoding")
+    return invert_batch(model, torch.cat([content, style]), context, sigmas, policy, progress, extra_conds)
+
+
+def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor, policy: StorePolicy,
+                 progress=None, extra_conds=None) -> Inversion:
+    """Invert the latents ``x0`` (N, C, H, W) in one batch, recording their features (rows in order)."""
+    n = x0.shape[0]
     layers = model_layers(model)
     layers.require("sd15", "sdxl", method="DDIM inversion with a feature store")
     policy.layers = tuple(policy.layers) or tuple(layers.select("all"))
     store = FeatureStore(policy, sigmas=[float(s) for s in sigmas[:-1]])
     rec = _recorder(model, store)
-    ctx = context.expand(2, -1, -1) if context.shape[0] == 1 else context
-    extra = {k: v.expand(2, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in (extra_conds or {}).items()}
-    x0 = torch.cat([content, style])
+    ctx = context.expand(n, -1, -1) if context.shape[0] == 1 else context
+    extra = {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in (extra_conds or {}).items()}
     all_sigmas = store.sigmas
 
     def eps_fn(x, sigma):

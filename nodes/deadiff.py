@@ -94,6 +94,8 @@ class StyleKitDEADiffEncode:
         weights = comfy_glue.number_list(mix_weights, float, "mix_weights")
         if add_to is not None and add_to.adapter is not deadiff:
             raise InputError("add_to tokens come from a different DEADiff model than this Encode's")
+        if weights and len(weights) != image.shape[0]:  # refused before CLIP vision runs
+            raise InputError(f"mix_weights gives {len(weights)} weights for {image.shape[0]} images; give one per image")
         with torch.no_grad():
             hidden = comfy_glue.vision_hidden_states(clip_vision, deadiff_pixels(image))
         device = next(deadiff.parameters()).device

@@ -20,3 +20,19 @@ def interleaved(runs: dict, rounds: int = 4) -> dict:
         for name, fn in runs.items():
             best[name] = min(best[name], best_of(fn, 1)[0])
     return best
+
+
+def check_targets(name: str, fig: dict, targets: dict) -> None:
+    """Record each target (figure <= bound) and whether it was met in ``fig["targets"]``, write the
+    figures to bench/<name>.json (figures from random-weight models), then assert each target on its
+    own so that a miss names the figure, its value and its bound."""
+    import json
+    from pathlib import Path
+    fig["random_weights"] = True
+    fig["targets"] = {key: {"value": fig[key], "at_most": bound, "met": fig[key] <= bound} for key, bound in targets.items()}
+    out = Path("bench")
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(fig, indent=1) + "\n")
+    print(json.dumps(fig, indent=1))
+    for key, t in fig["targets"].items():
+        assert t["met"], f"{name}: {key} = {t['value']:.3f} misses its target <= {t['at_most']}"

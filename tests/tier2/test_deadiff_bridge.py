@@ -93,5 +93,5 @@ def test_wrong_pairings_are_refused_before_sampling(sdxl, sd15, deadiff):
         StyleKitDEADiffApply().apply(sdxl, tokens, 1.0, "official", True, 0.0, 1.0, "")
     with pytest.raises(ValueError, match="ViT-L/14"):
         StyleKitDEADiffEncode().encode(deadiff, tiny_clip_vision(width=64), torch.rand(1, 64, 64, 3), "style", "", None)
-    with pytest.raises(ValueError, match="2 mixing weights for 1 images"):
+    with pytest.raises(ValueError, match="mix_weights gives 2 weights for 1 images"):
         StyleKitDEADiffEncode().encode(deadiff, tiny_clip_vision(), torch.rand(1, 64, 64, 3), "style", "1,2", None)
