@@ -52,3 +52,22 @@ def test_deadiff_in_comfyui(comfy_nodes, tmp_path):
     assert called == set(model_layers(model).keys)
     assert torch.isfinite(out).all() and (out - before).abs().mean() > 1e-3
     assert torch.equal(ksample(model, cond, neg), before)  # the input model is untouched
+
+
+def test_extract_node_reads_and_writes_comfyuis_deadiff_folder(comfy_nodes, tmp_path):
+    import folder_paths
+    from comfy_host import comfy_sd15_random
+    from stylekit.attention.layers import model_layers
+    from stylekit.bridge.tiny import tiny_deadiff_state_dict
+    from stylekit.nodes.deadiff import StyleKitDEADiffExtract, StyleKitDEADiffLoader
+
+    folder = tmp_path / "deadiff"
+    folder.mkdir()
+    folder_paths.add_model_folder_path("deadiff", str(folder), is_default=True)
+    sd = tiny_deadiff_state_dict(model_layers(comfy_sd15_random()), seed=1)
+    torch.save({"state_dict": sd, "global_step": 1}, folder / "official_tiny.ckpt")
+    assert "official_tiny.ckpt" in StyleKitDEADiffExtract.INPUT_TYPES()["required"]["checkpoint"][0]
+    out = StyleKitDEADiffExtract().extract("official_tiny.ckpt", "extracted_tiny")
+    assert (folder / "extracted_tiny.safetensors").exists() and "extracted_tiny.safetensors" in out["result"][0]
+    names = StyleKitDEADiffLoader.INPUT_TYPES()["required"]["deadiff_name"][0]
+    assert "extracted_tiny.safetensors" in names and "official_tiny.ckpt" not in names
