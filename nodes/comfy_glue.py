@@ -117,12 +117,13 @@ def register_folder(name: str, extensions=(".safetensors",)) -> None:
         folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
 
 
-def list_files(name: str) -> FileList:
+def list_files(name: str, extensions: tuple = ()) -> FileList:
+    """The files of ComfyUI's ``models/<name>`` (those ending in ``extensions`` if given)."""
     try:
         import folder_paths
     except ImportError:
         return FileList()
-    return FileList(folder_paths.get_filename_list(name))
+    return FileList(f for f in folder_paths.get_filename_list(name) if not extensions or f.endswith(extensions))
 
 
 def full_path(name: str, filename: str) -> str:

@@ -31,7 +31,7 @@ class StyleKitDEADiffExtract:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": (comfy_glue.FileList(f for f in comfy_glue.list_files(FOLDER) if f.endswith((".ckpt", ".pt"))), {
+            "checkpoint": (comfy_glue.list_files(FOLDER, (".ckpt", ".pt")), {
                 "tooltip": "The official deadiff_v1.ckpt in ComfyUI/models/deadiff."}),
             "filename": ("STRING", {"default": "deadiff_v1", "tooltip": "Written as models/deadiff/<filename>.safetensors (numbered, never overwritten)."}),
         }}
@@ -59,7 +59,7 @@ class StyleKitDEADiffLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"deadiff_name": (comfy_glue.FileList(f for f in comfy_glue.list_files(FOLDER) if f.endswith(".safetensors")), {
+        return {"required": {"deadiff_name": (comfy_glue.list_files(FOLDER, (".safetensors",)), {
             "tooltip": "Extracted DEADiff weights (.safetensors) in ComfyUI/models/deadiff."})}}
 
     @boundary

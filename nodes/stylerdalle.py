@@ -22,7 +22,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _files(folder, ext):
-    return comfy_glue.FileList(f for f in comfy_glue.list_files(folder) if f.endswith(ext))
+    return comfy_glue.list_files(folder, (ext,) if ext else ())
 
 
 def _callback(total):
@@ -210,7 +210,7 @@ class StyleKitStylerDALLEConvert:
     CATEGORY = CATEGORY
     DESCRIPTION = ("Converts the official DALL-E dVAE pickles (encoder.pkl, decoder.pkl in models/dalle) into one "
                    "safetensors file, unpickling only the dVAE's own classes; any other object is refused. Same as "
-                   "`python -m stylekit.tools.dalle_convert`.")
+                   "tools/dalle_convert.py.")
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)
     OUTPUT_TOOLTIPS = ("Where the file was written and what it holds.",)

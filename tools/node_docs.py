@@ -58,7 +58,7 @@ def pages(pack=None) -> dict[str, str]:
         pack = load_pack()
     nodes = pack.nodes
     listed = nodes.comfy_glue.list_files
-    nodes.comfy_glue.list_files = lambda name: []
+    nodes.comfy_glue.list_files = lambda name, extensions=(): []
     try:
         return {f"{nid}.md": node_page(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid])
                 for nid, cls in nodes.NODE_CLASS_MAPPINGS.items()}
