@@ -115,6 +115,17 @@ def as_device(device_or_dtype) -> torch.device | None:
     return torch.device(device_or_dtype)
 
 
+def moved_patch(patch, device_or_dtype):
+    """A wrapped patch (another pack's replace function or model wrapper) after ComfyUI's ``.to``: moved
+    if it follows the protocol, else as it is."""
+    return patch.to(device_or_dtype) if hasattr(patch, "to") else patch
+
+
+def patch_models(patch) -> list:
+    """The ModelPatchers a wrapped patch asks ComfyUI to load (``.models()``), if it has any."""
+    return list(patch.models()) if hasattr(patch, "models") else []
+
+
 def block_key(extra_options: dict) -> BlockKey:
     """The 3-part key of the block a patch is called on (ComfyUI defaults ``block_index`` to 0)."""
     return (*extra_options["block"], extra_options.get("block_index", 0))
@@ -147,13 +158,13 @@ class AttentionRouter:
 
     def to(self, device_or_dtype) -> "AttentionRouter":
         device = as_device(device_or_dtype)
-        base = self.base.to(device_or_dtype) if hasattr(self.base, "to") else self.base
+        base = moved_patch(self.base, device_or_dtype)
         if device is None:
             return self if base is self.base else AttentionRouter(self.attn, self.key, base, self.contributions)
         return AttentionRouter(self.attn, self.key, base, tuple(c.to(device) for c in self.contributions))
 
     def models(self) -> list:
-        return list(self.base.models()) if hasattr(self.base, "models") else []
+        return patch_models(self.base)
 
     def cleanup(self) -> None:
         if hasattr(self.base, "cleanup"):

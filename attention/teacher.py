@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from .adapter_attention import TEACHER_CHUNKS
-from .router import Contribution
+from .router import Contribution, moved_patch, patch_models
 
 
 def teacher_layout_contribution(name: str = "teacher_layout") -> Contribution:
@@ -69,12 +69,11 @@ class TeacherWrapper:
         return n > 0 and sigma > float(sigmas[min(n, steps)])
 
     def to(self, device_or_dtype):  # holds no tensors; a wrapped previous wrapper may
-        if hasattr(self.previous, "to"):
-            return TeacherWrapper(self.fraction, self.fallback_sigma, self.previous.to(device_or_dtype))
-        return self
+        previous = moved_patch(self.previous, device_or_dtype)
+        return self if previous is self.previous else TeacherWrapper(self.fraction, self.fallback_sigma, previous)
 
     def models(self) -> list:
-        return list(self.previous.models()) if hasattr(self.previous, "models") else []
+        return patch_models(self.previous)
 
     def _call(self, apply_model, args):
         if self.previous is not None:

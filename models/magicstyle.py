@@ -17,7 +17,7 @@ import torch
 
 from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_patch
 from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
-from ..attention.router import add_contribution, as_device, move_to
+from ..attention.router import add_contribution, as_device, move_to, moved_patch, patch_models
 from ..errors import InputError
 from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
@@ -145,7 +145,7 @@ class RecomputeWrapper:
 
     def to(self, device_or_dtype):
         device = as_device(device_or_dtype)
-        inner = self.inner.to(device_or_dtype) if hasattr(self.inner, "to") else self.inner
+        inner = moved_patch(self.inner, device_or_dtype)
         if device is None:
             return self if inner is self.inner else RecomputeWrapper(
                 self.store, self.inputs, self.context, self.extra_conds, self.transformer_options, inner)
@@ -154,7 +154,7 @@ class RecomputeWrapper:
                                 move_to(self.extra_conds, device), self.transformer_options, inner)
 
     def models(self) -> list:
-        return list(self.inner.models()) if hasattr(self.inner, "models") else []
+        return patch_models(self.inner)
 
     def __call__(self, apply_model, args):
         store = self.store

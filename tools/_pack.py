@@ -17,8 +17,13 @@ def load_pack():
     return sys.modules[name]
 
 
+def pack_module(name: str):
+    """A module of the pack (``"files"``, ``"tools.workflow_check"``), imported inside it."""
+    import importlib
+    return importlib.import_module(f"{load_pack().__name__}.{name}")
+
+
 def run_tool(name: str) -> int:
     """``python tools/<name>.py ...`` from a pack folder (a ComfyUI install with ComfyUI's Python, or a
     clone): run ``tools.<name>.main`` inside the pack as if it were ``python -m stylekit.tools.<name>``."""
-    import importlib
-    return importlib.import_module(f"{load_pack().__name__}.tools.{name}").main()
+    return pack_module(f"tools.{name}").main()

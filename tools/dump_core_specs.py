@@ -33,11 +33,8 @@ def dump(comfyui_path: str) -> tuple[str, dict]:
     import nodes
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import importlib
-
-    from _pack import load_pack
-    load_pack()
-    spec_from_node_class = importlib.import_module("_stylekit_pack.tools.workflow_check").spec_from_node_class
+    from _pack import pack_module
+    spec_from_node_class = pack_module("tools.workflow_check").spec_from_node_class
     asyncio.run(nodes.init_builtin_extra_nodes())
     out = {}
     for ct in CORE_NODES:
@@ -57,10 +54,8 @@ def main(argv=None):
     if len(argv) != 1 or "COMFYUI_PATH" not in os.environ:
         sys.exit("usage: COMFYUI_PATH=/path/to/ComfyUI python tools/dump_core_specs.py OUT_DIR")
     version, specs = dump(os.environ["COMFYUI_PATH"])
-    import importlib
-
-    from _pack import load_pack
-    files = importlib.import_module(load_pack().__name__ + ".files")
+    from _pack import pack_module
+    files = pack_module("files")
     target = files.output_target(argv[0], f"{version}.json", "", numbered=False, force=True)
     text = json.dumps(specs, indent=None).replace('}, "', '},\n "') + "\n"
     path = files.write_new(target, lambda tmp: Path(tmp).write_text(text))

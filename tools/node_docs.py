@@ -70,8 +70,8 @@ def main() -> None:
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     written = pages()
-    from _pack import load_pack  # run as a script: tools/ is on the path
-    files = __import__("importlib").import_module(load_pack().__name__ + ".files")
+    from _pack import pack_module  # run as a script: tools/ is on the path
+    files = pack_module("files")
     for name, text in written.items():  # regenerated pages replace the old ones
         target = files.output_target(str(out), name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))

@@ -6,7 +6,6 @@ coloured by pack, and its links).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -50,8 +49,8 @@ def draw(workflow: dict):
 def main() -> None:
     folder = PACK / "example_workflows"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _pack import load_pack
-    files = importlib.import_module(load_pack().__name__ + ".files")
+    from _pack import pack_module
+    files = pack_module("files")
     for path in sorted(folder.glob("*.json")):
         image = draw(json.loads(path.read_text()))
         target = files.output_target(str(folder), path.with_suffix(".jpg").name, "", numbered=False, force=True)
