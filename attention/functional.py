@@ -44,7 +44,7 @@ def explicit_attention(q, k, v, heads: int, mask=None, scale=None):
     return merge_heads(torch.softmax(logits, dim=-1) @ vh).to(q.dtype)
 
 
-def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = None):
+def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = None, skip_reshape: bool = False):
     """The host's own attention for a block, on unsplit heads; every attention StyleKit computes or
     passes on goes through here, so the user's backend and overrides apply to patched blocks too.
 
@@ -57,16 +57,21 @@ def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = Non
 
     ``mask`` is additive and broadcastable to ``(batch, heads, q_tokens, k_tokens)``. Logit scales other
     than 1/sqrt(dim_head) are applied to ``q`` by the caller: not every host takes a scale.
+    ``skip_reshape``: q, k, v come with heads split, ``(batch, heads, tokens, dim_head)`` (DiT blocks);
+    the result is ``(batch, tokens, heads * dim_head)`` either way, as ComfyUI returns it.
     """
     fn = extra_options.get("stylekit_default_attention")
-    heads = extra_options["n_heads"]
+    heads = q.shape[1] if skip_reshape else extra_options["n_heads"]
     if fn is not None:
         return fn(q, k, v, heads, mask)
     comfy_attention = sys.modules.get("comfy.ldm.modules.attention")
     if comfy_attention is not None:
         fn = comfy_attention.optimized_attention if mask is None else comfy_attention.optimized_attention_masked
+        extra = {"skip_reshape": True} if skip_reshape else {}
         return fn(q, k, v, heads, mask=mask, attn_precision=extra_options.get("attn_precision"),
-                  transformer_options=extra_options)
+                  transformer_options=extra_options, **extra)
+    if skip_reshape:
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
     return sdpa_attention(q, k, v, heads, mask)
 
 

@@ -1,10 +1,15 @@
-"""Which attention layers a UNet has, under ComfyUI's block keys, derived from the model itself.
+"""Which attention layers a model has, under ComfyUI's block keys, derived from the model itself.
 
-Keys are ``(block_name, block_id, depth_index)``: ``block_name`` in input|middle|output,
-``block_id`` the index in ComfyUI's ``input_blocks`` / ``output_blocks`` (middle is 0) and
-``depth_index`` the transformer block inside that SpatialTransformer (ComfyUI's ``block_index``).
-Both ComfyUI's ``UNetModel`` and diffusers' ``UNet2DConditionModel`` are read by duck typing, so
-this module imports neither.
+UNets (SD1.5 / SDXL): keys are ``(block_name, block_id, depth_index)``: ``block_name`` in
+input|middle|output, ``block_id`` the index in ComfyUI's ``input_blocks`` / ``output_blocks`` (middle
+is 0) and ``depth_index`` the transformer block inside that SpatialTransformer (ComfyUI's
+``block_index``). Both ComfyUI's ``UNetModel`` and diffusers' ``UNet2DConditionModel`` are read.
+
+DiTs (Flux): keys are ``("double" | "single", block_index, 0)``, ComfyUI's ``block_type`` and
+``block_index``; one joint attention per block. ComfyUI's ``Flux`` and diffusers'
+``FluxTransformer2DModel`` are read. A further DiT family is one more entry in ``DIT_FAMILIES``.
+
+Everything is read by duck typing, so this module imports neither host.
 """
 from __future__ import annotations
 
@@ -27,10 +32,22 @@ class LayerInfo:
     context_dim: int   # cross-attention context dim
 
 
+UNET_GROUPS = ("input", "middle", "output")
+DIT_GROUPS = ("double", "single")
+
+
 @dataclass(frozen=True)
 class ModelLayers:
-    family: str                    # "sd15" | "sdxl" (by block layout) | "unknown"
+    family: str                    # "sd15" | "sdxl" (by block layout) | "flux" | "unknown"
     layers: tuple[LayerInfo, ...]
+
+    @property
+    def is_dit(self) -> bool:
+        return bool(self.layers) and self.layers[0].key[0] in DIT_GROUPS
+
+    @property
+    def groups(self) -> tuple:
+        return DIT_GROUPS if self.is_dit else UNET_GROUPS
 
     @property
     def keys(self) -> list[tuple]:
@@ -52,17 +69,17 @@ class ModelLayers:
     def select(self, spec) -> list[tuple]:
         """Keys of a named set or of explicit blocks.
 
-        ``spec`` is a name (all, input, middle, output, or a method's set registered in
-        LAYER_SETS for this family) or an iterable of 2-part / 3-part keys.
+        ``spec`` is a name (all, a group: input, middle, output on a UNet, double, single on a DiT,
+        or a method's set registered in LAYER_SETS for this family) or an iterable of 2-part / 3-part keys.
         """
         if isinstance(spec, str):
-            if spec in ("all", "input", "middle", "output"):
+            if spec == "all" or spec in self.groups:
                 return [k for k in self.keys if spec == "all" or k[0] == spec]
             sets = LAYER_SETS.get(self.family, {})
             if spec not in sets:
                 raise UnsupportedModelError(
                     f"layer set {spec!r} is not defined for a {self.family} model; "
-                    f"available: all, input, middle, output, {', '.join(sorted(sets)) or '(none)'}")
+                    f"available: all, {', '.join(self.groups)}, {', '.join(sorted(sets)) or '(none)'}")
             spec = sets[spec]
         wanted = [tuple(s) for s in spec]
         out = [k for k in self.keys if k in wanted or k[:2] in wanted]
@@ -74,13 +91,16 @@ class ModelLayers:
 
     def require(self, *families: str, method: str = "this method") -> None:
         if self.family not in families:
+            where = f"{len(self.layers)} {'DiT' if self.is_dit else 'UNet'} attention blocks"
             raise UnsupportedModelError(
-                f"{method} supports {' / '.join(f.upper() for f in families)} UNets; the model given has "
-                f"a {self.family} block layout with attention in {self.blocks()}")
+                f"{method} supports {' / '.join(FAMILY_NAMES.get(f, f) for f in families)} models; the model given is "
+                f"{FAMILY_NAMES.get(self.family, 'of an unknown layout')} ({where})")
 
+
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}
 
 # Named layer sets per family; methods register theirs here (DESIGN.md §3).
-LAYER_SETS: dict[str, dict[str, list[tuple]]] = {"sd15": {}, "sdxl": {}}
+LAYER_SETS: dict[str, dict[str, list[tuple]]] = {"sd15": {}, "sdxl": {}, "flux": {}}
 
 
 def register_layer_set(family: str, name: str, blocks: list[tuple]) -> None:
@@ -143,6 +163,40 @@ def diffusion_model_of(model):
     return model
 
 
+def _comfy_flux(dm) -> list[LayerInfo]:
+    """ComfyUI's ``comfy.ldm.flux.model.Flux`` (Flux.1 dev / schnell and their fine-tunes)."""
+    out = []
+    for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)):
+        for i, b in enumerate(blocks):
+            out.append(LayerInfo((kind, i, 0), b.hidden_size, b.num_heads, b.hidden_size))
+    return out
+
+
+def _diffusers_flux(dm) -> list[LayerInfo]:
+    """diffusers' ``FluxTransformer2DModel``."""
+    out = []
+    for kind, blocks in (("double", dm.transformer_blocks), ("single", dm.single_transformer_blocks)):
+        for i, b in enumerate(blocks):
+            out.append(LayerInfo((kind, i, 0), b.attn.inner_dim, b.attn.heads, b.attn.inner_dim))
+    return out
+
+
+# DiT families: (family, test on the diffusion model, reader). Flux.2, Qwen-Image, ... go here once their
+# blocks call the same joint-attention hooks with the same q/k/v layout.
+DIT_FAMILIES = [
+    ("flux", lambda dm: hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks") and hasattr(dm, "img_in")
+     and type(dm).__name__ == "Flux", _comfy_flux),
+    ("flux", lambda dm: type(dm).__name__ == "FluxTransformer2DModel", _diffusers_flux),
+]
+
+
+def _dit_layers(dm):
+    for family, test, read in DIT_FAMILIES:
+        if test(dm):
+            return family, read(dm)
+    return None
+
+
 def _transformer_blocks(model) -> list[tuple]:
     dm = diffusion_model_of(model)
     if hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"):
@@ -150,11 +204,14 @@ def _transformer_blocks(model) -> list[tuple]:
     if hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks"):
         return list(_diffusers_blocks(dm))
     raise UnsupportedModelError(
-        f"StyleKit patches UNet models (SD1.5 / SDXL); got {type(dm).__name__}, which has neither "
-        "ComfyUI's input_blocks/output_blocks nor diffusers' down_blocks/up_blocks")
+        f"StyleKit patches SD1.5 / SDXL UNets and Flux.1 DiTs; got {type(dm).__name__}, which is none of them "
+        "(neither ComfyUI's or diffusers' UNet blocks nor Flux's double/single blocks)")
 
 
 def model_layers(model) -> ModelLayers:
+    dit = _dit_layers(diffusion_model_of(model))
+    if dit is not None:
+        return ModelLayers(dit[0], tuple(dit[1]))
     blocks = _transformer_blocks(model)
     if not blocks:
         raise UnsupportedModelError(f"{type(diffusion_model_of(model)).__name__} has no transformer attention "
@@ -172,7 +229,8 @@ def attention_modules(model, attn: str = "attn1") -> dict:
 
 
 def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
-    """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys).
+    """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys);
+    on a DiT ``"double 3=0.5, single 10=0"``.
 
     With ``layers`` (the model's), a block the model lacks is refused with the valid names."""
     out = {}
@@ -181,11 +239,12 @@ def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
             where, value = item.split("=")
             name, ids = where.split()
             parts = tuple(int(x) for x in ids.split("."))
-            if name not in ("input", "middle", "output") or len(parts) not in (1, 2):
+            if name not in UNET_GROUPS + DIT_GROUPS or len(parts) not in (1, 2):
                 raise ValueError
             weight = float(value)
         except ValueError:
-            raise InputError(f"block_weights: cannot read {item!r}; write e.g. 'output 5=0.5' or 'input 7.0=0'") from None
+            raise InputError(f"block_weights: cannot read {item!r}; write e.g. 'output 5=0.5' or 'input 7.0=0' "
+                             "(on Flux: 'double 3=0.5' or 'single 10=0')") from None
         if not math.isfinite(weight):
             raise InputError(f"block_weights: {item!r} is not a finite number")
         out[(name, *parts)] = weight
@@ -193,7 +252,8 @@ def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
         blocks = {k[:2] for k in layers.keys}
         unknown = [k for k in out if (k[:2] not in blocks) or (len(k) == 3 and k not in layers.keys)]
         if unknown:
-            valid = ", ".join(f"{n} {i}" for n, i in sorted(blocks, key=lambda b: (("input", "middle", "output").index(b[0]), b[1])))
+            order = UNET_GROUPS + DIT_GROUPS
+            valid = ", ".join(f"{n} {i}" for n, i in sorted(blocks, key=lambda b: (order.index(b[0]), b[1])))
             named = ", ".join(f"{k[0]} {'.'.join(map(str, k[1:]))}" for k in unknown)
             raise InputError(f"block_weights names {named}, which this {layers.family} model does not have; "
                              f"its attention blocks are: {valid}")

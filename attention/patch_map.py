@@ -3,18 +3,40 @@ from __future__ import annotations
 
 import math
 
+from .joint import is_joint_router
 from .layers import model_layers
 from .router import installed_patch, is_router
 
 
+def _columns(layers) -> tuple:
+    return ("joint",) if layers.is_dit else ("attn1", "attn2")
+
+
+def _joint_rows(model, layers) -> list[dict]:
+    """DiT: one row per block a StyleKit joint-attention contribution acts on (attn "joint")."""
+    patches = model.model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
+    routers = [p for p in patches if is_joint_router(p)]
+    rows = []
+    for key in layers.keys:
+        found = [(c.name, c.weight_for(key), c.sigma_start, c.sigma_end) for r in routers for c, keys in r.entries
+                 if key in keys]
+        if found:
+            rows.append(dict(key=key, attn="joint", kind="stylekit", foreign_base=False, contributions=found))
+    return rows
+
+
 def describe_patches(model) -> list[dict]:
-    """One row per (attention layer, attn1|attn2) that carries a replace patch.
+    """One row per (attention layer, attn1|attn2) that carries a replace patch; on a DiT, per block that
+    carries a StyleKit joint-attention contribution (attn "joint").
 
     Each row: key, attn, kind ("stylekit" | "foreign"), contributions [(name, effective weight,
     sigma_start, sigma_end)], and whether a foreign function sits under the StyleKit router.
     """
+    layers = model_layers(model)
+    if layers.is_dit:
+        return _joint_rows(model, layers)
     rows = []
-    for key in model_layers(model).keys:
+    for key in layers.keys:
         for attn in ("attn1", "attn2"):
             patch = installed_patch(model.model_options, attn, key)
             if patch is None:
@@ -64,16 +86,17 @@ def render_patch_map(model, cell: int = 22):
     names = sorted({c[0] for r in rows.values() for c in r["contributions"]})
     colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
     label_w, col_w = 120, 200
+    columns = _columns(layers)
     height = cell * (len(layers.keys) + 2) + cell * max(1, len(names)) + 8
-    img = Image.new("RGB", (label_w + 2 * col_w, height), (255, 255, 255))
+    img = Image.new("RGB", (label_w + len(columns) * col_w, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     d.text((4, 4), f"{layers.family} layout", fill=(0, 0, 0))
-    for j, attn in enumerate(("attn1", "attn2")):
+    for j, attn in enumerate(columns):
         d.text((label_w + j * col_w + 4, 4), attn, fill=(0, 0, 0))
     for i, key in enumerate(layers.keys):
         y = cell * (i + 1)
-        d.text((4, y + 5), f"{key[0]} {key[1]}.{key[2]}", fill=(0, 0, 0))
-        for j, attn in enumerate(("attn1", "attn2")):
+        d.text((4, y + 5), f"{key[0]} {key[1]}" if layers.is_dit else f"{key[0]} {key[1]}.{key[2]}", fill=(0, 0, 0))
+        for j, attn in enumerate(columns):
             x0 = label_w + j * col_w
             d.rectangle([x0, y, x0 + col_w - 2, y + cell - 2], outline=(200, 200, 200))
             r = rows.get((key, attn))

@@ -185,6 +185,8 @@ class StyleAdapter:
 
     def bind(self, layers: ModelLayers) -> dict:
         """3-part block key -> (W_k, W_v) for this UNet, after checking the pairing; errors name both sides."""
+        layers.require("sd15", "sdxl", method=f"{self.source} (a UNet adapter; on Flux.1 use core Redux with "
+                                              "StyleModelApply)")
         order = processor_order(layers)
         model = (f"the model is {layers.family.upper()}-shaped ({len(order)} cross-attention layers, "
                  f"{_named(layers.layers[0].context_dim, CONTEXT_WIDTH)} context)")

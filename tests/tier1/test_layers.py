@@ -26,7 +26,7 @@ def test_named_sets_and_family_errors(sd15_unet, sdxl_unet):
     assert model_layers(sd15_unet).select("test_set") == [("output", 6, 0), ("output", 11, 0)]
     with pytest.raises(UnsupportedModelError, match="not defined for a sdxl"):
         model_layers(sdxl_unet).select("test_set")
-    with pytest.raises(UnsupportedModelError, match="SD15"):
+    with pytest.raises(UnsupportedModelError, match="supports SD1.5 models; the model given is SDXL"):
         model_layers(sdxl_unet).require("sd15", method="X")
 
 

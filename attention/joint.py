@@ -1,0 +1,178 @@
+"""The patch router for DiT joint attention (Flux): text and image tokens in one attention call.
+
+ComfyUI's Flux blocks (double and single) offer two hooks per attention, shared by every block:
+
+* ``attn1_patch(q, k, v, pe=, attn_mask=, extra_options=) -> dict`` before the attention: q, k, v
+  are ``(batch, heads, txt + img, dim_head)`` after QK-norm and before RoPE; the dict may replace
+  ``q``, ``k``, ``v``, ``pe``, ``attn_mask``; ``extra_options["img_slice"] = [txt_len, total]``,
+  ``block_type`` ("double" | "single") and ``block_index`` name the block;
+* ``attn1_output_patch(attn, extra_options) -> attn`` after it (``attn`` is ``(batch, tokens, heads
+  * dim_head)``); ``extra_options`` is the same dict object the first hook saw, per block call.
+
+One :class:`JointRouter` (``attn1_patch``) and one :class:`JointOutput` (``attn1_output_patch``) are installed. Its contributions (the same
+:class:`~.router.Contribution` as on UNets: weight, sigma window, per-block weights) see a
+:class:`JointQKV`: q and k already rotated (RoPE applied by the host's own function), the text and
+image token ranges, and the additive mask. They return a new JointQKV, which the host's attention
+then computes (``pe=None``: RoPE is done), so an added key (a reference's) carries its own
+positions. A contribution that must correct some rows afterwards (the text rows, a weight below 1,
+a MASK) computes those rows itself through the host's attention and registers a fix-up on the
+output (:meth:`JointQKV.after`). With no active contribution the router returns ``{}``: the block
+runs exactly as unpatched.
+
+Block keys are ``("double" | "single", block_index, 0)``, the 3-part shape of the UNet keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import InputError
+from .functional import host_attention
+from .rope import host_rope, token_slice
+from .router import Contribution, as_device, current_sigma
+
+AFTER = "stylekit_joint_after"  # extra_options key: fix-ups the output patch runs, per block call
+
+
+def dit_key(extra_options: dict) -> tuple:
+    return (extra_options["block_type"], extra_options.get("block_index", 0), 0)
+
+
+@dataclass
+class JointQKV:
+    """One joint attention call as contributions see it."""
+    q: torch.Tensor                 # (batch, heads, tokens, dim_head), rotated
+    k: torch.Tensor                 # (batch, heads, keys, dim_head), rotated
+    v: torch.Tensor
+    mask: torch.Tensor | None       # additive, broadcastable to (batch, heads, tokens, keys)
+    txt: int                        # query tokens [0, txt) are text
+    img: tuple                      # query tokens [img[0], img[1]) are image (img[0] == txt)
+    pe: torch.Tensor                # rotations of the query tokens (image keys share them)
+    extra: dict = field(repr=False, default_factory=dict)
+
+    def replace(self, **changes) -> "JointQKV":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def img_pe(self) -> torch.Tensor:
+        return token_slice(self.pe, *self.img)
+
+    def rotate_img(self, x: torch.Tensor) -> torch.Tensor:
+        """Image-token queries or keys of a reference (batch, heads, img tokens, dim) at the image positions."""
+        return host_rope(x, self.img_pe)
+
+    def attention(self, q, k, v, mask=None) -> torch.Tensor:
+        """The host's attention on split heads -> (batch, tokens, heads * dim_head)."""
+        return host_attention(q, k, v, self.extra, mask, skip_reshape=True)
+
+    def after(self, fix: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Run ``fix(attn) -> attn`` on this call's attention output (before the output projection)."""
+        self.extra.setdefault(AFTER, []).append(fix)
+
+
+class JointRouter:
+    """``attn1_patch`` of a DiT model patcher (its output fix-ups run in :class:`JointOutput`)."""
+
+    stylekit_joint_router = True
+
+    def __init__(self, entries: tuple = ()):
+        self.entries = tuple(entries)  # (Contribution, frozenset of block keys)
+
+    def with_contribution(self, contribution: Contribution, keys: Iterable[tuple]) -> "JointRouter":
+        return JointRouter(self.entries + ((contribution, frozenset(tuple(k) for k in keys)),))
+
+    def __deepcopy__(self, memo):
+        return self  # immutable; clones share it
+
+    def to(self, device_or_dtype) -> "JointRouter":
+        device = as_device(device_or_dtype)
+        if device is None:
+            return self
+        return JointRouter(tuple((c.to(device), keys) for c, keys in self.entries))
+
+    def models(self) -> list:
+        return []
+
+    def active(self, key, extra_options) -> list:
+        sigma = current_sigma(extra_options)
+        out = []
+        for c, keys in self.entries:
+            w = c.weight_for(key)
+            if key in keys and w != 0 and c.active_at(sigma):
+                out.append((c, w))
+        return out
+
+    def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
+        extra = extra_options
+        chain = self.active(dit_key(extra), extra)
+        if not chain:
+            return {}
+        if pe is None:
+            raise InputError("StyleKit's DiT patches need the block's rotary embedding (pe); this model has none")
+        txt, total = extra["img_slice"]
+        call = JointQKV(host_rope(q, pe), host_rope(k, pe), v, attn_mask, txt, (txt, total), pe, extra)
+
+        def run(i, call):
+            if i == len(chain):
+                return call
+            c, w = chain[i]
+            return c.apply(call, lambda c2: run(i + 1, c2), w)
+
+        out = run(0, call)
+        return {"q": out.q, "k": out.k, "v": out.v, "pe": None, "attn_mask": out.mask}
+
+
+class JointOutput:
+    """The router's ``attn1_output_patch`` (a separate object so ComfyUI can list it; it holds nothing)."""
+
+    stylekit_joint_output = True
+
+    def __call__(self, attn, extra_options):
+        for fix in reversed(extra_options.pop(AFTER, [])):
+            attn = fix(attn)
+        return attn
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+
+def is_joint_router(obj) -> bool:
+    return getattr(obj, "stylekit_joint_router", False) is True
+
+
+def add_joint_contribution(patcher, contribution: Contribution, keys: Iterable[tuple]):
+    """Install ``contribution`` on the DiT block ``keys`` of ``patcher`` (already a clone).
+
+    The patcher keeps one router (copy-on-write: a new router replaces the old one in the clone's own
+    list) and one output patch; other packs' ``attn1_patch`` entries stay where they were.
+    """
+    keys = [tuple(k) for k in keys]
+    if any(len(k) != 3 or k[0] not in ("double", "single") for k in keys):
+        raise InputError(f"DiT block keys are ('double' | 'single', index, 0), got {keys[:3]}")
+    to = patcher.model_options["transformer_options"]
+    patches = to.get("patches", {})
+    current = list(patches.get("attn1_patch", []))
+    at = next((i for i, p in enumerate(current) if is_joint_router(p)), None)
+    if at is None:
+        patcher.set_model_patch(JointRouter().with_contribution(contribution, keys), "attn1_patch")
+        patcher.set_model_patch(JointOutput(), "attn1_output_patch")
+        return patcher
+    current[at] = current[at].with_contribution(contribution, keys)
+    to = dict(patcher.model_options["transformer_options"])
+    to["patches"] = dict(to.get("patches", {}), attn1_patch=current)
+    patcher.model_options["transformer_options"] = to
+    return patcher
+
+
+def joint_contributions(model_options: dict) -> list:
+    """The contributions of the model's DiT router (empty when it has none)."""
+    for p in model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", []):
+        if is_joint_router(p):
+            return [c for c, _ in p.entries]
+    return []
