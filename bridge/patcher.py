@@ -40,7 +40,7 @@ class BridgePatcher:
 
     # --- ModelPatcher surface -------------------------------------------------------------------
     def clone(self) -> "BridgePatcher":
-        n = BridgePatcher.__new__(BridgePatcher)
+        n = type(self).__new__(type(self))
         n.unet, n.model_sampling, n._keys = self.unet, self.model_sampling, self._keys
         n.model_options = copy.deepcopy(self.model_options)
         return n

@@ -9,7 +9,8 @@ import torch
 def calc_cond_batch(patcher, conds: list, x: torch.Tensor, sigma: torch.Tensor, split: bool = False):
     """Denoised x0 for each entry of ``conds`` (0 = cond, 1 = uncond order as in ComfyUI).
 
-    ``conds`` is a list of context tensors (batch like ``x``) in the order [cond, uncond]. Batched
+    ``conds`` is a list of context tensors (batch like ``x``) in the order [cond, uncond], or of dicts
+    of model inputs (``c_crossattn`` and, for Flux, ``y`` and ``guidance``), each batched like ``x``. Batched
     like ComfyUI (one call, chunks in ``cond_or_uncond`` order) or, with ``split``, one call each,
     as ComfyUI does when memory is low.
     """
@@ -22,12 +23,13 @@ def calc_cond_batch(patcher, conds: list, x: torch.Tensor, sigma: torch.Tensor, 
         to["cond_or_uncond"] = group[:]
         xin = torch.cat([x] * len(group))
         sig = torch.cat([sigma] * len(group))
-        ctx = torch.cat([conds[i] for i in group])
+        parts = [conds[i] if isinstance(conds[i], dict) else {"c_crossattn": conds[i]} for i in group]
         to["sigmas"] = sig
-        c = {"c_crossattn": ctx, "transformer_options": to}
+        c = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        c["transformer_options"] = to
 
         def apply(input_x, timestep, c_crossattn, transformer_options, **kw):
-            return patcher.apply_model(input_x, timestep, c_crossattn, transformer_options)
+            return patcher.apply_model(input_x, timestep, c_crossattn, transformer_options, **kw)
 
         if "model_function_wrapper" in mo:
             res = mo["model_function_wrapper"](
@@ -52,8 +54,9 @@ def sample_euler(denoise: Callable, x: torch.Tensor, sigmas: torch.Tensor, callb
     return x
 
 
-def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0, split: bool = False):
-    """Sample from ``noise * sigmas[0]`` with classifier-free guidance, ComfyUI's cfg semantics.
+def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0, split: bool = False, start=None):
+    """Sample from ``noise * sigmas[0]`` (or from ``start``, the latent at ``sigmas[0]`` itself: a flow
+    model's ``sigma * noise``, an inverted latent) with classifier-free guidance, ComfyUI's cfg semantics.
 
     As in ComfyUI, cfg == 1 skips the unconditional pass unless the patcher's model_options set
     ``disable_cfg1_optimization``.
@@ -70,4 +73,4 @@ def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0
             return res[0]
         return res[1] + (res[0] - res[1]) * cfg
 
-    return sample_euler(denoise, noise * sigmas[0], sigmas)
+    return sample_euler(denoise, noise * sigmas[0] if start is None else start, sigmas)

@@ -1,8 +1,10 @@
-"""Discrete SD noise schedule in sigma space, matching ComfyUI's ``ModelSamplingDiscrete`` (eps).
-
-x = x0 + sigma * eps; the UNet sees x / sqrt(sigma^2 + 1) and the timestep nearest to sigma.
+"""Noise schedules in sigma space, matching ComfyUI's: ``DiscreteSchedule`` (SD, eps prediction:
+x = x0 + sigma * eps; the UNet sees x / sqrt(sigma^2 + 1) and the timestep nearest to sigma) and
+``FlowSchedule`` (Flux, flow matching), with the ``ddim_uniform`` and ``simple`` schedulers.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -47,7 +49,63 @@ class DiscreteSchedule(torch.nn.Module):
     def calculate_denoised(self, sigma, eps, x):
         return x - eps * sigma.view(-1, *[1] * (x.ndim - 1))
 
+    def noise_scaling(self, sigma, noise, latent, max_denoise=False):
+        return noise * ((1.0 + sigma ** 2) ** 0.5 if max_denoise else sigma) + latent
+
     def ddim_sigmas(self, steps: int) -> torch.Tensor:
         """ComfyUI's ``ddim_uniform`` scheduler: high to low, ending in 0."""
         from ..models.inversion import ddim_uniform_sigmas
         return ddim_uniform_sigmas(self, steps)
+
+
+def flux_time_shift(mu: float, t):
+    """Flux's resolution shift of the flow time ``t`` in (0, 1]: exp(mu) / (exp(mu) + 1/t - 1)."""
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+class FlowSchedule(torch.nn.Module):
+    """Flow-matching schedule of Flux (ComfyUI's ``ModelSamplingFlux`` + ``CONST``).
+
+    x_sigma = (1 - sigma) * x0 + sigma * noise; the model predicts the velocity v = noise - x0 and sees
+    x itself with timestep sigma; denoised x0 = x - sigma * v. ``shift`` is Flux's mu (1.15 default).
+    """
+
+    def __init__(self, shift: float = 1.15, timesteps: int = 10000):
+        super().__init__()
+        self.shift = shift
+        t = torch.arange(1, timesteps + 1, 1) / timesteps
+        self.register_buffer("sigmas", flux_time_shift(shift, t).float())
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(flux_time_shift(self.shift, torch.tensor(1.0 - percent)))
+
+    def calculate_input(self, sigma, x):
+        return x
+
+    def calculate_denoised(self, sigma, v, x):
+        return x - v * sigma.view(-1, *[1] * (x.ndim - 1))
+
+    def noise_scaling(self, sigma, noise, latent, max_denoise=False):
+        return sigma * noise + (1.0 - sigma) * latent
+
+
+def simple_sigmas(model_sampling, steps: int) -> torch.Tensor:
+    """ComfyUI's ``simple`` scheduler: ``steps`` evenly spaced entries of the model's sigma table, then 0."""
+    s = model_sampling.sigmas
+    ss = len(s) / steps
+    return torch.tensor([float(s[-(1 + int(x * ss))]) for x in range(steps)] + [0.0], dtype=torch.float32)

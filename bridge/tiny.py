@@ -197,3 +197,18 @@ def write_official_dvae_pickles(encoder, decoder, folder) -> None:
     finally:
         for n in names:
             sys.modules.pop(n, None)
+
+
+def tiny_flux(seed: int = 0, double: int = 2, single: int = 2, heads: int = 2, head_dim: int = 16,
+              latent_channels: int = 4, context_dim: int = 32, pooled_dim: int = 16, guidance: bool = True):
+    """Flux.1 layout (double then single joint-attention blocks, 3-axis RoPE, guidance embedding), tiny widths.
+
+    The latent has ``latent_channels`` channels (Flux.1: 16) packed 2x2 into tokens."""
+    from diffusers import FluxTransformer2DModel
+    torch.manual_seed(seed)
+    axes = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=latent_channels * 4, num_layers=double, num_single_layers=single,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=context_dim,
+        pooled_projection_dim=pooled_dim, guidance_embeds=guidance, axes_dims_rope=axes,
+    ).eval()

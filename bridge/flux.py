@@ -1,0 +1,144 @@
+"""A ModelPatcher-shaped host around a diffusers ``FluxTransformer2DModel`` (the DiT twin of
+:class:`~.patcher.BridgePatcher`).
+
+Its attention processor calls ComfyUI's joint-attention hooks the way ComfyUI's Flux blocks do
+(``comfy/ldm/flux/layers.py``): every ``attn1_patch`` gets ``(q, k, v, pe=, attn_mask=,
+extra_options=)`` with q, k, v ``(batch, heads, txt + img, dim_head)`` after QK-norm and before RoPE,
+``pe`` in ComfyUI's rotation layout, and ``extra_options`` holding ``block_type``, ``block_index``,
+``total_blocks`` and ``img_slice``; then RoPE and attention; then every ``attn1_output_patch``.
+A block with no hook, or whose hooks change nothing, runs diffusers' own FluxAttnProcessor code, so
+an idle patch is bit-identical to the unpatched transformer. The transformer's processors are
+swapped in for one call and restored after; the model is never left modified.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..attention.functional import merge_heads
+from ..attention.rope import apply_rope, embed_ids
+from .patcher import BridgePatcher
+from .schedule import FlowSchedule
+
+
+def split_attention(q, k, v, heads, mask=None):
+    """The bridge's attention on split heads (batch, heads, tokens, dim) -> (batch, tokens, heads * dim)."""
+    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
+
+
+def patchify(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latent -> (B, H/2 * W/2, C * 4) tokens, ComfyUI's and diffusers' packing."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpatchify(t: torch.Tensor, shape) -> torch.Tensor:
+    b, c, h, w = shape
+    return t.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def image_ids(h: int, w: int, device=None) -> torch.Tensor:
+    """Flux's image position ids for an (h, w) token grid: (h*w, 3) = [0, row, column]."""
+    ids = torch.zeros(h, w, 3, device=device)
+    ids[..., 1] = torch.arange(h, device=device)[:, None]
+    ids[..., 2] = torch.arange(w, device=device)[None, :]
+    return ids.reshape(h * w, 3)
+
+
+class JointProcessor:
+    """Replaces diffusers' FluxAttnProcessor for one block during a :class:`FluxBridgePatcher` call."""
+
+    def __init__(self, state: dict, block_type: str, index: int, total: int):
+        self.state, self.block_type, self.index, self.total = state, block_type, index, total
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+        to = self.state["transformer_options"]
+        patches = to.get("patches", {})
+        pre, post = patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
+        if not pre and not post:
+            return FluxAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+        def heads(t):
+            return t.unflatten(-1, (-1, attn.head_dim))
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        double = encoder_hidden_states is not None
+        if double:
+            e = encoder_hidden_states
+            eq, ek, ev = heads(attn.add_q_proj(e)), heads(attn.add_k_proj(e)), heads(attn.add_v_proj(e))
+            q, k, v = (torch.cat([a, b], dim=1) for a, b in ((attn.norm_added_q(eq), q), (attn.norm_added_k(ek), k), (ev, v)))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, tokens, dim): ComfyUI's layout
+        extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
+        extra.update(block_type=self.block_type, block_index=self.index, total_blocks=self.total,
+                     img_slice=[self.state["txt_len"], q.shape[2]], stylekit_default_attention=split_attention)
+        pe, mask, changed = self.state["pe"], attention_mask, False
+        for p in pre:
+            out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
+            changed = changed or bool(out)
+            q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
+        if changed:
+            if pe is not None:
+                q, k = apply_rope(q, pe), apply_rope(k, pe)
+            out = split_attention(q, k, v, attn.heads, mask)
+        else:  # diffusers' own rotation and attention call: bit-identical to the unpatched block
+            from diffusers.models.attention_dispatch import dispatch_attention_fn
+            from diffusers.models.embeddings import apply_rotary_emb
+            qd, kd, vd = (t.transpose(1, 2) for t in (q, k, v))
+            qd = apply_rotary_emb(qd, image_rotary_emb, sequence_dim=1)
+            kd = apply_rotary_emb(kd, image_rotary_emb, sequence_dim=1)
+            out = dispatch_attention_fn(qd, kd, vd, attn_mask=mask).flatten(2, 3).to(qd.dtype)
+        for p in post:
+            out = p(out, extra)
+        if not double:
+            return out
+        t0 = encoder_hidden_states.shape[1]
+        txt, img = out[:, :t0], out[:, t0:]
+        img = attn.to_out[1](attn.to_out[0](img.contiguous()))
+        return img, attn.to_add_out(txt.contiguous())
+
+
+class FluxBridgePatcher(BridgePatcher):
+    """The subset of ComfyUI's ModelPatcher StyleKit uses, over a diffusers ``FluxTransformer2DModel``.
+
+    ``apply_model(x, sigma, context, transformer_options, y=, guidance=)`` takes the latent
+    (B, C, H, W), the T5 context, the pooled CLIP vector ``y`` and Flux-dev's ``guidance``, and returns
+    the denoised x0 under the flow schedule, like ComfyUI's ``BaseModel.apply_model`` for Flux.
+    """
+
+    def __init__(self, transformer, model_sampling: FlowSchedule | None = None):
+        super().__init__(transformer, model_sampling or FlowSchedule())
+
+    def _processors(self, state):
+        t = self.unet
+        procs = {}
+        for kind, blocks, prefix in (("double", t.transformer_blocks, "transformer_blocks"),
+                                     ("single", t.single_transformer_blocks, "single_transformer_blocks")):
+            for i in range(len(blocks)):
+                procs[f"{prefix}.{i}.attn.processor"] = JointProcessor(state, kind, i, len(blocks))
+        return procs
+
+    def apply_model(self, x, sigma, context, transformer_options=None, y=None, guidance=None, **unused):
+        t = self.unet
+        to = dict(transformer_options if transformer_options is not None
+                  else self.model_options["transformer_options"])
+        to.setdefault("sigmas", sigma)
+        b, c, h, w = x.shape
+        img_ids = image_ids(h // 2, w // 2, x.device)
+        txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
+        pe = embed_ids(torch.cat([txt_ids, img_ids])[None], t.config.axes_dims_rope, 10000)
+        state = {"transformer_options": to, "pe": pe, "txt_len": context.shape[1]}
+        saved = t.attn_processors
+        t.set_attn_processor(self._processors(state))
+        try:
+            dtype = t.dtype
+            if y is None:
+                y = torch.zeros(b, t.config.pooled_projection_dim, device=x.device)
+            if guidance is None and t.config.guidance_embeds:
+                guidance = torch.full((b,), 3.5, device=x.device)
+            v = t(hidden_states=patchify(x).to(dtype), encoder_hidden_states=context.to(dtype),
+                  pooled_projections=y.to(dtype), timestep=self.model_sampling.timestep(sigma).to(dtype),
+                  img_ids=img_ids, txt_ids=txt_ids, guidance=None if guidance is None else guidance.to(dtype)).sample
+        finally:
+            t.set_attn_processor(saved)
+        return self.model_sampling.calculate_denoised(sigma, unpatchify(v.float(), x.shape), x)
