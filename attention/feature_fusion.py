@@ -76,7 +76,7 @@ def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 @movable("store", "mask")
 def feature_fusion_contribution(store, settings: FusionSettings, projections: dict, weight: float = 1.0,
-                                mask=None, sigma_start=math.inf, sigma_end=0.0, name="feature_fusion") -> Contribution:
+                                mask=None, sigma_start=math.inf, sigma_end=0.0, name="feature_fusion", block_weights=None) -> Contribution:
     """attn1 contribution reading the content (row 0) and style (row 1) states from ``store``.
 
     ``projections`` maps each 3-part key to that layer's attention module (``attention_modules``);
@@ -109,7 +109,7 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
         return out
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
-                        info={"store": store, "settings": settings})
+                        block_weights=dict(block_weights or {}), info={"store": store, "settings": settings})
 
 
 class FeatureRecorder:

@@ -60,10 +60,13 @@ class FeatureStore:
         return any(_close(sigma, s) for s in sorted(all_sigmas, reverse=True)[:n])
 
     def record(self, key, sigma, h):
-        """Keep ``h`` (rows: content, style), the attn1 input of block ``key`` at ``sigma``."""
+        """Keep ``h`` (rows: content, style), the attn1 input of block ``key`` at ``sigma``; on a DiT, a
+        dict of the references' image-token q/k/v (see :class:`~stylekit.attention.joint_fusion.DiTRecorder`)."""
         target = self.current if self.policy.mode == "recompute" else self.features
-        target[(tuple(key), self._key(sigma))] = h.detach().to(dtype=self.policy.dtype,
-                                                               device=self.policy.device or h.device)
+
+        def keep(t):
+            return t.detach().to(dtype=self.policy.dtype, device=self.policy.device or t.device)
+        target[(tuple(key), self._key(sigma))] = {n: keep(t) for n, t in h.items()} if isinstance(h, dict) else keep(h)
 
     def lookup(self, key, sigma):
         table = self.current if self.policy.mode == "recompute" else self.features
@@ -82,11 +85,13 @@ class FeatureStore:
         if self.policy.device is None:
             for table in (self.features, self.current):
                 for k, t in table.items():
-                    table[k] = t.to(device)
+                    table[k] = {n: x.to(device) for n, x in t.items()} if isinstance(t, dict) else t.to(device)
         return self
 
     def size_bytes(self) -> int:
-        tensors = list(self.features.values()) + list(self.current.values())
+        tensors = []
+        for t in list(self.features.values()) + list(self.current.values()):
+            tensors.extend(t.values() if isinstance(t, dict) else [t])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def free(self):

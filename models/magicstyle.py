@@ -1,6 +1,7 @@
 """MagicStyle / StyleID orchestration, host-agnostic (ComfyUI ModelPatcher or BridgePatcher).
 
-1. :func:`invert_pair` DDIM-inverts the content and style latents in ONE batched pass and fills a
+1. :func:`invert_pair` inverts the content and style latents in ONE batched pass (DDIM on SD; on Flux the
+   same Euler step of the flow, walked up the sigma schedule) and fills a
    :class:`FeatureStore` with the attn1 inputs of the chosen layers (or, in ``recompute`` mode, keeps
    only the model inputs per sigma).
 2. :func:`fusion_model` returns a clone of the model whose chosen attn1 layers run Feature Fusion
@@ -15,9 +16,22 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.feature_fusion import FusionSettings, feature_fusion_contribution, recording_patch
+from ..attention.adapter_attention import TEACHER_CHUNKS
+from ..attention.feature_fusion import (
+    FusionSettings,
+    feature_fusion_contribution,
+    recording_patch,
+)
+from ..attention.joint import add_joint_contribution
+from ..attention.joint_fusion import DiTRecorder, joint_fusion_contribution
 from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
-from ..attention.router import add_contribution, as_device, move_to, moved_patch, patch_models
+from ..attention.router import (
+    add_contribution,
+    as_device,
+    move_to,
+    moved_patch,
+    patch_models,
+)
 from ..errors import InputError
 from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
@@ -41,16 +55,23 @@ class Inversion:
     store: FeatureStore
     context: torch.Tensor        # the conditioning the references were inverted with, (2, T, C)
     extra_conds: dict = None     # further model inputs (SDXL: y), batch 2
-    family: str = ""             # the model it was made with: "sd15" | "sdxl"
+    family: str = ""             # the model it was made with: "sd15" | "sdxl" | "flux"
     widths: dict = None          # stored layer -> its attention width in that model
+    grid: tuple = None           # DiT: the image-token rows and columns (a MASK is resized to them)
 
     def __deepcopy__(self, memo):
         return self
 
 
-def _recorder(model, store):
+FAMILIES = ("sd15", "sdxl", "flux")
+
+
+def _recorder(model, store, dit: bool):
     m = model.clone()
-    m.set_model_attn1_patch(recording_patch(store))
+    if dit:  # the joint-attention hook of DiT blocks: q, k, v before RoPE
+        m.set_model_patch(DiTRecorder(store), "attn1_patch")
+    else:
+        m.set_model_attn1_patch(recording_patch(store))
     return m
 
 
@@ -71,10 +92,12 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.T
     """Invert the latents ``x0`` (N, C, H, W) in one batch, recording their features (rows in order)."""
     n = x0.shape[0]
     layers = model_layers(model)
-    layers.require("sd15", "sdxl", method="DDIM inversion with a feature store")
+    layers.require(*FAMILIES, method="Inversion with a feature store")
+    if layers.is_dit and n != 2:
+        raise InputError(f"a DiT inversion records one content and one style image (batch 2), got {n}")
     policy.layers = tuple(policy.layers) or tuple(layers.select("all"))
     store = FeatureStore(policy, sigmas=[float(s) for s in sigmas[:-1]])
-    rec = _recorder(model, store)
+    rec = _recorder(model, store, layers.is_dit)
     ctx = context.expand(n, -1, -1) if context.shape[0] == 1 else context
     extra = {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in (extra_conds or {}).items()}
     all_sigmas = store.sigmas
@@ -92,7 +115,8 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.T
 
     result = ddim_invert(eps_fn, x0, sigmas, callback=progress)
     widths = {k: layers.by_key(k).channels for k in policy.layers}
-    return Inversion(result, store, ctx, extra, layers.family, widths)
+    grid = (x0.shape[-2] // 2, x0.shape[-1] // 2) if layers.is_dit else None
+    return Inversion(result, store, ctx, extra, layers.family, widths, grid)
 
 
 def check_inversion_fits(inv: Inversion, model) -> None:
@@ -116,15 +140,22 @@ def start_latent(inv: Inversion, adain: bool = True) -> torch.Tensor:
 
 
 def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float = 1.0, mask=None,
-                 sigma_start=math.inf, sigma_end=0.0):
-    """A clone of ``model`` whose recorded layers fuse content and style features in attn1."""
+                 sigma_start=math.inf, sigma_end=0.0, block_weights=None):
+    """A clone of ``model`` whose recorded layers fuse content and style features in attn1 (SD) or in
+    joint attention (Flux); ``block_weights`` multiplies ``weight`` per block key (2- or 3-part)."""
     store = inv.store
     keys = list(store.policy.layers)
     check_inversion_fits(inv, model)
-    modules = attention_modules(model, "attn1")
-    m = _recorder(model, store) if store.policy.mode == "recompute" else model.clone()
-    add_contribution(m, feature_fusion_contribution(store, settings, {k: modules[k] for k in keys}, weight, mask,
-                                                    sigma_start, sigma_end), keys, "attn1")
+    dit = model_layers(model).is_dit
+    m = _recorder(model, store, dit) if store.policy.mode == "recompute" else model.clone()
+    if dit:
+        add_joint_contribution(m, joint_fusion_contribution(store, settings, weight, mask, inv.grid, sigma_start,
+                                                            sigma_end, block_weights=block_weights), keys)
+    else:
+        modules = attention_modules(model, "attn1")
+        add_contribution(m, feature_fusion_contribution(store, settings, {k: modules[k] for k in keys}, weight, mask,
+                                                        sigma_start, sigma_end, block_weights=block_weights),
+                         keys, "attn1")
     if store.policy.mode == "recompute":
         m.set_model_unet_function_wrapper(RecomputeWrapper(
             store, inv.result.inputs, inv.context, inv.extra_conds or {},
@@ -160,6 +191,7 @@ class RecomputeWrapper:
         store = self.store
         sigma = float(args["timestep"].reshape(-1)[0])
         to = dict(args["c"].get("transformer_options", self.transformer_options))
+        to.pop(TEACHER_CHUNKS, None)  # the references run alone, with no teacher rows beside them
         x_ref = _nearest(self.inputs, sigma)
         dev = args["input"].device
         sig = torch.full((2,), sigma, device=dev, dtype=x_ref.dtype)

@@ -14,6 +14,8 @@ import math
 import torch
 
 from ..attention.adapter_attention import adapter_contribution
+from ..attention.joint import add_joint_contribution, joint_contributions
+from ..attention.joint_teacher import joint_teacher_contribution
 from ..attention.layers import model_layers, register_layer_set
 from ..attention.router import add_contribution, installed_patch
 from ..attention.teacher import TeacherWrapper, teacher_layout_contribution
@@ -84,14 +86,22 @@ def style_adapter_model(model, adapter: StyleAdapter, style_features: torch.Tens
     return m
 
 
-def teacher_model(model, fraction: float, fallback_sigma: float):
-    """A clone whose first ``fraction`` of steps runs a teacher sample beside the stylised one."""
+def teacher_model(model, fraction: float, fallback_sigma: float, prompt_tokens: int | None = None):
+    """A clone whose first ``fraction`` of steps runs a teacher sample beside the stylised one.
+
+    On a DiT (Flux) the teacher acts in joint attention (:mod:`..attention.joint_teacher`); ``prompt_tokens``
+    is the prompt's context length before style tokens (Redux), which the teacher must not see."""
     layers = model_layers(model)
+    layers.require("sd15", "sdxl", "flux", method="StyleKit Teacher Layout")
     m = model.clone()
     previous = m.model_options.get("model_function_wrapper")
     if isinstance(previous, TeacherWrapper):  # a second Teacher Layout node re-sets the fraction
         previous = previous.previous
     m.set_model_unet_function_wrapper(TeacherWrapper(fraction, fallback_sigma, previous))
+    if layers.is_dit:
+        if not any(c.name == "teacher_layout" for c in joint_contributions(m.model_options)):
+            add_joint_contribution(m, joint_teacher_contribution(prompt_tokens), layers.keys)
+        return m
     first = installed_patch(m.model_options, "attn1", layers.keys[0])
     if not any(c.name == "teacher_layout" for c in getattr(first, "contributions", ())):
         add_contribution(m, teacher_layout_contribution(), layers.keys, "attn1")

@@ -92,18 +92,49 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
     pooled output and the size embedding), exactly as its samplers build them.
     """
     ctx, opts = conditioning[0][0][:1].to(device), conditioning[0][1]
-    if not hasattr(model, "model"):  # BridgePatcher: the diffusers UNet takes the context only
-        return ctx, {}
+    if not hasattr(model, "model"):  # bridge: a diffusers UNet takes the context only; Flux the pooled vector and guidance too
+        if type(model.unet).__name__ != "FluxTransformer2DModel":
+            return ctx, {}
+        pooled = opts.get("pooled_output")
+        extra = {"guidance": torch.tensor([float(opts.get("guidance", 3.5))], device=device)}
+        if pooled is not None:
+            extra["y"] = pooled[:1].to(device)
+        return ctx, extra
     params = dict(opts, cross_attn=ctx, device=device, noise=latent, prompt_type="positive")
     params.setdefault("width", latent.shape[-1] * 8)
     params.setdefault("height", latent.shape[-2] * 8)
     conds = model.model.extra_conds(**params)
-    unknown = sorted(set(conds) - {"c_crossattn", "y"})
+    unknown = sorted(set(conds) - {"c_crossattn", "y", "guidance"})
     if unknown:
         raise UnsupportedModelError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
-                                    "StyleKit inversion supports plain SD1.5 / SDXL text-to-image models")
-    extra = {"y": conds["y"].cond[:1].to(device)} if "y" in conds else {}
+                                    "StyleKit inversion supports plain SD1.5 / SDXL / Flux.1 text-to-image models")
+    extra = {n: conds[n].cond[:1].to(device) for n in ("y", "guidance") if n in conds}
     return conds["c_crossattn"].cond[:1].to(device), extra
+
+
+class StartNoise:
+    """A NOISE (SamplerCustomAdvanced's input) that makes the sampler start exactly at ``x_start``, a latent
+    at ``sigma`` in model space (an inverted latent): the sampler scales noise and latent with the model's
+    own ``noise_scaling`` (flow models: sigma * noise + (1 - sigma) * latent, which ignores the latent at
+    sigma 1), so the noise returned is ``x_start`` solved out of that linear map for the given latent."""
+
+    seed = 0
+
+    def __init__(self, model, x_start: torch.Tensor, sigma: float):
+        self.model, self.x_start, self.sigma = model, x_start.detach().cpu(), float(sigma)
+
+    def generate_noise(self, input_latent):
+        samples = input_latent["samples"]
+        if tuple(samples.shape[-2:]) != tuple(self.x_start.shape[-2:]):
+            raise InputError(f"start_noise is for a {tuple(self.x_start.shape[-2:])} latent, the sampler's latent_image "
+                             f"is {tuple(samples.shape[-2:])}: give it the content latent that was inverted")
+        ms = model_sampling(self.model)
+        sigma = torch.tensor(self.sigma)
+        latent = latent_in(self.model, samples.float().cpu())
+        max_denoise = math.isclose(float(ms.sigma_max), self.sigma, rel_tol=1e-05) or self.sigma > float(ms.sigma_max)
+        offset = ms.noise_scaling(sigma, torch.zeros_like(latent), latent, max_denoise)
+        scale = ms.noise_scaling(sigma, torch.ones_like(latent), torch.zeros_like(latent), max_denoise)
+        return ((self.x_start - offset) / scale).expand(samples.shape[0], *self.x_start.shape[1:]).contiguous()
 
 
 def register_folder(name: str, extensions=(".safetensors",)) -> None:

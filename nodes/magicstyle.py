@@ -1,20 +1,63 @@
-"""MagicStyle / StyleID nodes: DDIM Invert (content + style, one pass) and Feature Fusion."""
+"""MagicStyle / StyleID nodes: Invert (content + style, one pass) and Feature Fusion, on SD1.5 / SDXL / Flux.1."""
 import torch
 
 from ..attention.feature_fusion import PRESETS, STYLEID_BLOCKS, FusionSettings
-from ..attention.layers import model_layers
+from ..attention.layers import UnsupportedModelError, model_layers, parse_block_weights
+from ..bridge.schedule import simple_sigmas
 from ..models.feature_store import StorePolicy
-from ..models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
+from ..models.magicstyle import (
+    FAMILIES,
+    ddim_uniform_sigmas,
+    fusion_model,
+    invert_pair,
+    start_latent,
+)
 from . import checks, comfy_glue
 from .checks import MASK_TOOLTIP, boundary
 
-BLOCK_SETS = {"output 6-11 (StyleID)": STYLEID_BLOCKS, "output (all decoder)": "output", "all": "all"}
+
+def dit_default_blocks(layers):
+    """Flux's default: the double blocks from a third of their depth on (Flux.1: double 6-18, 13 blocks), chosen so
+    that recompute mode holds one step of features in under 2 GB at 1024 px (fp16); which blocks carry style
+    on a DiT is an empirical question (issue 15), so every set is offered."""
+    double = layers.select("double")
+    return double[len(double) // 3:]
+
+
+BLOCK_SETS = {  # name -> (UNet blocks, DiT blocks); None: not for that kind of model
+    "auto (SD: output 6-11, Flux: late double)": (STYLEID_BLOCKS, dit_default_blocks),
+    "output 6-11 (StyleID)": (STYLEID_BLOCKS, None),
+    "output (all decoder)": ("output", None),
+    "late double (Flux)": (None, dit_default_blocks),
+    "double (Flux)": (None, "double"),
+    "single (Flux)": (None, "single"),
+    "all": ("all", "all"),
+}
+MODES = {"auto (SD: store, Flux: recompute)": ("store", "recompute"), "store": ("store", "store"),
+         "recompute": ("recompute", "recompute")}
+
+
+def blocks_for(layers, name: str) -> list:
+    spec = BLOCK_SETS[name][1 if layers.is_dit else 0]
+    if spec is None:
+        fits = [n for n, v in BLOCK_SETS.items() if v[1 if layers.is_dit else 0] is not None]
+        raise UnsupportedModelError(f"store_blocks {name!r} is not for a {'Flux' if layers.is_dit else 'UNet'} model; "
+                                    f"choose one of: {', '.join(fits)}")
+    return spec(layers) if callable(spec) else layers.select(spec)
+
+
+def inversion_sigmas(model, layers, steps: int) -> torch.Tensor:
+    """The schedule inverted over: ComfyUI's ``ddim_uniform`` on SD, ``simple`` on flow models (Flux's usual)."""
+    ms = comfy_glue.model_sampling(model)
+    return simple_sigmas(ms, steps) if layers.is_dit else ddim_uniform_sigmas(ms, steps)
 
 
 class StyleKitDDIMInvert:
     CATEGORY = "StyleKit/MagicStyle"
-    DESCRIPTION = ("DDIM-inverts a content and a style latent in one batched pass with the model's own "
-                   "schedule (ddim_uniform), recording the self-attention inputs for Feature Fusion. SD1.5 and SDXL.")
+    DESCRIPTION = ("Inverts a content and a style latent in one batched pass along the model's own schedule "
+                   "(SD: DDIM on ddim_uniform; Flux: the flow's Euler step on the simple scheduler, with the "
+                   "conditioning's guidance), recording the self-attention features for Feature Fusion. "
+                   "SD1.5, SDXL and Flux.1.")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
@@ -25,29 +68,29 @@ class StyleKitDDIMInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.5/SDXL model to invert with (the one you sample with). StyleID and MagicStyle were published on SD1.5."}),
+            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL or Flux.1 (dev / schnell). StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
-            "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt."}),
-            "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "DDIM steps; the sampler must use the same (use the sigmas output)."}),
-            "store_blocks": (list(BLOCK_SETS), {"default": "output 6-11 (StyleID)", "tooltip": "Self-attention layers whose inputs are stored (q/k/v are their projections) and fused."}),
+            "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
+            "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "Inversion steps; the sampler must use the same (use the sigmas output). Flux-dev is usually sampled in 20-30."}),
+            "store_blocks": (list(BLOCK_SETS), {"default": "auto (SD: output 6-11, Flux: late double)", "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. The '(Flux)' sets are for Flux only, the 'output' sets for SD only."}),
             "store_dtype": (["fp16", "fp32"], {"default": "fp16", "tooltip": "Precision of stored features (fp16 halves memory)."}),
             "store_device": (["model device", "cpu"], {"default": "model device", "tooltip": "Keep features on the GPU or offload them to CPU memory."}),
-            "mode": (["store", "recompute"], {"default": "store", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory, ~2x compute)."}),
+            "mode": (list(MODES), {"default": "auto (SD: store, Flux: recompute)", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory; each step also runs the two references). Flux stores are large (13 blocks x 28 steps at 1024 px: 46 GB), hence recompute there by default."}),
         }}
 
     @boundary
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode):
         layers = model_layers(model)
-        layers.require("sd15", "sdxl", method="StyleKit DDIM Invert")
+        layers.require(*FAMILIES, method="StyleKit DDIM Invert")
+        blocks = blocks_for(layers, store_blocks)
         device = comfy_glue.load(model)
         c = comfy_glue.latent_in(model, content["samples"][:1].to(device))
         s = comfy_glue.latent_in(model, style["samples"][:1].to(device))
         ctx, extra = comfy_glue.model_conds(model, conditioning, c, device)
-        policy = StorePolicy(layers=tuple(layers.select(BLOCK_SETS[store_blocks])),
-                             dtype=torch.float16 if store_dtype == "fp16" else torch.float32,
-                             device="cpu" if store_device == "cpu" else None, mode=mode)
-        sigmas = ddim_uniform_sigmas(comfy_glue.model_sampling(model), steps)
+        policy = StorePolicy(layers=tuple(blocks), dtype=torch.float16 if store_dtype == "fp16" else torch.float32,
+                             device="cpu" if store_device == "cpu" else None, mode=MODES[mode][int(layers.is_dit)])
+        sigmas = inversion_sigmas(model, layers, steps)
         inv = invert_pair(model, c, s, ctx, sigmas.to(device), policy, progress=comfy_glue.progress(steps),
                           extra_conds=extra)
         return (inv, {"samples": comfy_glue.latent_out(model, inv.result.latent).cpu()}, sigmas)
@@ -58,18 +101,23 @@ class StyleKitFeatureFusion:
     DESCRIPTION = ("Feature Fusion Attention on the inverted layers: q' = gamma*q_content + (1-gamma)*q, "
                    "K/V from the style (plus the content's at mass content_kv), logits x temperature. "
                    "StyleID: gamma 0.75, T 1.5, style K/V only. MagicStyle (our reading of the paper): "
-                   "gamma 0.75, T 1.0, content and style K/V at equal mass.")
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "start_latent")
+                   "gamma 0.75, T 1.0, content and style K/V at equal mass. On Flux.1 the same acts on the image "
+                   "tokens of joint attention (the references' keys at their own RoPE positions); the text tokens "
+                   "and the image tokens' reading of the prompt stay as they were.")
+    RETURN_TYPES = ("MODEL", "LATENT", "NOISE")
+    RETURN_NAMES = ("model", "start_latent", "start_noise")
     OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",
                        "Start latent: the content's inverted latent, AdaIN-ed to the style's if enabled. "
-                       "Sample it with SamplerCustom, add_noise off, on the inversion's sigmas.")
+                       "SD: sample it with SamplerCustom, add_noise off, on the inversion's sigmas.",
+                       "The same start as a NOISE for SamplerCustomAdvanced (its latent_image: the content latent), "
+                       "on the inversion's sigmas. Flux needs this one: a flow sampler's add_noise-off start "
+                       "multiplies the latent by 1 - sigma, which is 0 at Flux's first sigma.")
     FUNCTION = "apply"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model the references were inverted with."}),
+            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL or Flux.1)."}),
             "inversion": ("STYLEKIT_INVERSION", {"tooltip": "From StyleKit DDIM Invert."}),
             "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": "StyleID or MagicStyle settings; custom uses the three values below."}),
             "gamma": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "custom only: query preservation (weight of the content's query)."}),
@@ -82,16 +130,19 @@ class StyleKitFeatureFusion:
         }, "optional": {
             "mask": ("MASK", {"tooltip": "Where the fusion acts: 1 (white) = styled, 0 = plain self-attention (e.g. black over a face to keep it)." + MASK_TOOLTIP}),
             "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."}),
+            "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of weight among the inverted blocks, e.g. 'output 9=0.5' (SD) or 'double 10=0, single 3=0.5' (Flux); empty: all 1."}),
         }}
 
     @boundary
     def apply(self, model, inversion, preset, gamma, temperature, content_kv, weight, adain_start,
-              start_percent, end_percent, mask=None, invert_mask=False):
+              start_percent, end_percent, mask=None, invert_mask=False, block_weights=""):
         settings = PRESETS[preset] if preset in PRESETS else FusionSettings(gamma, temperature, content_kv)
         hi, lo = comfy_glue.percent_window(model, start_percent, end_percent)
         if mask is not None:  # one content image was inverted: one mask
             mask = checks.mask_for(mask, 1, what="inverted content image")[0]
             mask = 1 - mask if invert_mask else mask
-        m = fusion_model(model, inversion, settings, weight, mask, hi, lo)
+        weights = parse_block_weights(block_weights, model_layers(model))
+        m = fusion_model(model, inversion, settings, weight, mask, hi, lo, weights)
         x = start_latent(inversion, adain_start)
-        return (m, {"samples": comfy_glue.latent_out(model, x).cpu()})
+        noise = comfy_glue.StartNoise(model, x, float(inversion.result.sigmas[0]))
+        return (m, {"samples": comfy_glue.latent_out(model, x).cpu()}, noise)

@@ -13,7 +13,7 @@ def test_nodes_chain_on_the_bridge(sd15, roundoff):
                                                         "fp16", "cpu", "store")
     assert inverted["samples"].shape == (2, 4, 16, 16) and len(sigmas) == 5 and float(sigmas[-1]) == 0
     assert all(t.device.type == "cpu" and t.dtype == torch.float16 for t in inv.store.features.values())
-    model, start = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
+    model, start, _ = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
                                                  mask=torch.zeros(1, 64, 64))
     summary = StyleKitPatchMap().run(model)[1]
     assert "output 6.0 attn1: feature_fusion w=1" in summary and "feature_record" not in summary  # store mode
@@ -48,7 +48,7 @@ def test_an_inversion_refuses_another_model_and_another_latent_size(sd15, sdxl):
                                                  "cpu", "store")
     with pytest.raises(UnsupportedModelError, match="made with an sd15 model; this model is sdxl"):
         StyleKitFeatureFusion().apply(sdxl, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
-    model, start = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
+    model, start, _ = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
     with pytest.raises(InputError, match="stored 64 tokens at block .* this sampling has 256"):
         with torch.no_grad():
             sample_euler_cfg(model, torch.randn(1, 4, 32, 32, generator=g), sigmas, cond[0][0])

@@ -32,7 +32,7 @@ def test_sdxl_inversion_feeds_y_and_fusion_samples_with_core_sampler(comfy_nodes
     inv2 = StyleKitDDIMInvert().invert(model, content, style, sdxl_conditioning(1), 4, "output (all decoder)",
                                        "fp32", "cpu", "store")[0]
     assert (inv2.result.latent - inv.result.latent).abs().max() > 1e-4
-    fused, start = StyleKitFeatureFusion().apply(model, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
+    fused, start, _ = StyleKitFeatureFusion().apply(model, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)
     sampler = comfy.samplers.sampler_object("euler")
     out = cs.SamplerCustom().sample(fused, False, 0, 1.0, cond, cond, sampler, sigmas, start)[0]
     plain = cs.SamplerCustom().sample(model, False, 0, 1.0, cond, cond, sampler, sigmas, start)[0]

@@ -1,0 +1,161 @@
+"""Feature Fusion Attention (StyleID / MagicStyle) on DiT joint attention, image tokens only.
+
+The references' image-token q, k, v of a block (recorded before RoPE while they were inverted:
+content q_c, k_c, v_c and style k_s, v_s) enter the block's joint attention as follows, with R the
+rotation of the image positions (the references have the same size as the sample, so each reference
+key sits at the position of its own image token):
+
+    image queries   q' = T * (gamma * R q_c + (1 - gamma) * R q_img)
+    keys, values    [k_txt ; R k_s ; R k_c]   [v_txt ; v_s ; v_c]    (the content part when content_kv > 0,
+                                                                  its logits + log(content_kv))
+    text queries    plain joint attention, as unpatched (the method leaves the prompt's tokens alone)
+
+so the image tokens keep reading the prompt (the text keys) while their own keys and values are the
+style's (StyleID) or the style's and content's (MagicStyle), and the temperature T scales the image
+queries' logits. The host computes the main call (all queries over the new keys); the text rows are
+then replaced by their plain attention, computed through the host's attention on the text queries
+only. A weight below 1 or a MASK blends ``plain + mask * weight * (fused - plain)`` on the image
+tokens, which needs the plain attention of every row (one more attention call).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import InputError
+from .feature_fusion import FusionSettings
+from .joint import JointQKV, dit_key
+from .router import Contribution, as_device, current_sigma, movable
+
+
+def token_mask(mask: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """(H, W) MASK -> (1, grid_h * grid_w, 1) image-token weights, area-averaged."""
+    m = mask.reshape(1, 1, *mask.shape[-2:]).float()
+    return torch.nn.functional.interpolate(m, size=tuple(grid), mode="area").reshape(1, -1, 1)
+
+
+def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:
+    """The joint call whose image rows run Feature Fusion (text rows are fixed up by the caller).
+
+    ``refs``: ``q_c``, ``k_s``, ``v_s`` (and ``k_c``, ``v_c`` when ``s.content_kv > 0``), each
+    ``(1, heads, image tokens, dim_head)``, before RoPE.
+    """
+    q, k, v = call.q, call.k, call.v
+    b, t0 = q.shape[0], call.txt
+    dtype = q.dtype
+
+    def ref(name, rotate=True):
+        x = refs[name].to(device=q.device, dtype=dtype)
+        return (call.rotate_img(x) if rotate else x).expand(b, -1, -1, -1)
+
+    q_img = q[:, :, t0:call.img[1]]
+    if s.gamma:
+        q_img = s.gamma * ref("q_c") + (1.0 - s.gamma) * q_img
+    if s.temperature != 1.0:
+        q_img = q_img * s.temperature
+    keys, values = [k[:, :, :t0], ref("k_s")], [v[:, :, :t0], ref("v_s", rotate=False)]
+    if s.content_kv > 0:
+        keys.append(ref("k_c"))
+        values.append(ref("v_c", rotate=False))
+    k2, v2 = torch.cat(keys, dim=2), torch.cat(values, dim=2)
+    mask = None
+    n_s = refs["k_s"].shape[2]
+    if call.mask is not None or (s.content_kv > 0 and s.content_kv != 1.0):
+        parts = []
+        lq = q.shape[2]
+        if call.mask is not None:  # the block's own mask still applies to the text keys
+            m = call.mask.to(dtype)
+            parts.append(m[..., :t0].expand(*m.shape[:-2], lq, t0) if m.shape[-2] == 1 else m[..., :t0])
+            lead = parts[0].shape[:-1]
+        else:
+            parts.append(torch.zeros(1, 1, lq, t0, dtype=dtype, device=q.device))
+            lead = (1, 1, lq)
+        parts.append(torch.zeros(*lead, n_s, dtype=dtype, device=q.device))
+        if s.content_kv > 0:
+            parts.append(torch.full((*lead, refs["k_c"].shape[2]), math.log(s.content_kv), dtype=dtype, device=q.device))
+        mask = torch.cat(parts, dim=-1)
+    return call.replace(q=torch.cat([q[:, :, :t0], q_img], dim=2), k=k2, v=v2, mask=mask)
+
+
+def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.0, token_weights=None) -> JointQKV:
+    """The main call for the host, with the output fix-up registered on ``call`` (see the module doc)."""
+    main = fused_call(call, refs, s)
+    t0, t1 = call.img
+    if weight == 1.0 and token_weights is None:
+        if t0:
+            text = call.attention(call.q[:, :, :t0], call.k, call.v, _rows(call.mask, 0, t0))
+
+            def fix_text(attn):
+                attn = attn.clone()
+                attn[:, :t0] = text.to(attn.dtype)
+                return attn
+            main.after(fix_text)
+        return main
+    plain = call.attention(call.q, call.k, call.v, call.mask)
+
+    def blend(attn):
+        out = plain.to(attn.dtype).clone()
+        m = weight if token_weights is None else weight * token_weights.to(device=attn.device, dtype=attn.dtype)
+        out[:, t0:t1] = plain[:, t0:t1] + m * (attn[:, t0:t1] - plain[:, t0:t1])
+        return out
+    main.after(blend)
+    return main
+
+
+def _rows(mask, start, end):
+    if mask is None or mask.shape[-2] == 1:
+        return mask
+    return mask[..., start:end, :]
+
+
+@movable("store", "mask")
+def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1.0, mask=None, grid=None,
+                              sigma_start=math.inf, sigma_end=0.0, name="feature_fusion", block_weights=None) -> Contribution:
+    """DiT contribution reading the references' features of the block from ``store`` (see :class:`DiTRecorder`).
+
+    ``mask`` (H, W) with ``grid`` (the image-token rows and columns) spares where it is 0.
+    """
+
+    def apply(call: JointQKV, call_next, w):
+        if store.recording:  # the references themselves are being run (recompute mode)
+            return call_next(call)
+        key = dit_key(call.extra)
+        refs = store.lookup(key, current_sigma(call.extra))
+        n_img = call.img[1] - call.img[0]
+        if refs["k_s"].shape[2] != n_img:
+            raise InputError(f"Feature Fusion: the inversion stored {refs['k_s'].shape[2]} image tokens at block "
+                             f"{key[0]} {key[1]}, this sampling has {n_img}: sample a latent of the inverted size")
+        tokens = None if mask is None else token_mask(mask.to(call.q.device), grid)
+        return call_next(fuse_joint(call, refs, settings, w, tokens))
+
+    return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
+                        block_weights=dict(block_weights or {}), info={"store": store, "settings": settings})
+
+
+class DiTRecorder:
+    """An ``attn1_patch`` that records the references' image-token q, k, v (before RoPE) into ``store``
+    while ``store.recording`` is set, on the store's blocks; rows: 0 content, 1 style. Changes nothing."""
+
+    def __init__(self, store):
+        self.store = store
+        self.layers = set(store.policy.layers)
+
+    def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
+        if self.store.recording:
+            key = dit_key(extra_options)
+            if key in self.layers:
+                t0, t1 = extra_options["img_slice"]
+                self.store.record(key, current_sigma(extra_options), {
+                    "q_c": q[0:1, :, t0:t1], "k_c": k[0:1, :, t0:t1], "v_c": v[0:1, :, t0:t1],
+                    "k_s": k[1:2, :, t0:t1], "v_s": v[1:2, :, t0:t1]})
+        return {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        device = as_device(device_or_dtype)
+        if device is not None:
+            self.store.move_to(device)
+        return self

@@ -1,0 +1,232 @@
+"""DiT joint attention (Flux): the router, Feature Fusion and the teacher against explicit references.
+
+The references here rotate with complex numbers (an independent form of RoPE from the pack's 2x2
+matrices) and compute softmax attention in float64 over explicitly built key sets.
+"""
+import math
+
+import pytest
+import torch
+from stylekit.attention.adapter_attention import TEACHER_CHUNKS
+from stylekit.attention.feature_fusion import PRESETS, FusionSettings
+from stylekit.attention.joint import (
+    JointOutput,
+    JointRouter,
+    add_joint_contribution,
+    dit_key,
+)
+from stylekit.attention.joint_fusion import (
+    fuse_joint,
+    joint_fusion_contribution,
+    token_mask,
+)
+from stylekit.attention.joint_teacher import joint_teacher_contribution
+from stylekit.attention.rope import apply_rope, embed_ids
+from stylekit.attention.router import Contribution
+
+H, D, TXT, GH, GW = 2, 8, 3, 3, 4
+THETA = 10000
+AXES = (2, 2, 4)
+IMG = GH * GW
+L = TXT + IMG
+
+
+def ids():
+    img = torch.zeros(GH, GW, 3)
+    img[..., 1] = torch.arange(GH)[:, None]
+    img[..., 2] = torch.arange(GW)[None, :]
+    return torch.cat([torch.zeros(TXT, 3), img.reshape(-1, 3)])
+
+
+def complex_rotate(x, pos):
+    """RoPE as complex multiplication: channel pairs (2i, 2i+1) of each axis band turned by pos * theta^(-2i/d)."""
+    xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
+    angles = []
+    for a, d in enumerate(AXES):
+        freqs = THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        angles.append(pos[:, a, None].double() * freqs)
+    ang = torch.cat(angles, dim=-1)  # (tokens, D/2)
+    return torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)).reshape(x.shape)
+
+
+def softmax_attention(q, k, v, bias=None):
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    return torch.softmax(logits, -1) @ v
+
+
+def merged(x):  # (B, H, N, D) -> (B, N, H*D)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def host_run(router, q, k, v, pe, extra):
+    """What ComfyUI's Flux block does around the hooks: patch, RoPE (if pe is left), attention, output patch."""
+    out = router(q, k, v, pe=pe, attn_mask=None, extra_options=extra)
+    q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", None)))
+    if pe is not None:
+        q, k = apply_rope(q, pe), apply_rope(k, pe)
+    attn = merged(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    return JointOutput()(attn, extra)
+
+
+def extra_for(block=("double", 0), sigma=0.5, cond_or_uncond=(0,)):
+    return {"block_type": block[0], "block_index": block[1], "img_slice": [TXT, L], "sigmas": torch.tensor([sigma]),
+            "cond_or_uncond": list(cond_or_uncond)}
+
+
+class Store:
+    recording = False
+
+    def __init__(self, refs):
+        self.refs = refs
+
+    def lookup(self, key, sigma):
+        return self.refs
+
+    def move_to(self, device):
+        return self
+
+
+def random_refs(g):
+    return {n: torch.randn(1, H, IMG, D, generator=g, dtype=torch.float64).float() for n in ("q_c", "k_c", "v_c", "k_s", "v_s")}
+
+
+@pytest.mark.parametrize("preset", ["StyleID", "MagicStyle", "custom"])
+def test_joint_fusion_matches_explicit_reference_with_its_own_rope(preset):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, H, L, D, generator=g) for _ in range(3))
+    refs = random_refs(g)
+    s = PRESETS.get(preset, FusionSettings(gamma=0.4, temperature=1.3, content_kv=2.5))
+    pe = embed_ids(ids()[None], AXES, THETA)
+    router = JointRouter().with_contribution(joint_fusion_contribution(Store(refs), s), [("double", 0, 0)])
+    got = host_run(router, q, k, v, pe, extra_for())
+
+    pos = ids()
+    pos_img = pos[TXT:]
+    rq, rk = complex_rotate(q, pos), complex_rotate(k, pos)
+    ref = {n: complex_rotate(t, pos_img) if n in ("q_c", "k_c", "k_s") else t.double() for n, t in refs.items()}
+    text = softmax_attention(rq[:, :, :TXT], rk, v.double())
+    q_img = s.temperature * (s.gamma * ref["q_c"] + (1 - s.gamma) * rq[:, :, TXT:])
+    keys = [rk[:, :, :TXT], ref["k_s"].expand(2, -1, -1, -1)]
+    vals = [v[:, :, :TXT].double(), ref["v_s"].expand(2, -1, -1, -1)]
+    bias = torch.zeros(TXT + IMG + (IMG if s.content_kv else 0), dtype=torch.float64)
+    if s.content_kv:
+        keys.append(ref["k_c"].expand(2, -1, -1, -1))
+        vals.append(ref["v_c"].expand(2, -1, -1, -1))
+        bias[TXT + IMG:] = math.log(s.content_kv)
+    img = softmax_attention(q_img, torch.cat(keys, 2), torch.cat(vals, 2), bias)
+    want = merged(torch.cat([text, img], dim=2))
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)  # float32 attention over <= 27 keys
+
+
+def test_identical_references_with_gamma_1_and_t_1_is_plain_attention():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, H, L, D, generator=g) for _ in range(3))
+    img = slice(TXT, L)
+    refs = {"q_c": q[:, :, img], "k_c": k[:, :, img], "v_c": v[:, :, img], "k_s": k[:, :, img], "v_s": v[:, :, img]}
+    pe = embed_ids(ids()[None], AXES, THETA)
+    plain = host_run(JointRouter(), q, k, v, pe, extra_for())
+    fused = JointRouter().with_contribution(joint_fusion_contribution(Store(refs), FusionSettings(1.0, 1.0, 0.0)),
+                                            [("double", 0, 0)])
+    torch.testing.assert_close(host_run(fused, q, k, v, pe, extra_for()), plain, atol=1e-6, rtol=1e-5)
+
+
+def test_text_tokens_keep_their_plain_output_and_image_tokens_change():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, H, L, D, generator=g) for _ in range(3))
+    pe = embed_ids(ids()[None], AXES, THETA)
+    plain = host_run(JointRouter(), q, k, v, pe, extra_for())
+    router = JointRouter().with_contribution(joint_fusion_contribution(Store(random_refs(g)), PRESETS["MagicStyle"]),
+                                             [("single", 1, 0)])
+    got = host_run(router, q, k, v, pe, extra_for(("single", 1)))
+    torch.testing.assert_close(got[:, :TXT], plain[:, :TXT], atol=1e-6, rtol=1e-5)
+    assert (got[:, TXT:] - plain[:, TXT:]).abs().mean() > 0.05
+
+
+def test_mask_spares_its_region_and_weight_blends():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, H, L, D, generator=g) for _ in range(3))
+    pe = embed_ids(ids()[None], AXES, THETA)
+    refs = random_refs(g)
+    plain = host_run(JointRouter(), q, k, v, pe, extra_for())
+    full = host_run(JointRouter().with_contribution(joint_fusion_contribution(Store(refs), PRESETS["StyleID"]),
+                                                    [("double", 0, 0)]), q, k, v, pe, extra_for())
+    mask = torch.zeros(GH * 8, GW * 8)
+    mask[:, GW * 4:] = 1  # the right half acts
+    masked = host_run(JointRouter().with_contribution(
+        joint_fusion_contribution(Store(refs), PRESETS["StyleID"], mask=mask, grid=(GH, GW)), [("double", 0, 0)]),
+        q, k, v, pe, extra_for())
+    right = token_mask(mask, (GH, GW)).reshape(-1) > 0.5
+    torch.testing.assert_close(masked[:, TXT:][:, ~right], plain[:, TXT:][:, ~right], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(masked[:, TXT:][:, right], full[:, TXT:][:, right], atol=1e-5, rtol=1e-5)
+    half = host_run(JointRouter().with_contribution(
+        joint_fusion_contribution(Store(refs), PRESETS["StyleID"], weight=0.5), [("double", 0, 0)]), q, k, v, pe, extra_for())
+    torch.testing.assert_close(half[:, TXT:], 0.5 * (plain[:, TXT:] + full[:, TXT:]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(half[:, :TXT], plain[:, :TXT], atol=1e-6, rtol=1e-5)
+
+
+def test_router_is_idle_outside_window_weight_zero_and_other_blocks():
+    calls = []
+
+    def apply(call, call_next, w):
+        calls.append(dit_key(call.extra))
+        return call_next(call)
+    c = Contribution("probe", apply, sigma_start=0.8, sigma_end=0.2, block_weights={("double", 1): 0.0})
+    router = JointRouter().with_contribution(c, [("double", 0, 0), ("double", 1, 0)])
+    q = k = v = torch.zeros(1, H, L, D)
+    pe = embed_ids(ids()[None], AXES, THETA)
+    assert router(q, k, v, pe=pe, extra_options=extra_for(("double", 0), sigma=0.9)) == {}
+    assert router(q, k, v, pe=pe, extra_options=extra_for(("double", 1), sigma=0.5)) == {}
+    assert router(q, k, v, pe=pe, extra_options=extra_for(("single", 0), sigma=0.5)) == {}
+    out = router(q, k, v, pe=pe, extra_options=extra_for(("double", 0), sigma=0.5))
+    assert calls == [("double", 0, 0)] and out["pe"] is None
+
+
+def test_teacher_uses_the_teacher_map_on_image_rows_and_hides_style_tokens():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, H, L, D, generator=g) for _ in range(3))  # row 0 stylised, row 1 teacher
+    pe = embed_ids(ids()[None], AXES, THETA)
+    prompt = 2  # context tokens [2, TXT) are style tokens (Redux)
+    router = JointRouter().with_contribution(joint_teacher_contribution(prompt), [("double", 0, 0)])
+    extra = dict(extra_for(cond_or_uncond=(0, 0)), **{TEACHER_CHUNKS: 1})  # as the wrapper doubles the chunks
+    got = host_run(router, q, k, v, pe, extra)
+    pos = ids()
+    rq, rk, vd = complex_rotate(q, pos), complex_rotate(k, pos), v.double()
+    hide = torch.zeros(L, dtype=torch.float64)
+    hide[prompt:TXT] = float("-inf")
+    teacher = softmax_attention(rq[1:], rk[1:], vd[1:], hide)
+    styled_img = softmax_attention(rq[1:, :, TXT:], rk[1:], vd[0:1], hide)
+    styled_txt = softmax_attention(rq[0:1, :, :TXT], rk[0:1], vd[0:1])
+    want = torch.cat([merged(torch.cat([styled_txt, styled_img], 2)), merged(teacher)])
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    without = host_run(router, q, k, v, pe, extra_for())  # no teacher rows this step: plain
+    torch.testing.assert_close(without, host_run(JointRouter(), q, k, v, pe, extra_for()), atol=1e-6, rtol=1e-5)
+
+
+def test_add_joint_contribution_keeps_one_router_copy_on_write_and_foreign_patches():
+    from stylekit.bridge.patcher import BridgePatcher
+    base = BridgePatcher(torch.nn.Linear(1, 1))
+    foreign = lambda q, k, v, pe=None, attn_mask=None, extra_options=None: {}  # noqa: E731
+    base.set_model_patch(foreign, "attn1_patch")
+    a = base.clone()
+    add_joint_contribution(a, Contribution("one", None), [("double", 0, 0)])
+    b = a.clone()
+    add_joint_contribution(b, Contribution("two", None), [("single", 0, 0)])
+    la, lb = (m.model_options["transformer_options"]["patches"]["attn1_patch"] for m in (a, b))
+    assert la[0] is foreign and lb[0] is foreign and len(la) == len(lb) == 2
+    assert [c.name for c, _ in la[1].entries] == ["one"] and [c.name for c, _ in lb[1].entries] == ["one", "two"]
+    assert len(b.model_options["transformer_options"]["patches"]["attn1_output_patch"]) == 1
+    with pytest.raises(ValueError, match="DiT block keys"):
+        add_joint_contribution(b, Contribution("bad", None), [("output", 3, 0)])
+
+
+def test_fuse_joint_without_text_tokens_needs_no_fix_up():
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, H, IMG, D, generator=g) for _ in range(3))
+    from stylekit.attention.joint import JointQKV
+    pe = embed_ids(ids()[None, TXT:], AXES, THETA)
+    extra = {"img_slice": [0, IMG]}
+    call = JointQKV(q, k, v, None, 0, (0, IMG), pe, extra)
+    fuse_joint(call, random_refs(g), PRESETS["StyleID"])
+    assert "stylekit_joint_after" not in extra
