@@ -58,7 +58,8 @@ class JointQKV:
 
     @property
     def img_pe(self) -> torch.Tensor:
-        return token_slice(self.pe, *self.img)
+        """Rotations of the image tokens, one batch row (the host may repeat them per row; positions agree)."""
+        return token_slice(self.pe[:1], *self.img)
 
     def rotate_img(self, x: torch.Tensor) -> torch.Tensor:
         """Image-token queries or keys of a reference (batch, heads, img tokens, dim) at the image positions."""

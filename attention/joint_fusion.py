@@ -26,6 +26,7 @@ import torch
 from ..errors import InputError
 from .feature_fusion import FusionSettings
 from .joint import JointQKV, dit_key
+from ..models.feature_store import ReferencesDone
 from .router import Contribution, as_device, current_sigma, movable
 
 
@@ -140,6 +141,7 @@ class DiTRecorder:
     def __init__(self, store):
         self.store = store
         self.layers = set(store.policy.layers)
+        self.last = tuple(store.policy.layers[-1]) if store.policy.layers else None  # in the model's block order
 
     def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
         if self.store.recording:
@@ -149,6 +151,8 @@ class DiTRecorder:
                 self.store.record(key, current_sigma(extra_options), {
                     "q_c": q[0:1, :, t0:t1], "k_c": k[0:1, :, t0:t1], "v_c": v[0:1, :, t0:t1],
                     "k_s": k[1:2, :, t0:t1], "v_s": v[1:2, :, t0:t1]})
+                if self.store.stop_early and key == self.last:
+                    raise ReferencesDone
         return {}
 
     def __deepcopy__(self, memo):

@@ -163,8 +163,21 @@ def diffusion_model_of(model):
     return model
 
 
+def has_joint_hooks(block) -> bool:
+    """Whether a ComfyUI DiT block calls ``attn1_patch`` (ComfyUI 0.16.4, March 2026, added it to Flux)."""
+    import inspect
+    try:
+        cls = block if isinstance(block, type) else type(block)
+        return "attn1_patch" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # no source to read (a compiled install): trust it
+        return True
+
+
 def _comfy_flux(dm) -> list[LayerInfo]:
     """ComfyUI's ``comfy.ldm.flux.model.Flux`` (Flux.1 dev / schnell and their fine-tunes)."""
+    if not has_joint_hooks(dm.double_blocks[0]):
+        raise UnsupportedModelError("this ComfyUI's Flux blocks have no attention hooks (attn1_patch), which StyleKit's "
+                                    "Flux support patches through: update ComfyUI to 0.16.4 (March 2026) or later")
     out = []
     for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)):
         for i, b in enumerate(blocks):

@@ -31,6 +31,11 @@ class MissingStepError(InputError):
     """A sampler sigma the inversion stored no features for."""
 
 
+class ReferencesDone(Exception):
+    """Raised by a recorder once the last stored block has been recorded in a recompute pass: the rest of
+    the references' forward pass would compute nothing that is used (caught by the recompute wrapper)."""
+
+
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-4 * max(1.0, abs(b))
 
@@ -42,6 +47,7 @@ class FeatureStore:
     features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
     recording: bool = False
     current: dict = field(default_factory=dict)      # recompute mode: this step's features
+    stop_early: bool = False                         # recompute pass: stop after the last stored block
 
     def __deepcopy__(self, memo):  # shared by every clone of a patched model, never copied
         return self
@@ -97,3 +103,12 @@ class FeatureStore:
     def free(self):
         self.features.clear()
         self.current.clear()
+
+
+DIT_TENSORS = 5  # a DiT store keeps the references' image-token q_c, k_c, v_c, k_s, v_s per block and step
+
+
+def dit_store_bytes(blocks: int, image_tokens: int, width: int, steps: int, element_bytes: int = 2) -> int:
+    """Bytes a DiT feature store holds for ``blocks`` blocks over ``steps`` steps (recompute mode: 1 step):
+    five (image_tokens, width) tensors per block and step. Flux.1-dev at 1024 px: 4096 tokens, width 3072."""
+    return DIT_TENSORS * blocks * steps * image_tokens * width * element_bytes

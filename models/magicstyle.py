@@ -33,7 +33,7 @@ from ..attention.router import (
     patch_models,
 )
 from ..errors import InputError
-from .feature_store import FeatureStore, StorePolicy, _close
+from .feature_store import FeatureStore, ReferencesDone, StorePolicy, _close
 from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
 
 
@@ -157,6 +157,7 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
                                                         sigma_start, sigma_end, block_weights=block_weights),
                          keys, "attn1")
     if store.policy.mode == "recompute":
+        store.stop_early = dit  # only the blocks up to the last stored one need to run for the references
         m.set_model_unet_function_wrapper(RecomputeWrapper(
             store, inv.result.inputs, inv.context, inv.extra_conds or {},
             m.model_options["transformer_options"], m.model_options.get("model_function_wrapper")))
@@ -202,6 +203,8 @@ class RecomputeWrapper:
             with torch.no_grad():
                 apply_model(x_ref.to(dev), sig, c_crossattn=self.context.to(dev),
                             transformer_options=dict(to, sigmas=sig, cond_or_uncond=[0]), **extra)
+        except ReferencesDone:  # a DiT recorder stops the pass after the last stored block
+            pass
         finally:
             store.recording = False
         if self.inner is not None:

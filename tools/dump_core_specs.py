@@ -16,9 +16,14 @@ from pathlib import Path
 CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEncode", "LoadImage", "VAEEncode",
               "VAEDecode", "SamplerCustom", "KSamplerSelect", "ImageScale", "SplitSigmas", "CLIPVisionLoader",
               "KSampler", "EmptyLatentImage", "ImageBatch", "InvertMask", "CLIPLoader", "ControlNetLoader",
-              "ControlNetApplyAdvanced", "Canny"]
+              "ControlNetApplyAdvanced", "Canny",
+              # Flux graphs
+              "UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "SamplerCustomAdvanced", "BasicGuider",
+              "BasicScheduler", "RandomNoise", "EmptySD3LatentImage", "CLIPVisionEncode", "StyleModelLoader",
+              "StyleModelApply"]
 KEEP = ("default", "min", "max", "control_after_generate")
-COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader")  # choices that do not depend on model files
+COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader", "DualCLIPLoader", "BasicScheduler",
+               "CLIPVisionEncode", "StyleModelApply")  # choices that do not depend on model files
 
 
 def dump(comfyui_path: str) -> tuple[str, dict]:

@@ -273,3 +273,99 @@ def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
         for nid in workflow:
             run(nid)
     return results
+
+
+FLUX_TINY = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=16, context_in_dim=32,
+                 hidden_size=32, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6],
+                 theta=10000, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
+
+
+def comfy_flux_tiny(seed: int = 0):
+    """ComfyUI's own Flux (comfy.ldm.flux.model.Flux) at tiny widths, random weights, as a ModelPatcher."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+    mc = comfy.supported_models.Flux({k: v for k, v in FLUX_TINY.items() if k in fields})  # older ComfyUIs lack some
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.Flux(mc, device=torch.device("cpu"))
+    seed_weights(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def diffusers_flux_from_comfy(patcher):
+    """The bridge's FluxTransformer2DModel holding the weights of a tiny ComfyUI Flux (ComfyUI's own key map)."""
+    import comfy.utils
+    from stylekit.bridge.tiny import tiny_flux
+    c = FLUX_TINY
+    t = tiny_flux(double=c["depth"], single=c["depth_single_blocks"], heads=c["num_heads"],
+                  head_dim=c["hidden_size"] // c["num_heads"], latent_channels=c["in_channels"],
+                  context_dim=c["context_in_dim"], pooled_dim=c["vec_in_dim"])
+    sd = patcher.model.diffusion_model.state_dict()
+    out = {}
+    for dk, ck in comfy.utils.flux_to_diffusers(dict(c)).items():
+        name = ck if isinstance(ck, str) else ck[0]
+        if name not in sd:  # ControlNet-only entries of the map
+            continue
+        w = sd[name]
+        if not isinstance(ck, str):  # (key, (dim, offset, size)): a slice of a fused tensor; (key, None, fn): converted
+            if ck[1] is not None:
+                w = w.narrow(*ck[1])
+            if len(ck) > 2:
+                w = ck[2](w)
+        out[dk] = w
+    own = t.state_dict()
+    missing, _ = t.load_state_dict({k: v for k, v in out.items() if k in own}, strict=False)  # the map also names Flux.2's
+    assert not missing, missing
+    return t.eval()
+
+
+class FluxClipStandin:
+    """DualCLIPLoader(type flux) stand-in: T5-like context (1, 8, 32) and a pooled CLIP-L-like vector (1, 16)."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens, **kw):
+        import hashlib
+        g = torch.Generator().manual_seed(int(hashlib.sha1(tokens.encode()).hexdigest()[:8], 16))
+        return [[torch.randn(1, 8, 32, generator=g), {"pooled_output": torch.randn(1, 16, generator=g)}]]
+
+
+class FluxVaeStandin:
+    """Flux VAE stand-in: 16 latent channels at 1/8 size (pooled pixels and their moments), and back."""
+
+    def encode(self, pixels):
+        import torch.nn.functional as F
+        p = F.avg_pool2d(pixels[..., :3].movedim(-1, 1), 8) * 2 - 1
+        return torch.cat([p] * 5 + [p.mean(1, keepdim=True)], 1)
+
+    def decode(self, samples):
+        import torch.nn.functional as F
+        return ((F.interpolate(samples[:, :3], scale_factor=8) + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+def flux_standins(tmp_dir):
+    """Loader stand-ins for the Flux workflows (core Flux nodes, samplers and Redux run as ComfyUI's own)."""
+    import comfy.sd
+    from comfy.ldm.flux.redux import ReduxImageEncoder
+    from stylekit.bridge.tiny import tiny_clip_vision
+    out = standins(comfy_flux_tiny, tmp_dir)
+    clip_vision = tiny_clip_vision()
+    redux = ReduxImageEncoder(redux_dim=clip_vision.config.hidden_size, txt_in_features=FLUX_TINY["context_in_dim"])
+    seed_weights(redux, 1)
+    vae = FluxVaeStandin()
+    out.update({
+        "UNETLoader": lambda unet_name, weight_dtype="default": (comfy_flux_tiny(),),
+        "DualCLIPLoader": lambda clip_name1, clip_name2, type, device="default": (FluxClipStandin(),),
+        "VAELoader": lambda vae_name: (vae,),
+        "CLIPVisionLoader": lambda clip_name: (comfy_clip_vision_tiny(tmp_dir, clip_vision),),
+        "StyleModelLoader": lambda style_model_name: (comfy.sd.StyleModel(redux),),
+    })
+    for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
+        del out[k]  # the real nodes, on the stand-in CLIP and VAE
+    return out
