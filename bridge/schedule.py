@@ -9,14 +9,8 @@ import math
 import torch
 
 
-class DiscreteSchedule(torch.nn.Module):
-    def __init__(self, linear_start=0.00085, linear_end=0.012, timesteps=1000):
-        super().__init__()
-        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        self.register_buffer("sigmas", sigmas.float())
-        self.register_buffer("log_sigmas", sigmas.log().float())
+class SigmaTable(torch.nn.Module):
+    """A schedule's sigma table (``sigmas``, low to high), as ComfyUI's model_sampling objects hold it."""
 
     @property
     def sigma_min(self):
@@ -25,6 +19,16 @@ class DiscreteSchedule(torch.nn.Module):
     @property
     def sigma_max(self):
         return self.sigmas[-1]
+
+
+class DiscreteSchedule(SigmaTable):
+    def __init__(self, linear_start=0.00085, linear_end=0.012, timesteps=1000):
+        super().__init__()
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
 
     def timestep(self, sigma):
         dists = sigma.log().reshape(-1, 1) - self.log_sigmas.to(sigma.device).reshape(1, -1)
@@ -63,7 +67,7 @@ def flux_time_shift(mu: float, t):
     return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
 
 
-class FlowSchedule(torch.nn.Module):
+class FlowSchedule(SigmaTable):
     """Flow-matching schedule of Flux (ComfyUI's ``ModelSamplingFlux`` + ``CONST``).
 
     x_sigma = (1 - sigma) * x0 + sigma * noise; the model predicts the velocity v = noise - x0 and sees
@@ -75,14 +79,6 @@ class FlowSchedule(torch.nn.Module):
         self.shift = shift
         t = torch.arange(1, timesteps + 1, 1) / timesteps
         self.register_buffer("sigmas", flux_time_shift(shift, t).float())
-
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
 
     def timestep(self, sigma):
         return sigma
