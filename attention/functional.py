@@ -34,6 +34,11 @@ def sdpa_attention(q, k, v, heads: int, mask: torch.Tensor | None = None, scale:
     return merge_heads(out).to(q.dtype)
 
 
+def split_sdpa_attention(q, k, v, heads: int | None = None, mask=None):
+    """Fused attention on split heads ``(batch, heads, tokens, dim_head)`` -> ``(batch, tokens, heads * dim_head)``."""
+    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
+
+
 def explicit_attention(q, k, v, heads: int, mask=None, scale=None):
     """Reference implementation with an explicit softmax; tests compare fused paths against it."""
     qh, kh, vh = (split_heads(t, heads).double() for t in (q, k, v))
@@ -71,7 +76,7 @@ def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = Non
         return fn(q, k, v, heads, mask=mask, attn_precision=extra_options.get("attn_precision"),
                   transformer_options=extra_options, **extra)
     if skip_reshape:
-        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
+        return split_sdpa_attention(q, k, v, heads, mask)
     return sdpa_attention(q, k, v, heads, mask)
 
 

@@ -32,7 +32,7 @@ import torch
 from ..errors import InputError
 from .functional import host_attention
 from .rope import host_rope, token_slice
-from .router import Contribution, as_device, current_sigma
+from .router import Contribution, active_chain, as_device, current_sigma
 
 AFTER = "stylekit_joint_after"  # extra_options key: fix-ups the output patch runs, per block call
 
@@ -73,6 +73,25 @@ class JointQKV:
         """Run ``fix(attn) -> attn`` on this call's attention output (before the output projection)."""
         self.extra.setdefault(AFTER, []).append(fix)
 
+    def keep_text_plain(self, rows: int | None = None) -> None:
+        """Give the text queries of batch rows ``[0, rows)`` (all by default) their plain attention after
+        the main call: computed now over this call's own keys and values, on the text rows only."""
+        t0 = self.txt
+        if not t0:
+            return
+        n = self.q.shape[0] if rows is None else rows
+        mask = self.mask
+        if mask is not None:
+            mask = mask[:n] if mask.shape[0] == self.q.shape[0] else mask
+            mask = mask if mask.shape[-2] == 1 else mask[..., :t0, :]
+        text = self.attention(self.q[:n, :, :t0], self.k[:n], self.v[:n], mask)
+
+        def plain_text_rows(attn):
+            attn = attn.clone()
+            attn[:n, :t0] = text.to(attn.dtype)
+            return attn
+        self.after(plain_text_rows)
+
 
 class JointRouter:
     """``attn1_patch`` of a DiT model patcher (its output fix-ups run in :class:`JointOutput`)."""
@@ -98,13 +117,7 @@ class JointRouter:
         return []
 
     def active(self, key, extra_options) -> list:
-        sigma = current_sigma(extra_options)
-        out = []
-        for c, keys in self.entries:
-            w = c.weight_for(key)
-            if key in keys and w != 0 and c.active_at(sigma):
-                out.append((c, w))
-        return out
+        return active_chain([c for c, keys in self.entries if key in keys], key, current_sigma(extra_options))
 
     def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
         extra = extra_options
@@ -156,24 +169,25 @@ def add_joint_contribution(patcher, contribution: Contribution, keys: Iterable[t
     keys = [tuple(k) for k in keys]
     if any(len(k) != 3 or k[0] not in ("double", "single") for k in keys):
         raise InputError(f"DiT block keys are ('double' | 'single', index, 0), got {keys[:3]}")
-    to = patcher.model_options["transformer_options"]
-    patches = to.get("patches", {})
-    current = list(patches.get("attn1_patch", []))
-    at = next((i for i, p in enumerate(current) if is_joint_router(p)), None)
-    if at is None:
+    router = joint_router(patcher.model_options)
+    if router is None:
         patcher.set_model_patch(JointRouter().with_contribution(contribution, keys), "attn1_patch")
         patcher.set_model_patch(JointOutput(), "attn1_output_patch")
         return patcher
-    current[at] = current[at].with_contribution(contribution, keys)
     to = dict(patcher.model_options["transformer_options"])
-    to["patches"] = dict(to.get("patches", {}), attn1_patch=current)
+    current = [router.with_contribution(contribution, keys) if p is router else p for p in to["patches"]["attn1_patch"]]
+    to["patches"] = dict(to["patches"], attn1_patch=current)
     patcher.model_options["transformer_options"] = to
     return patcher
 
 
+def joint_router(model_options: dict) -> JointRouter | None:
+    """The model's StyleKit DiT router, if it has one."""
+    patches = model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
+    return next((p for p in patches if is_joint_router(p)), None)
+
+
 def joint_contributions(model_options: dict) -> list:
     """The contributions of the model's DiT router (empty when it has none)."""
-    for p in model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", []):
-        if is_joint_router(p):
-            return [c for c, _ in p.entries]
-    return []
+    router = joint_router(model_options)
+    return [] if router is None else [c for c, _ in router.entries]

@@ -24,16 +24,10 @@ import math
 import torch
 
 from ..errors import InputError
-from .feature_fusion import FusionSettings
-from .joint import JointQKV, dit_key
 from ..models.feature_store import ReferencesDone
-from .router import Contribution, as_device, current_sigma, movable
-
-
-def token_mask(mask: torch.Tensor, grid: tuple) -> torch.Tensor:
-    """(H, W) MASK -> (1, grid_h * grid_w, 1) image-token weights, area-averaged."""
-    m = mask.reshape(1, 1, *mask.shape[-2:]).float()
-    return torch.nn.functional.interpolate(m, size=tuple(grid), mode="area").reshape(1, -1, 1)
+from .feature_fusion import FeatureRecorder, FusionSettings, resize_mask
+from .joint import JointQKV, dit_key
+from .router import Contribution, current_sigma, movable
 
 
 def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:
@@ -84,14 +78,7 @@ def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.
     main = fused_call(call, refs, s)
     t0, t1 = call.img
     if weight == 1.0 and token_weights is None:
-        if t0:
-            text = call.attention(call.q[:, :, :t0], call.k, call.v, _rows(call.mask, 0, t0))
-
-            def fix_text(attn):
-                attn = attn.clone()
-                attn[:, :t0] = text.to(attn.dtype)
-                return attn
-            main.after(fix_text)
+        call.keep_text_plain()  # over the block's own keys; registered on the options the main call shares
         return main
     plain = call.attention(call.q, call.k, call.v, call.mask)
 
@@ -102,12 +89,6 @@ def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.
         return out
     main.after(blend)
     return main
-
-
-def _rows(mask, start, end):
-    if mask is None or mask.shape[-2] == 1:
-        return mask
-    return mask[..., start:end, :]
 
 
 @movable("store", "mask")
@@ -127,20 +108,22 @@ def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1
         if refs["k_s"].shape[2] != n_img:
             raise InputError(f"Feature Fusion: the inversion stored {refs['k_s'].shape[2]} image tokens at block "
                              f"{key[0]} {key[1]}, this sampling has {n_img}: sample a latent of the inverted size")
-        tokens = None if mask is None else token_mask(mask.to(call.q.device), grid)
+        tokens = None if mask is None else resize_mask(mask.to(call.q.device), grid)
         return call_next(fuse_joint(call, refs, settings, w, tokens))
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
                         block_weights=dict(block_weights or {}), info={"store": store, "settings": settings})
 
 
-class DiTRecorder:
+class DiTRecorder(FeatureRecorder):
     """An ``attn1_patch`` that records the references' image-token q, k, v (before RoPE) into ``store``
-    while ``store.recording`` is set, on the store's blocks; rows: 0 content, 1 style. Changes nothing."""
+    while ``store.recording`` is set, on the store's blocks; rows: 0 content, 1 style. Changes nothing.
+
+    In recompute mode it records only in the references' own pass at each step, which it ends after the
+    last stored block (:class:`ReferencesDone`): the rest of that pass would compute nothing used."""
 
     def __init__(self, store):
-        self.store = store
-        self.layers = set(store.policy.layers)
+        super().__init__(store)
         self.last = tuple(store.policy.layers[-1]) if store.policy.layers else None  # in the model's block order
 
     def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
@@ -151,15 +134,9 @@ class DiTRecorder:
                 self.store.record(key, current_sigma(extra_options), {
                     "q_c": q[0:1, :, t0:t1], "k_c": k[0:1, :, t0:t1], "v_c": v[0:1, :, t0:t1],
                     "k_s": k[1:2, :, t0:t1], "v_s": v[1:2, :, t0:t1]})
-                if self.store.stop_early and key == self.last:
+                if self.store.policy.mode == "recompute" and key == self.last:
                     raise ReferencesDone
         return {}
 
     def __deepcopy__(self, memo):
-        return self
-
-    def to(self, device_or_dtype):
-        device = as_device(device_or_dtype)
-        if device is not None:
-            self.store.move_to(device)
         return self

@@ -30,17 +30,7 @@ def teacher_call(call: JointQKV, styled_rows: int, prompt_tokens: int | None = N
         hide = torch.zeros(1, 1, 1, k.shape[2], dtype=q.dtype, device=q.device)
         hide[..., prompt_tokens:t0] = float("-inf")
         main = main.replace(mask=hide if call.mask is None else call.mask.to(q.dtype) + hide)
-    if t0:
-        own = call.mask[:n] if call.mask is not None and call.mask.shape[0] == q.shape[0] else call.mask
-        if own is not None and own.shape[-2] != 1:
-            own = own[..., :t0, :]
-        text = call.attention(q[:n, :, :t0], k[:n], call.v[:n], own)
-
-        def own_text_rows(attn):
-            attn = attn.clone()
-            attn[:n, :t0] = text.to(attn.dtype)
-            return attn
-        main.after(own_text_rows)
+    call.keep_text_plain(rows=n)  # registered on the call's options, which the main call shares
     return main
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .joint import is_joint_router
+from .joint import joint_router
 from .layers import model_layers
 from .router import installed_patch, is_router
 
@@ -14,11 +14,10 @@ def _columns(layers) -> tuple:
 
 def _joint_rows(model, layers) -> list[dict]:
     """DiT: one row per block a StyleKit joint-attention contribution acts on (attn "joint")."""
-    patches = model.model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch", [])
-    routers = [p for p in patches if is_joint_router(p)]
+    router = joint_router(model.model_options)
     rows = []
     for key in layers.keys:
-        found = [(c.name, c.weight_for(key), c.sigma_start, c.sigma_end) for r in routers for c, keys in r.entries
+        found = [(c.name, c.weight_for(key), c.sigma_start, c.sigma_end) for c, keys in (router.entries if router else ())
                  if key in keys]
         if found:
             rows.append(dict(key=key, attn="joint", kind="stylekit", foreign_base=False, contributions=found))

@@ -74,6 +74,17 @@ class Contribution:
         return sigma is None or self.sigma_end <= sigma <= self.sigma_start
 
 
+def active_chain(contributions, key: BlockKey, sigma: float | None) -> list[tuple[Contribution, float]]:
+    """The contributions that act on block ``key`` at ``sigma``, with their effective weights (a weight of
+    0 or a sigma outside the window leaves a contribution out: "off" is the plain path)."""
+    chain = []
+    for c in contributions:
+        w = c.weight_for(key)
+        if w != 0 and c.active_at(sigma):
+            chain.append((c, w))
+    return chain
+
+
 def move_to(obj, device):
     """Tensors in a nest of dicts, lists and tuples moved to ``device``; objects with ``move_to`` (shared
     state such as a feature store) move themselves; anything else is kept as it is."""
@@ -171,13 +182,7 @@ class AttentionRouter:
             self.base.cleanup()
 
     def active(self, extra_options: dict) -> list[tuple[Contribution, float]]:
-        sigma = current_sigma(extra_options)
-        chain = []
-        for c in self.contributions:
-            w = c.weight_for(self.key)
-            if w != 0 and c.active_at(sigma):
-                chain.append((c, w))
-        return chain
+        return active_chain(self.contributions, self.key, current_sigma(extra_options))
 
     def __call__(self, q, k, v, extra_options):
         chain = self.active(extra_options)

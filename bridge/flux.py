@@ -13,17 +13,11 @@ swapped in for one call and restored after; the model is never left modified.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..attention.functional import merge_heads
+from ..attention.functional import split_sdpa_attention as split_attention
 from ..attention.rope import apply_rope, embed_ids
 from .patcher import BridgePatcher
 from .schedule import FlowSchedule
-
-
-def split_attention(q, k, v, heads, mask=None):
-    """The bridge's attention on split heads (batch, heads, tokens, dim) -> (batch, tokens, heads * dim)."""
-    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
 
 
 def patchify(x: torch.Tensor) -> torch.Tensor:

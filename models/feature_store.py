@@ -47,7 +47,6 @@ class FeatureStore:
     features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
     recording: bool = False
     current: dict = field(default_factory=dict)      # recompute mode: this step's features
-    stop_early: bool = False                         # recompute pass: stop after the last stored block
 
     def __deepcopy__(self, memo):  # shared by every clone of a patched model, never copied
         return self

@@ -157,7 +157,6 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
                                                         sigma_start, sigma_end, block_weights=block_weights),
                          keys, "attn1")
     if store.policy.mode == "recompute":
-        store.stop_early = dit  # only the blocks up to the last stored one need to run for the references
         m.set_model_unet_function_wrapper(RecomputeWrapper(
             store, inv.result.inputs, inv.context, inv.extra_conds or {},
             m.model_options["transformer_options"], m.model_options.get("model_function_wrapper")))
