@@ -237,6 +237,18 @@ def prefixed_layers(prefix: CatVersionPrefix, clip) -> list[int]:
     return chosen
 
 
+def own_self_attn(clip, i: int) -> torch.nn.Module:
+    """Layer ``i``'s self-attention as *this* CLIP has it: its own object patch if it has one, else the
+    unpatched module. The clones of a CLIP share one encoder, and ComfyUI sets the loaded clone's object
+    patches on it in place (keeping the originals in a backup all clones share), so walking the live
+    module would find another clone's patch (after CatVersion Train, say) and call it this CLIP's."""
+    layer, attn = f"{ENCODER}.layers.{i}", f"{ENCODER}.layers.{i}.self_attn"
+    patcher = clip.patcher
+    if attn in patcher.object_patches or attn in getattr(patcher, "object_patches_backup", {}):
+        return patcher.get_model_object(attn)
+    return patcher.get_model_object(layer).self_attn
+
+
 def catversion_clip(clip, prefix: CatVersionPrefix, strength: float = 1.0, official_bias: bool = True,
                     trainable: bool = False):
     """A clone of ``clip`` whose chosen self-attentions attend to the prefix. Strength 0: plain clone.
@@ -251,7 +263,7 @@ def catversion_clip(clip, prefix: CatVersionPrefix, strength: float = 1.0, offic
     chosen = prefixed_layers(prefix, clip)
     attns = {}
     for j, i in enumerate(chosen):
-        attn = clip.patcher.get_model_object(f"{ENCODER}.layers.{i}.self_attn")
+        attn = own_self_attn(clip, i)
         if isinstance(attn, PrefixedSelfAttention):
             raise InputError(f"this CLIP already has a CatVersion prefix on layer {i}; apply one prefix per CLIP")
         attns[i] = PrefixedSelfAttention(attn, prefix, j, bias)
@@ -261,7 +273,7 @@ def catversion_clip(clip, prefix: CatVersionPrefix, strength: float = 1.0, offic
         return out
     for i in range(min(chosen), len(encoder_layers(clip))):
         layer = clip.patcher.get_model_object(f"{ENCODER}.layers.{i}")
-        out.patcher.add_object_patch(f"{ENCODER}.layers.{i}", OutOfPlaceClipLayer(layer, attns.get(i, layer.self_attn)))
+        out.patcher.add_object_patch(f"{ENCODER}.layers.{i}", OutOfPlaceClipLayer(layer, attns[i] if i in attns else own_self_attn(clip, i)))
     return out
 
 

@@ -68,3 +68,25 @@ def test_train_under_inference_mode_leaves_everything_frozen(comfy_nodes, tmp_pa
         assert torch.equal(v, clip_before[k]), k
     assert (model.weight_wrapper_patches, clip.patcher.object_patches) == patches_before  # inputs not patched
     assert not any("self_attn" in k or "layers" in k for k in clip.patcher.object_patches)
+
+
+def test_a_loaded_clone_does_not_make_the_shared_clip_look_prefixed(comfy_nodes):
+    """ComfyUI sets the loaded clone's object patches on the encoder all clones share. After the trainer's
+    clone (whole layers patched) or an Apply clone ran, the plain CLIP still takes a prefix, with the same
+    result as before any clone ran; a CLIP that has one of its own is still refused."""
+    import pytest
+    from comfy_host import comfy_clip_tiny
+    from stylekit.errors import InputError
+    from stylekit.models.catversion import CatVersionPrefix, catversion_clip
+    from stylekit.nodes.catversion import StyleKitCatVersionApply
+
+    clip, _ = comfy_clip_tiny()
+    prefix = CatVersionPrefix.random([9, 10, 11], 64, seed=3)
+    want = comfy_encode(catversion_clip(clip, prefix))
+    for trainable in (True, False):
+        with torch.inference_mode():
+            comfy_encode(catversion_clip(clip, prefix, trainable=trainable))  # its patches are now live
+        again = StyleKitCatVersionApply().apply(clip, prefix, 1.0, True)[0]  # refused here before the fix
+        assert torch.equal(comfy_encode(again), want)
+        with pytest.raises(InputError, match="already has a CatVersion prefix"):
+            catversion_clip(again, prefix)
