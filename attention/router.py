@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -56,15 +57,32 @@ class Contribution:
     info: Mapping[str, object] = field(default_factory=dict)
     state: Mapping[str, object] = field(default_factory=dict)  # the tensors ``apply`` holds, by argument
     rebuild: Callable[[Mapping], "Contribution"] | None = None  # state on a device -> new contribution
+    origin: "Contribution | None" = None  # a moved copy: the contribution it was moved from
 
     def __deepcopy__(self, memo):  # immutable; share tensors held by ``apply`` across clones
         return self
 
     def to(self, device) -> "Contribution":
-        """This contribution with its state on ``device`` (rebuilt: caches start empty)."""
+        """This contribution with its state on ``device`` (rebuilt: caches start empty).
+
+        One contribution usually sits on many routers (a method's every layer) and ComfyUI moves every
+        router when it loads or offloads the model, which ComfyUI 0.33 does around each sampling call:
+        the routers share one moved copy per device while any of them holds it, and moving back to
+        where the node built the state returns the original, with no copy."""
         if self.rebuild is None:
             return self
-        return self.rebuild(move_to(self.state, device))
+        if holds_shared_state(self.state):  # a feature store moves itself in place on every call
+            return self.rebuild(move_to(self.state, device))
+        origin = self.origin or self
+        device = torch.device(device)
+        if all_on(origin.state, device):
+            return origin
+        key = (id(origin), str(device))  # the copy holds its origin, so the id stays the origin's
+        moved = _MOVED.get(key)
+        if moved is None:
+            moved = dataclasses.replace(origin.rebuild(move_to(origin.state, device)), origin=origin)
+            _MOVED[key] = moved
+        return moved
 
     def weight_for(self, key: BlockKey) -> float:
         w = self.block_weights.get(tuple(key), self.block_weights.get(tuple(key[:2]), 1.0))
@@ -83,6 +101,31 @@ def active_chain(contributions, key: BlockKey, sigma: float | None) -> list[tupl
         if w != 0 and c.active_at(sigma):
             chain.append((c, w))
     return chain
+
+
+_MOVED = weakref.WeakValueDictionary()  # (id(origin), device) -> its moved copy, while a router holds it
+
+
+def _leaves(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _leaves(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _leaves(v)
+    else:
+        yield obj
+
+
+def holds_shared_state(obj) -> bool:
+    """Whether a nest holds an object that moves itself in place (``move_to``: a feature store)."""
+    return any(hasattr(x, "move_to") for x in _leaves(obj))
+
+
+def all_on(obj, device: torch.device) -> bool:
+    """Whether every tensor in a nest of dicts, lists and tuples is on ``device``."""
+    return all(x.device.type == device.type and (device.index is None or x.device.index == device.index)
+               for x in _leaves(obj) if isinstance(x, torch.Tensor))
 
 
 def move_to(obj, device):
@@ -142,11 +185,21 @@ def block_key(extra_options: dict) -> BlockKey:
     return (*extra_options["block"], extra_options.get("block_index", 0))
 
 
+_LAST_SIGMA = (None, None)  # (the sigmas tensor read last, its value); held, so its identity cannot be reused
+
+
 def current_sigma(extra_options: dict) -> float | None:
+    global _LAST_SIGMA
     sigmas = extra_options.get("sigmas")
     if sigmas is None:
         return None
-    return float(sigmas.reshape(-1)[0]) if hasattr(sigmas, "reshape") else float(sigmas)
+    if not hasattr(sigmas, "reshape"):
+        return float(sigmas)
+    if _LAST_SIGMA[0] is sigmas:  # the host passes one tensor to every block of a model call
+        return _LAST_SIGMA[1]
+    value = float(sigmas.reshape(-1)[0])  # on a GPU, a wait for the device: once per model call, not per block
+    _LAST_SIGMA = (sigmas, value)
+    return value
 
 
 class AttentionRouter:

@@ -162,9 +162,39 @@ def test_router_to_device_rebuilds_contributions_on_moved_tensors():
     assert c.state["tokens"][KEY].device.type == "meta" and all(w.device.type == "meta" for w in c.state["projections"][KEY])
     assert c.weight == 0.5 and c.name == "image_kv"  # every other argument as it was
     assert router.contributions[0].state["tokens"][KEY].device.type == "cpu"  # the original is untouched
-    again = router.to("cpu")  # a rebuilt contribution with an empty cache computes the same thing
-    assert again.contributions[0] is not router.contributions[0]
+    again = meta.to("cpu")  # back where the node built it: the original itself, no copy
+    assert again.contributions[0] is router.contributions[0]
     torch.testing.assert_close(again(q, k, v, extra()), out, atol=0, rtol=0)
+    fresh = image_kv_contribution(tokens, proj, 0.5).to(torch.device("meta")).to(torch.device("cpu"))
+    assert fresh.state["tokens"][KEY] is tokens[KEY]  # a moved copy's way back is its origin's state
+
+
+def test_routers_sharing_a_contribution_share_one_moved_copy_while_they_hold_it():
+    """A method puts one contribution on every layer's router and ComfyUI moves each router on every load
+    and offload: the state is copied once per device, not once per router, and nothing keeps the copy
+    on the device once no router holds it."""
+    import gc
+    import weakref
+
+    from stylekit.attention.image_kv import image_kv_contribution
+    g = torch.Generator().manual_seed(0)
+    keys = [("input", i, 0) for i in range(4)]
+    tokens = {key: torch.randn(1, 3, 6, generator=g) for key in keys}
+    proj = {key: (torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)) for key in keys}
+    c = image_kv_contribution(tokens, proj)
+    routers = [AttentionRouter("attn2", key, contributions=(c,)) for key in keys]
+    moved = [r.to(torch.device("meta")) for r in routers]
+    copies = {id(m.contributions[0]) for m in moved}
+    assert len(copies) == 1 and moved[0].contributions[0] is not c
+    assert moved[0].contributions[0].state["projections"][keys[3]][0].device.type == "meta"
+    back = [m.to(torch.device("cpu")) for m in moved]
+    assert all(b.contributions[0] is c for b in back)
+    ref = weakref.ref(moved[0].contributions[0])
+    del moved
+    gc.collect()
+    assert ref() is None  # offloaded: the device copy is gone
+    again = routers[0].to(torch.device("meta")).contributions[0]
+    assert again is not c and again.state["tokens"][keys[0]].device.type == "meta"
 
 
 def test_router_reaches_a_foreign_base_for_to_models_and_cleanup():
@@ -217,3 +247,15 @@ def test_host_attention_hands_comfyui_the_block_options(monkeypatch):
     router = AttentionRouter("attn1", KEY, contributions=(scale_v(3.0),))
     router(q, k, v, e)  # the router's own base call is the host's too
     assert calls[-1] == ("plain", 2, False, e)
+
+
+def test_current_sigma_reads_each_sigmas_tensor_once():
+    """ComfyUI hands every block of a model call the same sigmas tensor; reading it is a wait for the GPU,
+    so the router reads a tensor once (a new model call brings a new tensor, read again)."""
+    from stylekit.attention.router import current_sigma
+    s = torch.tensor([3.0, 3.0])
+    assert current_sigma({"sigmas": s}) == 3.0
+    s.fill_(5.0)  # the same object: not read again (hosts never change it in place)
+    assert current_sigma({"sigmas": s}) == 3.0
+    assert current_sigma({"sigmas": torch.tensor([5.0])}) == 5.0
+    assert current_sigma({"sigmas": 2}) == 2.0 and current_sigma({}) is None
