@@ -1,7 +1,7 @@
 """MagicStyle / StyleID nodes: Invert (content + style, one pass) and Feature Fusion, on SD1.5 / SDXL / Flux.1."""
 import torch
 
-from ..attention.feature_fusion import PRESETS, STYLEID_BLOCKS, FusionSettings
+from ..attention.feature_fusion import PRESETS, SDXL_STYLEID_BLOCKS, STYLEID_BLOCKS, FusionSettings
 from ..attention.layers import UnsupportedModelError, model_layers, parse_block_weights
 from ..bridge.schedule import simple_sigmas
 from ..models.feature_store import StorePolicy
@@ -24,15 +24,22 @@ def dit_default_blocks(layers):
     return double[len(double) // 3:]
 
 
+def unet_default_blocks(layers):
+    """StyleID's blocks on SD1.5 (output 6-11); on SDXL its finest decoder attention level (output 3-5)."""
+    return layers.select(SDXL_STYLEID_BLOCKS if layers.family == "sdxl" else STYLEID_BLOCKS)
+
+
+AUTO_BLOCKS = "auto (SD1.5: output 6-11, SDXL: output 3-5, Flux: late double)"
 BLOCK_SETS = {  # name -> (UNet blocks, DiT blocks); None: not for that kind of model
-    "auto (SD: output 6-11, Flux: late double)": (STYLEID_BLOCKS, dit_default_blocks),
+    AUTO_BLOCKS: (unet_default_blocks, dit_default_blocks),
     "output 6-11 (StyleID)": (STYLEID_BLOCKS, None),
     "output (all decoder)": ("output", None),
     "late double (Flux)": (None, dit_default_blocks),
     "double (Flux)": (None, "double"),
     "single (Flux)": (None, "single"),
     "all": ("all", "all"),
-}
+    "auto (SD: output 6-11, Flux: late double)": (unet_default_blocks, dit_default_blocks),  # its old name: saved
+}                                                                                          # workflows still load
 MODES = {"auto (SD: store, Flux: recompute)": ("store", "recompute"), "store": ("store", "store"),
          "recompute": ("recompute", "recompute")}
 
@@ -73,7 +80,7 @@ class StyleKitDDIMInvert:
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
             "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "Inversion steps; the sampler must use the same (use the sigmas output). Flux-dev is usually sampled in 20-30."}),
-            "store_blocks": (list(BLOCK_SETS), {"default": "auto (SD: output 6-11, Flux: late double)", "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. The '(Flux)' sets are for Flux only, the 'output' sets for SD only."}),
+            "store_blocks": (list(BLOCK_SETS), {"default": AUTO_BLOCKS, "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. auto: StyleID's output 6-11 on SD1.5, the finest decoder attention level (output 3-5) on SDXL, late double blocks on Flux. The '(Flux)' sets are for Flux only, the 'output' sets for SD only (output 6-11 exists on SD1.5 only). The last entry is auto's old name, kept so that saved workflows load."}),
             "store_dtype": (["fp16", "fp32"], {"default": "fp16", "tooltip": "Precision of stored features (fp16 halves memory)."}),
             "store_device": (["model device", "cpu"], {"default": "model device", "tooltip": "Keep features on the GPU or offload them to CPU memory."}),
             "mode": (list(MODES), {"default": "auto (SD: store, Flux: recompute)", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory; each step also runs the two references). Flux stores are large (13 blocks x 28 steps at 1024 px: 46 GB), hence recompute there by default."}),

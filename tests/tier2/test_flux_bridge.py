@@ -169,6 +169,7 @@ def test_teacher_runs_beside_the_sample_and_only_during_its_steps(flux, data):
 
 def test_nodes_take_a_flux_model(flux, data):
     from stylekit.nodes.magicstyle import (
+        AUTO_BLOCKS,
         StyleKitDDIMInvert,
         StyleKitFeatureFusion,
         dit_default_blocks,
@@ -178,7 +179,7 @@ def test_nodes_take_a_flux_model(flux, data):
     cond = [[data["cond"]["c_crossattn"], {"pooled_output": data["cond"]["y"], "guidance": 1.0}]]
     latent = {"samples": data["content"]}
     inv, inverted, sigmas = StyleKitDDIMInvert().invert(flux, latent, {"samples": data["style"]}, cond, 4,
-                                                        "auto (SD: output 6-11, Flux: late double)", "fp16",
+                                                        AUTO_BLOCKS, "fp16",
                                                         "model device", "auto (SD: store, Flux: recompute)")
     layers = model_layers(flux)
     assert inv.store.policy.mode == "recompute" and list(inv.store.policy.layers) == dit_default_blocks(layers)

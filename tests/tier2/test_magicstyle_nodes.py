@@ -54,3 +54,20 @@ def test_an_inversion_refuses_another_model_and_another_latent_size(sd15, sdxl):
             sample_euler_cfg(model, torch.randn(1, 4, 32, 32, generator=g), sigmas, cond[0][0])
     with pytest.raises(InputError, match="2 masks for 1 inverted content image"):
         StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0, mask=torch.ones(2, 8, 8))
+
+
+def test_the_auto_block_set_fits_each_family(sd15, sdxl):
+    """auto stores StyleID's output 6-11 on SD1.5 and SDXL's finest decoder attention level, output 3-5 (SDXL
+    has no attention in output 6-11, so a fixed SD1.5 set refused every SDXL model); auto's old name, kept
+    for saved workflows, chooses the same."""
+    from stylekit.attention.layers import model_layers
+    from stylekit.nodes.magicstyle import AUTO_BLOCKS
+    g = torch.Generator().manual_seed(0)
+    content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))
+    cond = [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+    for model, blocks in ((sd15, {("output", i) for i in range(6, 12)}), (sdxl, {("output", i) for i in (3, 4, 5)})):
+        for name in (AUTO_BLOCKS, "auto (SD: output 6-11, Flux: late double)"):
+            inv = StyleKitDDIMInvert().invert(model, content, style, cond, 2, name, "fp16", "cpu", "store")[0]
+            stored = {key for key, _ in inv.store.features}
+            assert {k[:2] for k in stored} == blocks
+            assert stored == {k for k in model_layers(model).keys if k[:2] in blocks}  # every layer of them
