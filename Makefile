@@ -11,7 +11,10 @@ COMFYUI_PYTHON ?= $(firstword $(wildcard $(COMFYUI_PATH)/.venv/bin/python $(COMF
 TEST_THREADS ?= 2
 export STYLEKIT_TEST_THREADS := $(TEST_THREADS)
 
-.PHONY: demo test test-comfy bench clean
+# The real-size benchmark's device: cpu, or gpu (ComfyUI's CUDA device)
+BENCH_DEVICE ?= cpu
+
+.PHONY: demo test test-comfy bench bench-real clean
 
 $(BIN)/.stylekit-installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,16 +29,25 @@ demo: $(BIN)/.stylekit-installed
 test: $(BIN)/.stylekit-installed
 ifdef COMFYUI_PATH
 	$(BIN)/python -m pytest tests -m "not benchmark" --ignore=tests/tier3
-	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFYUI_PYTHON) -m pytest tests/tier3 -p no:cacheprovider
+	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFYUI_PYTHON) -m pytest tests/tier3 -m "not benchmark" -p no:cacheprovider
 else
 	$(BIN)/python -m pytest tests -m "not benchmark"
 endif
 
 test-comfy:
-	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFYUI_PYTHON) -m pytest tests/tier3 -p no:cacheprovider
+	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFYUI_PYTHON) -m pytest tests/tier3 -m "not benchmark" -p no:cacheprovider
 
 bench: $(BIN)/.stylekit-installed
 	$(BIN)/python -m pytest tests/benchmarks -m benchmark -s
+
+# Every method against plain sampling on full-size SD1.5 / SDXL UNets (random weights) inside a real ComfyUI;
+# run on request, never in CI. Tables: bench/real_<cpu|gpu>.{md,json}. Knobs: see the test's docstring, e.g.
+#   make bench-real COMFYUI_PATH=~/ComfyUI BENCH_DEVICE=gpu
+#   STYLEKIT_BENCH_FAMILIES=sd15 STYLEKIT_BENCH_BATCHES=1 STYLEKIT_BENCH_STEPS=2 make bench-real COMFYUI_PATH=...
+bench-real:
+	@test -n "$(COMFYUI_PATH)" || { echo "bench-real runs inside ComfyUI: set COMFYUI_PATH (and COMFYUI_PYTHON)"; exit 2; }
+	COMFYUI_PATH=$(COMFYUI_PATH) STYLEKIT_COMFY_DEVICE=$(BENCH_DEVICE) $(COMFYUI_PYTHON) -m pytest \
+		tests/tier3/test_real_size_bench.py -m benchmark -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,7 +1,8 @@
 """Tier 3: real ComfyUI (COMFYUI_PATH). Run with ComfyUI's own Python (make test does this).
 
 Makes the repository importable as ``stylekit`` without installing it (ComfyUI itself imports the
-folder under its clone name), puts ComfyUI on sys.path and forces CPU before comfy is imported.
+folder under its clone name), puts ComfyUI on sys.path and forces CPU before comfy is imported
+(unless STYLEKIT_COMFY_DEVICE=gpu, for the real-size benchmark on a GPU).
 """
 import asyncio
 import importlib.util
@@ -41,7 +42,8 @@ if COMFYUI_PATH:
     comfy.options.args_parsing = False
     import comfy.cli_args  # noqa: E402
 
-    comfy.cli_args.args.cpu = True
+    # the real-size benchmark may run on ComfyUI's GPU (STYLEKIT_COMFY_DEVICE=gpu); tier 3 itself runs on the CPU
+    comfy.cli_args.args.cpu = os.environ.get("STYLEKIT_COMFY_DEVICE", "cpu") != "gpu"
 
 
 @pytest.fixture(scope="session")
