@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ class Contribution:
     info: Mapping[str, object] = field(default_factory=dict)
     state: Mapping[str, object] = field(default_factory=dict)  # the tensors ``apply`` holds, by argument
     rebuild: Callable[[Mapping], "Contribution"] | None = None  # state on a device -> new contribution
-    origin: "Contribution | None" = None  # a moved copy: the contribution it was moved from
+    origin: Callable[[], "Contribution | None"] | None = None  # a moved copy: weak reference to its source
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # a moved copy keeps its source's
 
     def __deepcopy__(self, memo):  # immutable; share tensors held by ``apply`` across clones
         return self
@@ -73,14 +75,15 @@ class Contribution:
             return self
         if holds_shared_state(self.state):  # a feature store moves itself in place on every call
             return self.rebuild(move_to(self.state, device))
-        origin = self.origin or self
         device = torch.device(device)
+        origin = (self.origin() if self.origin is not None else None) or self
         if all_on(origin.state, device):
             return origin
-        key = (id(origin), str(device))  # the copy holds its origin, so the id stays the origin's
+        key = (origin.serial, str(device))
         moved = _MOVED.get(key)
-        if moved is None:
-            moved = dataclasses.replace(origin.rebuild(move_to(origin.state, device)), origin=origin)
+        if moved is None:  # the source is held weakly: an offloaded copy keeps nothing else on a device
+            moved = dataclasses.replace(origin.rebuild(move_to(origin.state, device)), origin=weakref.ref(origin),
+                                        serial=origin.serial)
             _MOVED[key] = moved
         return moved
 
@@ -103,7 +106,8 @@ def active_chain(contributions, key: BlockKey, sigma: float | None) -> list[tupl
     return chain
 
 
-_MOVED = weakref.WeakValueDictionary()  # (id(origin), device) -> its moved copy, while a router holds it
+_MOVED = weakref.WeakValueDictionary()  # (source's serial, device) -> its moved copy, while a router holds it
+_SERIALS = itertools.count()
 
 
 def _leaves(obj):
