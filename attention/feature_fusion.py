@@ -61,9 +61,9 @@ def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings, attention=No
     if s.content_kv > 0:
         k = torch.cat([k, k_c.to(q.dtype)], dim=1)
         v = torch.cat([v, v_c.to(q.dtype)], dim=1)
-        n_s = k_s.shape[1]
-        mask = torch.zeros(1, 1, 1, k.shape[1], dtype=q.dtype, device=q.device)
-        mask[..., n_s:] = math.log(s.content_kv)
+        if s.content_kv != 1.0:  # at equal mass (MagicStyle) the bias is 0: no mask, so fused attention stays
+            mask = torch.zeros(1, 1, 1, k.shape[1], dtype=q.dtype, device=q.device)  # on its fastest kernel
+            mask[..., k_s.shape[1]:] = math.log(s.content_kv)
     if s.temperature != 1.0:
         q_mix = q_mix * s.temperature
     if attention is None:

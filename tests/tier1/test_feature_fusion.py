@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from stylekit.attention.feature_fusion import FusionSettings, feature_fusion_contribution, fuse
+from stylekit.attention.feature_fusion import PRESETS, FusionSettings, feature_fusion_contribution, fuse
 from stylekit.attention.functional import explicit_attention, sdpa_attention
 from stylekit.models.feature_store import FeatureStore, MissingStepError, StorePolicy
 from stylekit.models.inversion import adain_latent
@@ -23,8 +23,11 @@ def test_identity_case_equals_plain_self_attention():
 def test_fusion_against_explicit_softmax():
     q, q_c = rand(3, 16, 8, seed=1), rand(1, 16, 8, seed=2)
     k_c, v_c, k_s, v_s = (rand(1, 16, 8, seed=s) for s in (3, 4, 5, 6))
-    for s in (FusionSettings(0.75, 1.5, 0.0), FusionSettings(0.3, 0.7, 2.5)):
-        got = fuse(q, q_c, k_c, v_c, k_s, v_s, H, s)
+    for s in (FusionSettings(0.75, 1.5, 0.0), FusionSettings(0.3, 0.7, 2.5), PRESETS["MagicStyle"]):
+        masks = []
+        got = fuse(q, q_c, k_c, v_c, k_s, v_s, H, s,
+                   lambda q_, k_, v_, m_: masks.append(m_) or sdpa_attention(q_, k_, v_, H, mask=m_))
+        assert (masks[0] is None) == (s.content_kv in (0.0, 1.0))  # a zero bias is no mask: the fastest kernel
         q_mix = s.gamma * q_c + (1 - s.gamma) * q
         if s.content_kv:
             K, V = torch.cat([k_s, k_c], 1), torch.cat([v_s, v_c], 1)
