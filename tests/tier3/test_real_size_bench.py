@@ -94,10 +94,9 @@ def _row(family, batch, config, **kw):
 
 def _time_runs(runs: dict) -> dict:
     """A warm-up run of each entry from nothing loaded, with its peak memory (weights, patches, activations);
-    then ROUNDS interleaved rounds. Each timed run follows a one-step run of the same model: switching
-    between clones of one model makes ComfyUI move the weights off and on the device (about 0.1 s for
-    SD1.5 on an H100, measured as load_s), a one-off that the ratio of the sampling steps must not carry.
-    Returns {name: (seconds, memory, load seconds)}."""
+    then ROUNDS interleaved rounds. Each timed run follows a one-step run of the same model, so that
+    loading that clone (ComfyUI moves its patches to the device) stays out of the timed call; the
+    one-step run's time is reported as switch_and_1_step_s. Returns {name: (seconds, memory, that time)}."""
     import comfy.model_management as mm
     from real_size import peak_memory, seconds
     memory, load = {}, {}
