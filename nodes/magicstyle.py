@@ -38,8 +38,9 @@ BLOCK_SETS = {  # name -> (UNet blocks, DiT blocks); None: not for that kind of 
     "double (Flux)": (None, "double"),
     "single (Flux)": (None, "single"),
     "all": ("all", "all"),
-    "auto (SD: output 6-11, Flux: late double)": (unet_default_blocks, dit_default_blocks),  # its old name: saved
-}                                                                                          # workflows still load
+    # auto's old name, kept so that saved workflows load
+    "auto (SD: output 6-11, Flux: late double)": (unet_default_blocks, dit_default_blocks),
+}
 MODES = {"auto (SD: store, Flux: recompute)": ("store", "recompute"), "store": ("store", "store"),
          "recompute": ("recompute", "recompute")}
 

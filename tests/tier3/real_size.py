@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 import torch
-from comfy_host import comfy_vae_tiny, seed_weights
+from comfy_host import seed_weights
 
 _COMMON = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, use_spatial_transformer=True,
                legacy=False, use_temporal_attention=False, use_temporal_resblock=False)
@@ -149,35 +149,18 @@ def sampler_custom(model, latent_image, positive, negative, sigmas, cfg: float, 
     return out
 
 
-def vae():
-    return comfy_vae_tiny()
-
-
-def _hwm_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 @contextmanager
 def peak_memory(out: dict):
-    """Peak process RSS (MB; the high-water mark reset first where Linux allows) and, on a GPU, peak CUDA
-    memory allocated (MB) over the block, written into ``out``."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    """Peak process RSS (MB; the high-water mark reset first where Linux allows, else the process's peak)
+    and, on a GPU, peak CUDA memory allocated (MB) over the block, written into ``out``."""
+    from stylekit.demo import peak_rss_kb, reset_peak_rss
+    reset_peak_rss()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     yield out
     sync()
-    out["peak_rss_mb"] = round(_hwm_mb(), 0)
+    kb = peak_rss_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_rss_mb"] = round(kb / 1024, 0)
     if torch.cuda.is_available():
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 0)
 

@@ -135,6 +135,7 @@ def test_catversion(tmp_path):
         pytest.skip("CatVersion is SD1.5's")
     import folder_paths
     import real_size as rs
+    from comfy_host import comfy_vae_tiny
     from stylekit.models.catversion import CatVersionPrefix
     from stylekit.nodes.catversion import (
         FOLDER,
@@ -158,7 +159,7 @@ def test_catversion(tmp_path):
     _row("sd15", 1, "CatVersion prefixed encode", one_off_s=round(best["CatVersion prefixed encode"], 4),
          ratio=round(best["CatVersion prefixed encode"] / best["plain encode"], 3))
     folder_paths.add_model_folder_path(FOLDER, str(tmp_path), is_default=True)
-    model, vae = _model("sd15"), rs.vae()
+    model, vae = _model("sd15"), comfy_vae_tiny()
     images = rs.image("sd15", 8).repeat(2, 1, 1, 1)
     times = {}
     for n in (1, 1, 3):  # the first run loads the models; a step is the difference of a 3- and a 1-step run / 2
