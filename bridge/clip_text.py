@@ -126,21 +126,22 @@ class BridgeCLIP:
     """ComfyUI's CLIP surface (clone, tokenize, encode_from_tokens, patcher) over ``ClipTextModel``.
 
     The object patches are set for the duration of an encode and restored after, as ComfyUI's
-    patcher does on load/unload, so the shared encoder is never left modified. ``tokenize`` is a
+    patcher does on load/unload, so the shared encoder is never left modified. ``tokenize`` uses
+    ``tokenizer`` (text -> ``length`` ids, e.g. the miniature world's word tokenizer) or, without one, a
     toy word-hash tokenizer (no vocabulary is downloaded): bos, one id per word, eos, padded to 77.
     """
 
-    def __init__(self, text_model: ClipTextModel, length: int = 77):
+    def __init__(self, text_model: ClipTextModel, length: int = 77, tokenizer=None):
         root = nn.Module()
         root.clip_l = nn.Module()
         root.clip_l.transformer = nn.Module()
         root.clip_l.transformer.text_model = text_model
         self.patcher = ClipPatcher(root)
-        self.length = length
+        self.length, self.tokenizer = length, tokenizer
 
     def clone(self):
         n = BridgeCLIP.__new__(BridgeCLIP)
-        n.patcher, n.length = self.patcher.clone(), self.length
+        n.patcher, n.length, n.tokenizer = self.patcher.clone(), self.length, self.tokenizer
         return n
 
     @property
@@ -148,6 +149,8 @@ class BridgeCLIP:
         return self.patcher.model.clip_l.transformer.text_model
 
     def tokenize(self, text: str):
+        if self.tokenizer is not None:
+            return {"l": torch.tensor([self.tokenizer(text)])}
         vocab, eos = self.text_model.embeddings.token_embedding.num_embeddings, self.text_model.eos_token_id
         ids = [vocab - 2] + [3 + sum(ord(ch) * 31 ** i for i, ch in enumerate(w)) % (vocab - 6) for w in text.split()]
         ids = (ids + [eos] * self.length)[: self.length]

@@ -1,0 +1,120 @@
+"""The miniature world's generator, tokenizer, file format and trainer mechanics (no trained weights needed)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stylekit.toy import family, world
+
+
+def test_scenes_and_images_are_seeded():
+    a, b = world.random_scenes(16, seed=3), world.random_scenes(16, seed=3)
+    assert a == b and a != world.random_scenes(16, seed=4)
+    assert np.array_equal(world.render(a), world.render(b))
+
+
+def test_render_draws_what_the_scene_says():
+    """Inside the shape the pixels are the foreground colour (ink darkens it), far outside the background's."""
+    s = world.Scene("square", "red", "plain", "blue", x=0.5, y=0.5, size=0.3, shade=0.0)
+    img = world.render([s])[0]
+    red, blue = np.array(world.COLOURS["red"]) / 255, np.array(world.COLOURS["blue"]) / 255
+    assert np.allclose(img[32, 32], red, atol=1e-6)
+    corner = img[2, 2]
+    assert np.allclose(corner / np.linalg.norm(corner), blue / np.linalg.norm(blue), atol=1e-3)  # shaded blue
+    striped = world.render([world.Scene("square", "red", "striped", "blue", size=0.3)])[0]
+    inside = striped[24:40, 24:40].reshape(-1, 3)
+    assert 0.2 < (inside[:, 0] < red[0] * 0.5).mean() < 0.6  # about 5 of every 12 px are ink
+
+
+def test_every_shape_has_area_and_shapes_differ():
+    scenes = [world.Scene(s, "white", "plain", "blue", size=0.3) for s in (*world.SHAPES, *world.HIDDEN_SHAPES)]
+    masks = world._masks(scenes, world.SIZE)
+    areas = masks.mean((1, 2))
+    assert (areas > 0.05).all()
+    for i in range(len(scenes)):
+        for j in range(i):
+            assert (masks[i] != masks[j]).mean() > 0.02, (scenes[i].shape, scenes[j].shape)
+
+
+def test_captions_and_labels_name_the_same_things():
+    for s in world.random_scenes(50, seed=1):
+        words = world.caption(s).split()
+        lab = {k: v[0] for k, v in world.labels([s]).items()}
+        assert words[1] == world.CLASSES["colour"][lab["colour"]] and words[2] == world.TEXTURES[lab["texture"]]
+        assert words[3] == world.PROBE_SHAPES[lab["shape"]] and words[6] == world.CLASSES["background"][lab["background"]]
+        assert s.background != s.colour and set(words) <= set(world.VOCABULARY)
+
+
+def test_the_hidden_concept_is_captioned_by_its_base_class_and_never_drawn_at_random():
+    heart = world.Scene("heart", "red", "plain", "blue")
+    assert world.caption(heart) == "a red plain circle on a blue background"
+    assert world.PROBE_SHAPES[world.labels([heart])["shape"][0]] == "heart"  # the probes still tell it apart
+    assert all(s.shape in world.SHAPES for s in world.random_scenes(500, seed=2))
+
+
+def test_tokenizer_is_word_level_with_clip_conventions():
+    tok = family.WordTokenizer()
+    ids = tok("a red striped circle on a blue background")
+    assert len(ids) == family.CONTEXT and ids[0] == tok.bos and ids[9] == tok.eos and set(ids[9:]) == {tok.eos}
+    assert [tok.words[i] for i in ids[1:9]] == "a red striped circle on a blue background".split()
+    assert tok("a teapot")[2] == 0  # unknown words: <unk>
+
+
+def test_save_and_load_round_trip_in_fp16_with_metadata(tmp_path):
+    torch.manual_seed(0)
+    probes = family.build("probes")
+    family.save("probes", probes, tmp_path, seed=7)
+    meta = family.file_metadata("probes", tmp_path)
+    assert meta["format"] == family.FORMAT and meta["version"] == str(family.VERSION) and meta["seed"] == "7"
+    back = family.load("probes", tmp_path)
+    for (k, a), (_, b) in zip(probes.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a.half().float(), b), k
+    with pytest.raises(Exception, match="exists"):
+        family.save("probes", probes, tmp_path, seed=7)  # never overwritten without force
+
+
+def test_a_file_of_another_kind_is_refused_by_name(tmp_path):
+    from stylekit.errors import WeightFileError
+    family.save("probes", family.build("probes"), tmp_path, seed=0)
+    (tmp_path / family.file_name("probes")).rename(tmp_path / family.file_name("vae"))
+    with pytest.raises(WeightFileError, match="toy_vae.safetensors.*not a StyleKit miniature vae"):
+        family.load("vae", tmp_path)
+
+
+def test_training_resumes_exactly(tmp_path):
+    """Four probe steps in one go equal two, a stop, and two more from the checkpoint (same batches, same
+    optimiser state): the trainer's batches depend only on (seed, stage, step)."""
+    from stylekit.toy.train import Plan, train_probes
+    torch.manual_seed(0)
+    vae = family.build("vae").eval()
+    plan = Plan(probe_steps=4, probe_batch=4, checkpoint_every=2)
+    straight = train_probes(plan, tmp_path / "a", 0, vae, log=lambda m: None)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir(exist_ok=True)
+    train_probes(Plan(probe_steps=2, probe_batch=4, checkpoint_every=2), tmp_path / "b", 0, vae, log=lambda m: None)
+    ck = torch.load(tmp_path / "b" / "probes.pt", weights_only=True)
+    assert ck["step"] == 2
+    resumed = train_probes(plan, tmp_path / "b", 0, vae, log=lambda m: None)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_shipped_weights_are_what_the_format_says():
+    """The files in toy/weights: every kind present, fp16, the script's version and seed, built from their
+    own config to exactly the keys and shapes the code makes; metrics.json beside them."""
+    for kind in family.KINDS:
+        meta = family.file_metadata(kind)
+        assert meta["format"] == family.FORMAT and meta["kind"] == kind
+        assert meta["version"] == str(family.VERSION) and meta["seed"] == str(family.SEED)
+        from stylekit.models.weights_file import read_safetensors
+        tensors, _ = read_safetensors(str(family.WEIGHTS / family.file_name(kind)), kind)
+        own = {k: v for k, v in family.build(kind, json.loads(meta["config"])).state_dict().items()
+               if not k.endswith("position_ids")}
+        assert set(tensors) == set(own)
+        assert all(tensors[k].shape == own[k].shape for k in own)
+        assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+    total = sum((family.WEIGHTS / family.file_name(k)).stat().st_size for k in family.KINDS)
+    assert total <= 20 * 2 ** 20
+    metrics = json.loads((family.WEIGHTS / "metrics.json").read_text())
+    assert {"probe_shape_clean", "vae_mse", "clip_retrieval", "t2i_shape"} <= set(metrics)
