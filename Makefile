@@ -14,7 +14,7 @@ export STYLEKIT_TEST_THREADS := $(TEST_THREADS)
 # The real-size benchmark's device: cpu, or gpu (ComfyUI's CUDA device)
 BENCH_DEVICE ?= cpu
 
-.PHONY: demo test test-comfy bench bench-real clean
+.PHONY: demo test test-comfy bench bench-real toy clean
 
 $(BIN)/.stylekit-installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ $(BIN)/.stylekit-installed: pyproject.toml requirements.txt
 
 demo: $(BIN)/.stylekit-installed
 	$(BIN)/python -m stylekit.demo --out out
+
+# Retrain the miniature world into toy/weights (about an hour on 2 CPU cores; an interrupted run resumes
+# from toy_work/). Never part of demo or test, which use the shipped weights.
+toy: $(BIN)/.stylekit-installed
+	$(BIN)/python -m stylekit.toy.train --out toy/weights --work toy_work --force
 
 test: $(BIN)/.stylekit-installed
 ifdef COMFYUI_PATH
@@ -50,4 +55,4 @@ bench-real:
 		tests/tier3/test_real_size_bench.py -m benchmark -s -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache toy_work
