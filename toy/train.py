@@ -54,8 +54,8 @@ class Plan:
     adapter_lr: float = 5e-4
     catversion_steps: int = 400
     dvae_steps: int = 800
-    dalle_pre_steps: int = 600
-    dalle_rl_steps: int = 300
+    dalle_pre_steps: int = 150
+    dalle_rl_steps: int = 80
     ema: float = 0.998
     caption_drop: float = 0.1
     checkpoint_every: int = 100
@@ -349,10 +349,10 @@ def train_catversion(plan: Plan, seed: int, toy, log=print):
     return prefix
 
 
-def write_file(folder: Path, name: str, force: bool, write) -> str:
+def write_file(folder: Path, name: str, force: bool, write, extension: str = ".safetensors") -> str:
     """``write(path)`` through :mod:`stylekit.files`: never half-written, never overwriting unless ``force``."""
     from ..files import output_target, write_new
-    return write_new(output_target(str(folder), name, ".safetensors", numbered=False, force=force), write)
+    return write_new(output_target(str(folder), name, extension, numbered=False, force=force), write)
 
 
 def save_catversion(prefix, folder: Path, force: bool) -> str:
@@ -451,8 +451,8 @@ def main(argv=None) -> int:
             if missing:
                 raise SystemExit(f"metrics need every stage's weights; missing {missing} in {a.out}")
             m = evaluate(a.out)
-            m["train_minutes"] = round((time.perf_counter() - t0) / 60, 1)
-            (a.out / "metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+            text = json.dumps(m, indent=2, sort_keys=True) + "\n"
+            write_file(a.out, "metrics.json", a.force, lambda tmp: Path(tmp).write_text(text), ".json")
             log(f"metrics: {m}")
         log(f"{stage} done")
     return 0

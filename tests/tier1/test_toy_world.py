@@ -116,5 +116,15 @@ def test_shipped_weights_are_what_the_format_says():
         assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
     total = sum((family.WEIGHTS / family.file_name(k)).stat().st_size for k in family.KINDS)
     assert total <= 20 * 2 ** 20
+    from stylekit.models.catversion import load_prefix
+    from stylekit.models.dvae import load_dvae
+    from stylekit.models.stylerdalle import load_translator
+    from stylekit.toy import stylerdalle
+    from stylekit.toy.train import CONCEPT_FILE
+    prefix = load_prefix(str(family.WEIGHTS / CONCEPT_FILE))  # the other files, through the pack's own loaders
+    assert prefix.base_word == "circle" and prefix.hidden == 64
+    encoder, decoder = load_dvae(str(family.WEIGHTS / stylerdalle.DVAE_FILE))
+    for name in (stylerdalle.PRETRAINED_FILE, stylerdalle.STYLE_FILE):
+        assert load_translator(str(family.WEIGHTS / name)).vocab == encoder.vocab == decoder.vocab
     metrics = json.loads((family.WEIGHTS / "metrics.json").read_text())
     assert {"probe_shape_clean", "vae_mse", "clip_retrieval", "t2i_shape"} <= set(metrics)

@@ -1,0 +1,175 @@
+"""Effect tier: each method's paper claim, in miniature, on the world StyleKit trained itself.
+
+The probes (small classifiers trained on the world, >= 95 % on held-out images) judge every sample. Each
+test measures the method ON and OFF on the same seeds: the claim must reach its target (stylekit.toy.
+effects.TARGETS: beyond what chance reaches at this sample count, or a paired difference of two standard
+deviations) with the method on, and the same figure must miss it with the method off, so no test passes
+whatever the code does. Claims the CPU-trained miniature does not reach yet are strict xfails that name
+the measured figure: they start failing (and must be turned into plain tests) the day the claim holds.
+"""
+import pytest
+import torch
+
+from stylekit.toy import effects, world
+from stylekit.toy.family import images_tensor, load_world
+
+pytestmark = pytest.mark.effect
+
+
+def met(name, value):
+    return effects.judged(name, value)["met"]
+
+
+def not_yet(reason):
+    return pytest.mark.xfail(strict=True, reason=f"not reached by the CPU-trained miniature yet: {reason}")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_world()
+
+
+def test_probes_read_held_out_world_images(toy):
+    """Probe accuracy on 256 unseen world images (hearts included), clean and through the VAE: >= 95 %."""
+    scenes = world.random_scenes(256, seed=4242, shapes=world.PROBE_SHAPES)
+    clean = images_tensor(scenes)
+    for images in (clean, toy.to_image(toy.to_latent(clean))):
+        read = toy.probes.read(images)
+        for head, truth in world.labels(scenes).items():
+            acc = float((read[head] == torch.from_numpy(truth)).float().mean())
+            assert acc >= 0.95, (head, acc)
+
+
+@pytest.fixture(scope="module")
+def t2i(toy):
+    return (effects.text_to_image(toy, effects.N_PROMPTS, seed=11),
+            effects.text_to_image(toy, effects.N_PROMPTS, seed=11, conditioned=False))
+
+
+@pytest.mark.parametrize("head", [pytest.param("shape", marks=not_yet("shape 0.25 vs 0.29 needed (off 0.13)")),
+                                  "colour", "texture", "background"])
+def test_text_to_image_follows_the_prompt(t2i, head):
+    """The UNet draws what the caption names; with the empty prompt (same noise) only chance agrees."""
+    on, off = t2i
+    assert met(f"t2i_{head}", on[head]), (on, off)
+    assert not met(f"t2i_{head}", off[head]), (on, off)
+
+
+@pytest.fixture(scope="module", params=["StyleID", "MagicStyle"])
+def fusion(request, toy):
+    figures, _ = effects.feature_fusion(toy, n=effects.N_PAIRS, seed=5, preset=request.param)
+    return request.param, figures
+
+
+def test_inversion_then_plain_sampling_gives_the_content_back(fusion):
+    """DDIM inversion and plain sampling from the inverted latent: the content's shape, texture and colour
+    come back, and nothing of the style image does."""
+    preset, f = fusion
+    for what in ("shape", "texture", "colour"):
+        assert met(f"inversion_{what}", f[f"inversion_{what}"]), (preset, f)
+    for what in ("texture", "colour", "background"):
+        assert not met(f"fusion_{what}_from_style", f[f"off_{what}_from_style"]), (preset, f)
+
+
+def test_feature_fusion_keeps_the_content_shape(fusion):
+    preset, f = fusion
+    assert met("fusion_shape_from_content", f["fusion_shape_from_content"]), (preset, f)
+
+
+@pytest.mark.parametrize("what", [
+    pytest.param("texture", marks=not_yet("texture from the style 0.08 (StyleID and MagicStyle) vs 0.52 needed")),
+    pytest.param("colour", marks=not_yet("foreground colour from the style 0.33 / 0.25 vs 0.45 needed")),
+    "background"])
+def test_feature_fusion_takes_the_style(fusion, what):
+    """StyleID / MagicStyle: the style image's palette and texture reach the result; with fusion off (the
+    same inverted latent sampled plainly) they do not."""
+    preset, f = fusion
+    assert met(f"fusion_{what}_from_style", f[f"fusion_{what}_from_style"]), (preset, f)
+    assert not met(f"fusion_{what}_from_style", f[f"off_{what}_from_style"]), (preset, f)
+
+
+@pytest.fixture(scope="module")
+def adapter_run(toy):
+    figures, _ = effects.style_adapter(toy, n=effects.N_PAIRS, seed=3)
+    return figures
+
+
+@not_yet("prompt colour kept 0.33 with AdaIN vs 0.54 with add (a difference of +0.29 needed)")
+def test_cross_modal_adain_keeps_the_prompts_colour_better_than_add(adapter_run):
+    """StyleStudio's text-alignment claim: at the same style weight, cross-modal AdaIN keeps the colour the
+    prompt names more often than the plain IP-Adapter sum."""
+    f = adapter_run
+    assert met("adain_over_add_colour_from_prompt", f["adain_colour_from_prompt"] - f["add_colour_from_prompt"]), f
+
+
+@not_yet("the reference's texture in 0.375 of AdaIN samples (0.08 without the adapter) vs 0.515 needed")
+def test_cross_modal_adain_still_takes_the_references_texture(adapter_run):
+    f = adapter_run
+    assert met("adain_texture_from_reference", f["adain_texture_from_reference"]), f
+    assert not met("adain_texture_from_reference", f["none_texture_from_reference"]), f
+
+
+@not_yet("the negative's texture drops from 0.17 to 0.04 of the samples, a drop of 0.29 needed")
+def test_a_negative_style_image_removes_its_texture(adapter_run):
+    """Style-based CFG: the reference redrawn in a third texture as the negative image makes that texture
+    rarer in the samples than with zero negative tokens."""
+    f = adapter_run
+    assert met("negative_texture_drop", f["no_negative_texture_shown"] - f["negative_texture_shown"]), f
+
+
+@not_yet("layout gap 0.109 with the teacher vs 0.107 without (a quarter smaller needed)")
+def test_the_teacher_keeps_the_unstylised_layout(adapter_run):
+    """The teacher model: the stylised sample's shape position stays closer to the unstylised sample's."""
+    f = adapter_run
+    assert met("teacher_layout_gain", f["teacher_layout_gain"]), f
+
+
+@pytest.fixture(scope="module")
+def catversion_run(toy):
+    figures, _ = effects.catversion(toy, n=effects.N_PAIRS, seed=7)
+    return figures
+
+
+@pytest.mark.parametrize("which", ["train", "edit"])
+@not_yet("hearts in 0.0 (training caption) / 0.04 (edits) of the prefixed samples vs 0.357 needed; the "
+         "miniature UNet draws the named shape in only 0.25 of its samples")
+def test_catversion_prefix_brings_the_concept(catversion_run, which):
+    """The prefix trained on hearts captioned 'circle' makes the caption draw hearts far more often than
+    the plain text encoder, on the training caption and on captions with other colours and textures."""
+    f = catversion_run
+    assert met("catversion_concept", f[f"prefix_{which}_concept"]), f
+    assert not met("catversion_concept", f[f"plain_{which}_concept"]), f
+
+
+@not_yet("the edit's colour holds in 0.08 of the prefixed samples (0.54 with the plain CLIP) vs 0.445 needed")
+def test_catversion_edits_keep_their_colour(catversion_run):
+    f = catversion_run
+    assert met("catversion_edit_colour_kept", f["prefix_edit_colour_kept"]), f
+
+
+@not_yet("masked CLIP-I 0.903 with the prefix vs 0.967 without")
+def test_masked_clip_i_ranks_the_concept_above_its_base_class(catversion_run):
+    f = catversion_run
+    assert f["prefix_masked_clip_i"] > f["plain_masked_clip_i"], f
+
+
+@pytest.fixture(scope="module")
+def dalle_run(toy):
+    figures, _ = effects.stylerdalle(toy, n=effects.N_PAIRS, seed=13)
+    return figures
+
+
+@not_yet("'dotted' read in 0.79 of the images both before and after RL: the 150-step pre-trained translator's "
+         "sampled tokens already read as dots, and 80 REINFORCE steps lowered the reward (0.27 -> 0.09)")
+def test_stylerdalle_rl_moves_the_texture(dalle_run):
+    """After REINFORCE towards one texture word (reward: the miniature CLIP), the translated images carry
+    that texture far more often than the pre-trained translator's."""
+    f = dalle_run
+    assert met("stylerdalle_style_texture", f["after_style_texture"]), f
+    assert not met("stylerdalle_style_texture", f["before_style_texture"]), f
+
+
+@not_yet("shape kept in 0.25 of the translated images vs 0.357 needed")
+def test_stylerdalle_keeps_the_shape(dalle_run):
+    f = dalle_run
+    assert met("stylerdalle_shape_kept", f["after_shape_kept"]), f
