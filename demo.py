@@ -2,9 +2,12 @@
 
     python -m stylekit.demo --out out
 
-The default model is a tiny RANDOMLY INITIALISED SD1.5-layout UNet (and VAE): nothing is downloaded,
-so the images are noise-like patterns, not art. What the demo shows is that each method runs end to
-end, how long it takes and how much memory it needs. Writes PNGs and out/report.json.
+Nothing is downloaded. Text-to-image, StyleID and MagicStyle run on the MINIATURE WORLD the project
+trains itself (64 px procedural images, ``stylekit.toy``; ``make toy`` retrains it): each writes a
+contact sheet and its effect figures, read by the world's probes, as ``value`` / ``target`` / ``met``.
+The other methods still run on a tiny RANDOMLY INITIALISED SD1.5-layout UNet until their miniature
+weights exist, so their images are noise-like patterns: they show that the method runs end to end,
+how long it takes and how much memory it needs. Writes PNGs and out/report.json.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ from .attention.router import Contribution, add_contribution
 from .bridge import BridgePatcher, sample_euler_cfg
 from .bridge.tiny import tiny_sd15_unet
 
-NOTE = "The default model is a tiny randomly initialised SD1.5-layout UNet/VAE: images are not meaningful art."
+NOTE = ("Runs marked random_weights: false use the miniature world StyleKit trained itself (64 px procedural shapes and "
+        "textures, make toy); runs marked random_weights: true use a tiny randomly initialised UNet/VAE: their images "
+        "are not meaningful.")
 
 
 def tiny_vae(seed=0):
@@ -55,7 +60,13 @@ class Demo:
         self.report = {"note": NOTE, "device": "cpu", "torch": torch.__version__, "python": platform.python_version(),
                        "model": {"family": model_layers(self.model).family, "attention_layers": len(model_layers(self.model).keys),
                                  "unet_parameters": sum(p.numel() for p in self.model.unet.parameters())},
-                       "steps": steps, "runs": {}}
+                       "steps": steps, "runs": {}, "effects": {}}
+
+    @property
+    def toy(self):
+        """The trained miniature world (loaded once, on first use)."""
+        from .toy.family import load_world
+        return load_world()
 
     def sample(self, model):
         with torch.no_grad():
@@ -67,7 +78,9 @@ class Demo:
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
-        entry = {"seconds": round(seconds, 4), "random_weights": True}
+        entry = {"seconds": round(seconds, 4), "random_weights": result.pop("random_weights", True)}
+        if "effects" in result:
+            self.report["effects"][name] = result.pop("effects")
         if fresh:  # the high-water mark was reset before this method: its own peak
             entry["peak_rss_mb"] = round(peak_rss_kb() / 1024, 1)
         else:  # no per-method reset on this system: say what the number is
@@ -104,8 +117,21 @@ def peak_rss_kb() -> int | None:
     return None
 
 
-def demo_plain(d: Demo):
-    return {"image": to_pil(d.vae, d.sample(d.model))}
+def _figures(figures: dict) -> dict:
+    from .toy.effects import TARGETS, judged
+    return {k: judged(k, v) if k in TARGETS else {"value": v} for k, v in figures.items()}
+
+
+def demo_text_to_image(d: Demo, n: int = 8):
+    """The miniature world's text-to-image: random prompts, 20 steps, CFG 5; the probes read each sample."""
+    from .toy import effects, world
+    from .toy.family import images_tensor
+    from .toy.sheets import contact_sheet
+    figures, scenes, images = effects.text_to_image(d.toy, n, seed=d.seed, return_images=True)
+    sheet = contact_sheet([("the prompt, drawn", images_tensor(scenes)), ("sampled", images)],
+                          labels=[world.caption(s) for s in scenes], title="miniature world: text to image")
+    return {"sheet": sheet, "random_weights": False, "report": {"prompts": n},
+            "effects": _figures({f"t2i_{k}": v for k, v in figures.items()})}
 
 
 def demo_router(d: Demo):
@@ -122,22 +148,19 @@ def demo_router(d: Demo):
                        "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
 
 
-def demo_styleid(d: Demo, preset="StyleID"):
-    """MagicStyle/StyleID: invert a content and a style latent, then sample with Feature Fusion."""
-    from .attention.feature_fusion import PRESETS, STYLEID_BLOCKS
-    from .models.feature_store import StorePolicy
-    from .models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
-    g = torch.Generator().manual_seed(d.seed + 1)
-    content, style = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g) * 0.5 + 0.5
-    sig = ddim_uniform_sigmas(d.model.model_sampling, d.steps)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        inv = invert_pair(d.model, content, style, d.uncond, sig,
-                          StorePolicy(layers=tuple(model_layers(d.model).select(STYLEID_BLOCKS))))
-        t_inv = time.perf_counter() - t0
-        x = sample_euler_cfg(fusion_model(d.model, inv, PRESETS[preset]), start_latent(inv) / sig[0], sig, d.uncond)
-    return {"content": to_pil(d.vae, content), "style": to_pil(d.vae, style), "image": to_pil(d.vae, x),
-            "report": {"inversion_seconds": round(t_inv, 4), "store_bytes": inv.store.size_bytes(), "preset": preset}}
+def demo_styleid(d: Demo, preset="StyleID", n: int = 6):
+    """MagicStyle/StyleID on the miniature world: invert a content and a style image, then sample with
+    Feature Fusion; the last column is the content's inversion sampled with no fusion."""
+    from .toy import effects
+    from .toy.family import images_tensor
+    from .toy.sheets import contact_sheet
+    t0 = time.perf_counter()
+    figures, run = effects.feature_fusion(d.toy, n, seed=d.seed, preset=preset)
+    sheet = contact_sheet([("content", images_tensor(run.content)), ("style", images_tensor(run.style)),
+                           (preset, run.result), ("no fusion", run.reconstruction)],
+                          title=f"miniature world: Feature Fusion, {preset} preset")
+    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures),
+            "report": {"pairs": n, "preset": preset, "steps": 25, "seconds_per_pair": round((time.perf_counter() - t0) / n, 3)}}
 
 
 def demo_deadiff(d: Demo):
@@ -159,83 +182,46 @@ def demo_deadiff(d: Demo):
                        "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
 
 
-def demo_catversion(d: Demo):
-    """CatVersion: train a prefix (20 steps) on two random 'concept' images, then sample with it."""
-    from .bridge.tiny import tiny_bridge_clip
-    from .models.catversion import CatVersionPrefix, catversion_clip
-    from .models.catversion_train import TrainSettings, train_prefix
-    from .models.magicstyle import host_apply_model
-    from .nodes.comfy_glue import vae_encode
-    clip = tiny_bridge_clip(seed=d.seed)
-    images = torch.rand(2, 128, 128, 3, generator=torch.Generator().manual_seed(d.seed + 3))
-    with torch.no_grad():
-        latents = vae_encode(d.vae, torch.cat([images, images.flip(2)]))
-    prefix = CatVersionPrefix.random([2, 3], 64, seed=d.seed, base_word="teapot")
-    text = catversion_clip(clip, prefix, trainable=True)
-    tokens = text.tokenize("teapot")
-    t0 = time.perf_counter()
-    losses = train_prefix(prefix, lambda: text.encode_from_tokens(tokens),
-                          lambda x, s, c: host_apply_model(d.model, x, s, c, {}), latents, d.model.model_sampling.sigmas,
-                          TrainSettings(steps=20, seed=d.seed))
-    t_train = time.perf_counter() - t0
-    with torch.no_grad():
-        cond = catversion_clip(clip, prefix).encode_from_tokens(clip.tokenize("a teapot on a beach"))
-        uncond = clip.encode_from_tokens(clip.tokenize(""))  # the paper: the negative keeps the plain CLIP
-        latent = sample_euler_cfg(d.model, d.noise, d.model.model_sampling.ddim_sigmas(d.steps), cond, uncond, cfg=5.0)
-    return {"image": to_pil(d.vae, latent),
-            "report": {"train_seconds": round(t_train, 4), "train_steps": len(losses),
-                       "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)]}}
+def demo_catversion(d: Demo, n: int = 4):
+    """CatVersion on the miniature world: a prefix trained (make toy, StyleKit's own trainer) on hearts
+    captioned "circle"; samples of the training caption and of edited captions, with and without it."""
+    from .toy import effects, world
+    from .toy.sheets import contact_sheet
+    figures, im = effects.catversion(d.toy, n, seed=d.seed)
+    sheet = contact_sheet([("concept", im["references"][:n]), ("plain CLIP", im["plain_train"]),
+                           ("prefix", im["prefix_train"]), ("edit, plain", im["plain_edit"]), ("edit, prefix", im["prefix_edit"])],
+                          labels=[world.caption(s) for s in im["edits"]], title="miniature world: CatVersion (heart, captioned 'circle')")
+    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"samples": n}}
 
 
-def demo_stylestudio(d: Demo):
-    """StyleStudio: a random IP-Adapter-layout file + a random reference -> cross-modal AdaIN, then the
-    teacher model for the first 40% of steps."""
-    import tempfile
-
-    from .bridge.tiny import tiny_clip_vision, tiny_ip_adapter
-    from .models.ip_adapter import load_adapter
-    from .models.stylestudio import style_adapter_model, teacher_model
-    from .nodes.comfy_glue import vision_features
-    with tempfile.TemporaryDirectory() as tmp:  # written and read back in the published .bin layout
-        torch.save(tiny_ip_adapter(model_layers(d.model), "plain", feature_width=48, seed=d.seed), f"{tmp}/ip.bin")
-        adapter = load_adapter(f"{tmp}/ip.bin")
-    image = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(d.seed + 4))
-    feats = vision_features(tiny_clip_vision(seed=d.seed), image, adapter.feature)
-    styled = style_adapter_model(d.model, adapter, feats, fusion="cross-modal AdaIN", preset="all")
-    t0 = time.perf_counter()
-    latent = d.sample(styled)
-    t_styled = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    taught = d.sample(teacher_model(styled, 0.4, 0.0))
-    t_teacher = time.perf_counter() - t0
-    return {"image": to_pil(d.vae, latent), "teacher": to_pil(d.vae, taught),
-            "report": {"adapter": adapter.describe(), "sample_seconds": round(t_styled, 4),
-                       "with_teacher_seconds": round(t_teacher, 4),
-                       "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
+def demo_stylestudio(d: Demo, n: int = 4):
+    """StyleStudio on the miniature world's IP-Adapter: the prompt names shape, colour and texture, the
+    reference shows others; add vs cross-modal AdaIN, the teacher, and a negative style image."""
+    from .toy import effects, world
+    from .toy.family import images_tensor
+    from .toy.sheets import contact_sheet
+    figures, im = effects.style_adapter(d.toy, n, seed=d.seed)
+    sheet = contact_sheet([("prompt, drawn", images_tensor(im["prompts"])), ("reference", images_tensor(im["references"])),
+                           ("no adapter", im["none"]), ("add", im["add"]), ("AdaIN", im["adain"]),
+                           ("AdaIN+teacher", im["teacher"]), ("negative", images_tensor(im["negatives"])),
+                           ("AdaIN+neg.", im["negative"])],
+                          labels=[world.caption(s) for s in im["prompts"]], title="miniature world: StyleStudio")
+    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"pairs": n}}
 
 
-def demo_stylerdalle(d: Demo):
-    """StylerDALLE: a tiny random dVAE and translator, 10 pre-training steps on random photos, then
-    stylise one image (128 px in, 256 px out)."""
-    from .bridge.tiny import tiny_dvae, tiny_translator
-    from .models.stylerdalle_pipeline import StylerDALLE, stylize, training_tokens
-    from .models.stylerdalle_train import PretrainSettings, pretrain
-    encoder, decoder = tiny_dvae(seed=d.seed)
-    photos = torch.rand(4, 256, 256, 3, generator=torch.Generator().manual_seed(d.seed + 5))
-    t16, t32 = training_tokens(encoder, photos)
-    t0 = time.perf_counter()
-    net, losses = pretrain(tiny_translator(seed=d.seed), decoder, t16, t32, PretrainSettings(steps=10, lr=3e-3, batch=4, warmup=2))
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = stylize(StylerDALLE(encoder, decoder, net), photos[:1], seed=d.seed)
-    t_stylize = time.perf_counter() - t0
-    from PIL import Image
-    image = Image.fromarray((out[0].numpy() * 255).round().astype("uint8"))
-    return {"image": image, "report": {"pretrain_seconds": round(t_train, 4), "nll_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-                                       "stylize_seconds": round(t_stylize, 4)}}
+def demo_stylerdalle(d: Demo, n: int = 4):
+    """StylerDALLE on the miniature world: content images through the pre-trained translator and through
+    the one trained with REINFORCE towards the texture word (make toy, StyleKit's own trainers)."""
+    from .toy import effects
+    from .toy.sheets import contact_sheet
+    from .toy.stylerdalle import STYLE
+    figures, im = effects.stylerdalle(d.toy, n, seed=d.seed)
+    sheet = contact_sheet([("content", im["content"]), ("pre-trained", im["before"]), (f"RL: {STYLE}", im["after"])],
+                          title=f"miniature world: StylerDALLE towards '{STYLE}'")
+    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"samples": n, "style": STYLE}}
 
 
-DEMOS = {"plain": demo_plain, "router": demo_router, "styleid": demo_styleid,
+DEMOS = {"text_to_image": demo_text_to_image, "router": demo_router, "styleid": demo_styleid,
          "magicstyle": lambda d: demo_styleid(d, "MagicStyle"), "deadiff": demo_deadiff,
          "catversion": demo_catversion, "stylestudio": demo_stylestudio,
          "stylerdalle": demo_stylerdalle}
@@ -254,6 +240,8 @@ def main(argv=None):
     d = Demo(a.out, a.steps, a.seed)
     for name in a.only or DEMOS:
         d.run(name, lambda fn=DEMOS[name]: fn(d))
+    from .toy.family import WEIGHTS
+    d.report["miniature_world"] = {"weights": str(WEIGHTS), "metrics": json.loads((WEIGHTS / "metrics.json").read_text())}
     (a.out / "report.json").write_text(json.dumps(d.report, indent=2) + "\n")
     print(f"report: {a.out / 'report.json'}")
     return 0
