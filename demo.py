@@ -118,8 +118,8 @@ def peak_rss_kb() -> int | None:
 
 
 def _figures(figures: dict) -> dict:
-    from .toy.effects import TARGETS, judged
-    return {k: judged(k, v) if k in TARGETS else {"value": v} for k, v in figures.items()}
+    from .toy.effects import CLAIM_OF, TARGETS, judged
+    return {k: judged(k, v) if CLAIM_OF.get(k, k) in TARGETS else {"value": v} for k, v in figures.items()}
 
 
 def demo_text_to_image(d: Demo, n: int = 8):

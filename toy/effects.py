@@ -57,9 +57,15 @@ TARGETS = {
 }
 
 
+# Figures judged against a claim of another name (the demo's report and the tests read them the same way).
+CLAIM_OF = {"prefix_train_concept": "catversion_concept", "prefix_edit_concept": "catversion_concept",
+            "prefix_edit_colour_kept": "catversion_edit_colour_kept", "after_style_texture": "stylerdalle_style_texture",
+            "after_shape_kept": "stylerdalle_shape_kept"}
+
+
 def judged(name: str, value: float) -> dict:
     """``{"value", "target", "met"}`` as the benchmarks' JSON writes a figure."""
-    op, bound = TARGETS[name]
+    op, bound = TARGETS[CLAIM_OF.get(name, name)]
     met = {">=": value >= bound, ">": value > bound, "<=": value <= bound}[op]
     return {"value": round(value, 4), "target": f"{op} {bound}", "met": bool(met)}
 
@@ -203,8 +209,10 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
         figures[f"{k}_colour_from_prompt"] = _agree(read[k], prompts, "colour").mean()
         figures[f"{k}_shape_from_prompt"] = _agree(read[k], prompts, "shape").mean()
         figures[f"{k}_texture_from_reference"] = _agree(read[k], refs, "texture").mean()
+    figures["adain_over_add_colour_from_prompt"] = figures["adain_colour_from_prompt"] - figures["add_colour_from_prompt"]
     figures["negative_texture_shown"] = _agree(read["negative"], negatives, "texture").mean()
     figures["no_negative_texture_shown"] = _agree(read["adain"], negatives, "texture").mean()
+    figures["negative_texture_drop"] = figures["no_negative_texture_shown"] - figures["negative_texture_shown"]
     figures["teacher_layout_gap"] = layout_gap("teacher")
     figures["no_teacher_layout_gap"] = layout_gap("adain")
     figures["teacher_layout_gain"] = 1 - figures["teacher_layout_gap"] / figures["no_teacher_layout_gap"].clamp_min(1e-6)

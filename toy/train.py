@@ -103,6 +103,7 @@ class Stage:
     def checkpoint(self, step: int, state_modules: dict) -> None:
         ck = {k: m.state_dict() for k, m in state_modules.items()}
         ck.update(opt=self.opt.state_dict(), sched=self.sched.state_dict(), step=step)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(ck, tmp)
         tmp.replace(self.path)

@@ -99,7 +99,7 @@ def test_cross_modal_adain_keeps_the_prompts_colour_better_than_add(adapter_run)
     """StyleStudio's text-alignment claim: at the same style weight, cross-modal AdaIN keeps the colour the
     prompt names more often than the plain IP-Adapter sum."""
     f = adapter_run
-    assert met("adain_over_add_colour_from_prompt", f["adain_colour_from_prompt"] - f["add_colour_from_prompt"]), f
+    assert met("adain_over_add_colour_from_prompt", f["adain_over_add_colour_from_prompt"]), f
 
 
 @not_yet("the reference's texture in 0.375 of AdaIN samples (0.08 without the adapter) vs 0.515 needed")
@@ -114,7 +114,7 @@ def test_a_negative_style_image_removes_its_texture(adapter_run):
     """Style-based CFG: the reference redrawn in a third texture as the negative image makes that texture
     rarer in the samples than with zero negative tokens."""
     f = adapter_run
-    assert met("negative_texture_drop", f["no_negative_texture_shown"] - f["negative_texture_shown"]), f
+    assert met("negative_texture_drop", f["negative_texture_drop"]), f
 
 
 @not_yet("layout gap 0.109 with the teacher vs 0.107 without (a quarter smaller needed)")
