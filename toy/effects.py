@@ -93,16 +93,23 @@ def text_to_image(w: ToyWorld, n: int = 64, seed: int = 0, steps: int = 20, cfg:
     return (figures, scenes, images) if return_images else figures
 
 
-def style_pairs(n: int, seed: int):
-    """``n`` (content, style) scene pairs that differ in every attribute the probes read."""
+def scene_pairs(n: int, seed: int, salt: int = 104729, every_attribute: bool = False):
+    """``n`` scene pairs (a, b) differing in shape, colour and texture, b's colour not a's background;
+    with ``every_attribute`` also in background colour, and a's colour not b's background (all the probes
+    read). Pair k is drawn from seed ``seed * salt + k``."""
     pairs, k = [], 0
     while len(pairs) < n:
-        c, s = world.random_scenes(2, seed * 7919 + k)
+        a, b = world.random_scenes(2, seed * salt + k)
         k += 1
-        if c.shape != s.shape and c.colour != s.colour and c.texture != s.texture and c.background != s.background \
-                and c.colour != s.background and s.colour != c.background:
-            pairs.append((c, s))
+        if a.shape != b.shape and a.colour != b.colour and a.texture != b.texture and b.colour != a.background \
+                and (not every_attribute or (a.background != b.background and a.colour != b.background)):
+            pairs.append((a, b))
     return pairs
+
+
+def style_pairs(n: int, seed: int):
+    """``n`` (content, style) scene pairs that differ in every attribute the probes read."""
+    return scene_pairs(n, seed, salt=7919, every_attribute=True)
 
 
 @dataclass
@@ -153,18 +160,6 @@ def feature_fusion(w: ToyWorld, n: int = 16, seed: int = 0, preset: str = "Style
     return {k: round(float(v), 4) for k, v in figures.items()}, FusionRun(content, style, result, recon)
 
 
-def _differing(n: int, seed: int, also=lambda a, b: True):
-    """``n`` scene pairs differing in shape, colour and texture (and ``also(a, b)``)."""
-    pairs, k = [], 0
-    while len(pairs) < n:
-        a, b = world.random_scenes(2, seed * 104729 + k)
-        k += 1
-        if a.shape != b.shape and a.colour != b.colour and a.texture != b.texture and b.colour != a.background \
-                and also(a, b):
-            pairs.append((a, b))
-    return pairs
-
-
 def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, steps: int = 20, cfg: float = 5.0,
                   teacher: float = 0.4) -> tuple[dict, dict]:
     """StyleStudio on the miniature IP-Adapter. A prompt names a shape, a colour and a texture; the style
@@ -177,7 +172,7 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
 
     from ..models.stylestudio import style_adapter_model, teacher_model
     adapter = w.adapter()
-    pairs = _differing(n, seed)
+    pairs = scene_pairs(n, seed)
     sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
     uncond = w.encode("")
     out = {k: [] for k in ("none", "add", "adain", "negative", "teacher")}
