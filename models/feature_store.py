@@ -58,6 +58,9 @@ class FeatureStore:
                 return s
         return None
 
+    def has(self, sigma: float) -> bool:
+        return self._key(sigma) is not None
+
     def wants_step(self, sigma: float, all_sigmas: list[float]) -> bool:
         if self.policy.steps == "all":
             return True
@@ -81,7 +84,8 @@ class FeatureStore:
             raise MissingStepError(
                 f"no stored features for sigma {float(sigma):.4f} at block {tuple(key)}; the inversion stored "
                 f"sigmas {have[:8]}{' ...' if len(have) > 8 else ''}. Sample with SamplerCustom on the sigmas output "
-                "of StyleKit DDIM Invert (or a KSampler with scheduler ddim_uniform and the same steps).")
+                "of StyleKit DDIM Invert, as it is (with convention 'every step', a KSampler with scheduler "
+                "ddim_uniform and the same steps fits too).")
         return hit
 
     def move_to(self, device) -> "FeatureStore":

@@ -1,10 +1,28 @@
-"""DDIM inversion in ComfyUI's sigma space (x = x0 + sigma * eps), eps-prediction models.
+"""Inversion schedules in ComfyUI's sigma space (x = x0 + sigma * eps) and the inversion loop.
 
-Sampling with DDIM (eta 0) over sigmas s_0 > s_1 > ... > s_{n-1} > 0 is the Euler step
-x <- x + (s_{i+1} - s_i) * eps(x, s_i). Inversion walks the same sigmas upwards and evaluates eps at
-each *target* sigma with the current (less noisy) latent, as diffusers' DDIMInverseScheduler does:
-x <- x + (s_j - s_{j+1}) * eps(x, s_j). So the model is called at exactly the sigmas the sampler will
-visit, which is what lets features recorded here be matched to the sampler's steps.
+One step between noise levels a < b is the Euler step x <- x + (b - a) * eps(x, s), which is DDIM
+(eta 0) on SD and the flow's Euler step on Flux; conventions differ in the level ``s`` eps is read at
+and in where the walk starts and ends.
+
+Two conventions:
+
+:func:`styleid_schedule` (SD) follows StyleID's official code (``ldm/models/diffusion/ddim.py``,
+``encode_ddim`` / ``reverse_ddim`` / ``ddim_sampling`` with ``start_step`` 49 of 50):
+
+- the clean latent is taken as the latent at t = 1 (VP: x_1 = x0), i.e. x0 * sqrt(1 + sigma_1^2) here;
+- eps is read at the CURRENT level, on the latent at that level, then the step goes up one DDIM
+  timestep (t = 1, 1 + c, ..., t_top, c = 1000 // steps, ComfyUI's ``ddim_uniform`` timesteps);
+- the last step goes from t_top to t = 999, past the top DDIM timestep;
+- sampling skips the top timestep: the t = 999 latent is fed unchanged (in VP scaling) at the second
+  timestep, i.e. here multiplied by sqrt((1 + sigma_second^2) / (1 + sigma_999^2));
+- the last sampling step lands at t = 0 (alpha_cumprod 0.99915, sigma 0.029), not at sigma 0.
+
+:func:`every_step_schedule` walks a sampler's own sigmas up from the clean latent at sigma 0, reads eps
+(on Flux: the velocity) at the level it steps TO, and the sampler then runs the same sigmas from the
+top: the model is called at exactly the sigmas the sampler visits. It is Flux's inversion (ComfyUI's
+model interface returns the denoised x0 = x - sigma * v, which carries no velocity at sigma 0, where a
+current-level convention would make its first call) and SD's alternative to StyleID's, kept because it
+reconstructs and transfers the palette better at few steps on the miniature world (README).
 """
 from __future__ import annotations
 
@@ -33,38 +51,72 @@ def ddim_uniform_sigmas(model_sampling, steps: int) -> torch.Tensor:
     return torch.tensor(sigs[::-1], dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class InversionSchedule:
+    """Where an inversion walks and where sampling then runs, in sigma space."""
+    levels: tuple              # the latent's noise levels, clean first; the walk steps from each to the next
+    read_at_target: bool       # eps read at the level stepped to (flow) or at the level stepped from (DDIM)
+    sample_sigmas: torch.Tensor  # the sampler's schedule, high to low; sigmas[0] is where the start is placed
+    clean_scale: float = 1.0   # the clean latent's factor at levels[0]
+    start_scale: float = 1.0   # the latent at levels[-1] -> the start at sample_sigmas[0]
+
+    def calls(self) -> list:
+        """The sigmas the model is called at, in inversion order."""
+        pairs = zip(self.levels, self.levels[1:])
+        return [b if self.read_at_target else a for a, b in pairs]
+
+
+def styleid_schedule(model_sampling, steps: int) -> InversionSchedule:
+    """StyleID's official DDIM pipeline on an eps model's table (t = 0..999), as the module says."""
+    s = [float(v) for v in model_sampling.sigmas]
+    if steps < 2:
+        raise InputError(f"steps is {steps}: StyleID's DDIM inversion needs at least 2 (one is skipped)")
+    ts = list(range(1, len(s), max(len(s) // steps, 1)))  # ComfyUI's ddim_uniform timesteps
+    top = len(s) - 1
+    levels = tuple(s[t] for t in ts) + (s[top],)
+    sample = [s[t] for t in reversed(ts[:-1])] + [s[0]]
+    return InversionSchedule(
+        levels=levels, read_at_target=False, sample_sigmas=torch.tensor(sample, dtype=torch.float32),
+        clean_scale=math.sqrt(1.0 + s[ts[0]] ** 2),
+        start_scale=math.sqrt((1.0 + s[ts[-2]] ** 2) / (1.0 + s[top] ** 2)))
+
+
+def every_step_schedule(sigmas: torch.Tensor) -> InversionSchedule:
+    """Euler inversion over a sampler's ``sigmas`` (high to low, ending in 0), eps read at the level
+    stepped to; the sampler runs the same ``sigmas``."""
+    sig = [float(v) for v in sigmas]
+    if sig[-1] != 0.0 or any(a <= b for a, b in zip(sig, sig[1:])):
+        raise InputError("sigmas must decrease strictly and end in 0 (a sampler's schedule)")
+    return InversionSchedule(levels=tuple(sig[::-1]), read_at_target=True,
+                             sample_sigmas=torch.tensor(sig, dtype=torch.float32))
+
 
 @dataclass
 class InversionResult:
-    sigmas: torch.Tensor                     # the sampling sigmas, high to low, ending in 0
-    latent: torch.Tensor                     # the inverted latent at sigmas[0], (batch, C, H, W)
+    sigmas: torch.Tensor                     # the sampler's schedule (high to low)
+    latent: torch.Tensor                     # the inverted latents placed at sigmas[0], (batch, C, H, W)
     inputs: dict = field(default_factory=dict)  # sigma (float) -> latent fed to the model at that sigma
 
 
-def ddim_invert(eps_fn: Callable[[torch.Tensor, float], torch.Tensor], x0: torch.Tensor, sigmas: torch.Tensor,
-                callback: Callable[[int, int], None] | None = None) -> InversionResult:
-    """Invert clean latents ``x0`` (any batch; one model call per step for the whole batch).
-
-    ``eps_fn(x, sigma)`` returns eps for the batch; ``sigmas`` are the sampling sigmas (high to low,
-    last 0). Returns the latent at ``sigmas[0]`` and the model input at every sigma.
-    """
-    sig = [float(s) for s in sigmas]
-    if sig[-1] != 0.0 or any(a <= b for a, b in zip(sig, sig[1:])):
-        raise InputError("sigmas must decrease strictly and end in 0 (a sampler's schedule)")
-    x = x0.clone()
+def invert(eps_fn: Callable[[torch.Tensor, float], torch.Tensor], x0: torch.Tensor, schedule: InversionSchedule,
+           callback: Callable[[int, int], None] | None = None) -> InversionResult:
+    """Invert clean latents ``x0`` (any batch; one model call per step for the whole batch) along
+    ``schedule``; ``eps_fn(x, sigma)`` returns eps for the batch."""
+    x = x0 * schedule.clean_scale if schedule.clean_scale != 1.0 else x0.clone()
     inputs = {}
-    levels = sig[::-1]  # 0, s_{n-1}, ..., s_0
-    for j in range(1, len(levels)):
-        target, current = levels[j], levels[j - 1]
-        inputs[target] = x
-        x = x + (target - current) * eps_fn(x, target)
+    levels, calls = schedule.levels, schedule.calls()
+    for j, at in enumerate(calls):
+        inputs[at] = x
+        x = x + (levels[j + 1] - levels[j]) * eps_fn(x, at)
         if callback is not None:
-            callback(j, len(levels) - 1)
-    return InversionResult(torch.as_tensor(sig), x, inputs)
+            callback(j + 1, len(calls))
+    start = x * schedule.start_scale if schedule.start_scale != 1.0 else x
+    return InversionResult(schedule.sample_sigmas.clone(), start, inputs)
 
 
-def adain_latent(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-channel AdaIN over the spatial axes: content's normalised latent with style's mean/std."""
+def adain_latent(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Per-channel AdaIN over the spatial axes, as StyleID's ``adain``: content's normalised latent with
+    style's mean and (unbiased) std. A channel with no variation stays at the style's mean."""
     cm, cs = content.mean((-2, -1), keepdim=True), content.std((-2, -1), keepdim=True)
     sm, ss = style.mean((-2, -1), keepdim=True), style.std((-2, -1), keepdim=True)
-    return (content - cm) / (cs + eps) * ss + sm
+    return (content - cm) / cs.clamp_min(torch.finfo(cs.dtype).tiny) * ss + sm

@@ -1,13 +1,15 @@
 """MagicStyle / StyleID orchestration, host-agnostic (ComfyUI ModelPatcher or BridgePatcher).
 
-1. :func:`invert_pair` inverts the content and style latents in ONE batched pass (DDIM on SD; on Flux the
-   same Euler step of the flow, walked up the sigma schedule) and fills a
+1. :func:`invert_pair` inverts the content and style latents in ONE batched pass along an
+   :class:`~.inversion.InversionSchedule` (SD: StyleID's official DDIM pipeline; Flux: the flow's Euler
+   inversion; see :mod:`.inversion`) and fills a
    :class:`FeatureStore` with the attn1 inputs of the chosen layers (or, in ``recompute`` mode, keeps
    only the model inputs per sigma).
 2. :func:`fusion_model` returns a clone of the model whose chosen attn1 layers run Feature Fusion
    Attention against the store; in ``recompute`` mode a model wrapper first re-runs the references
    at the current sigma to refresh the features (memory for one step).
-3. :func:`start_latent`: the content's inverted latent, optionally AdaIN-ed to the style's.
+3. :func:`start_latent`: the content's inverted latent, optionally AdaIN-ed to the style's, placed at
+   the sampler's first sigma.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from ..attention.router import (
 )
 from ..errors import InputError
 from .feature_store import FeatureStore, ReferencesDone, StorePolicy, _close
-from .inversion import InversionResult, adain_latent, ddim_invert, ddim_uniform_sigmas  # noqa: F401
+from .inversion import InversionResult, InversionSchedule, adain_latent, invert
 
 
 def host_apply_model(model, x, sigma, context, transformer_options, extra_conds=None):
@@ -75,8 +77,8 @@ def _recorder(model, store, dit: bool):
     return m
 
 
-def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                policy: StorePolicy, progress=None, extra_conds=None) -> Inversion:
+def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torch.Tensor,
+                schedule: InversionSchedule, policy: StorePolicy, progress=None, extra_conds=None) -> Inversion:
     """Invert content and style (each (1, C, H, W), model space) in one batch of 2.
 
     ``extra_conds``: model inputs besides the context, by name (SDXL's ``y``: pooled prompt + sizes).
@@ -84,19 +86,20 @@ def invert_pair(model, content: torch.Tensor, style: torch.Tensor, context: torc
     if content.shape != style.shape:
         raise InputError(f"content latent {tuple(content.shape)} and style latent {tuple(style.shape)} differ in "
                          "size: resize both images to the same size before encoding")
-    return invert_batch(model, torch.cat([content, style]), context, sigmas, policy, progress, extra_conds)
+    return invert_batch(model, torch.cat([content, style]), context, schedule, policy, progress, extra_conds)
 
 
-def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor, policy: StorePolicy,
+def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, schedule: InversionSchedule, policy: StorePolicy,
                  progress=None, extra_conds=None) -> Inversion:
-    """Invert the latents ``x0`` (N, C, H, W) in one batch, recording their features (rows in order)."""
+    """Invert the latents ``x0`` (N, C, H, W) in one batch, recording their features (rows in order) at
+    the sigmas the sampler will visit."""
     n = x0.shape[0]
     layers = model_layers(model)
     layers.require(*FAMILIES, method="Inversion with a feature store")
     if layers.is_dit and n != 2:
         raise InputError(f"a DiT inversion records one content and one style image (batch 2), got {n}")
     policy.layers = tuple(policy.layers) or tuple(layers.select("all"))
-    store = FeatureStore(policy, sigmas=[float(s) for s in sigmas[:-1]])
+    store = FeatureStore(policy, sigmas=[float(s) for s in schedule.sample_sigmas[:-1]])
     rec = _recorder(model, store, layers.is_dit)
     ctx = context.expand(n, -1, -1) if context.shape[0] == 1 else context
     extra = {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in (extra_conds or {}).items()}
@@ -105,7 +108,8 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.T
     def eps_fn(x, sigma):
         sig = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
         to = dict(rec.model_options["transformer_options"], sigmas=sig, cond_or_uncond=[0])
-        store.recording = policy.mode == "store" and store.wants_step(sigma, all_sigmas)
+        store.recording = (policy.mode == "store" and store.has(sigma)  # not the step the sampler skips
+                           and store.wants_step(sigma, all_sigmas))
         try:
             with torch.no_grad():
                 x0_hat = host_apply_model(rec, x, sig, ctx, to, extra)
@@ -113,7 +117,7 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.T
             store.recording = False
         return (x - x0_hat) / sigma
 
-    result = ddim_invert(eps_fn, x0, sigmas, callback=progress)
+    result = invert(eps_fn, x0, schedule, callback=progress)
     widths = {k: layers.by_key(k).channels for k in policy.layers}
     grid = (x0.shape[-2] // 2, x0.shape[-1] // 2) if layers.is_dit else None
     return Inversion(result, store, ctx, extra, layers.family, widths, grid)

@@ -5,9 +5,9 @@ from ..attention.feature_fusion import PRESETS, SDXL_STYLEID_BLOCKS, STYLEID_BLO
 from ..attention.layers import UnsupportedModelError, model_layers, parse_block_weights
 from ..bridge.schedule import simple_sigmas
 from ..models.feature_store import StorePolicy
+from ..models.inversion import ddim_uniform_sigmas, every_step_schedule, styleid_schedule
 from ..models.magicstyle import (
     FAMILIES,
-    ddim_uniform_sigmas,
     fusion_model,
     invert_pair,
     start_latent,
@@ -54,23 +54,38 @@ def blocks_for(layers, name: str) -> list:
     return spec(layers) if callable(spec) else layers.select(spec)
 
 
-def inversion_sigmas(model, layers, steps: int) -> torch.Tensor:
-    """The schedule inverted over: ComfyUI's ``ddim_uniform`` on SD, ``simple`` on flow models (Flux's usual)."""
+STYLEID_DDIM = "StyleID (official DDIM, skips the top step)"
+EVERY_STEP = "every step (eps at the next sigma)"
+CONVENTIONS = (STYLEID_DDIM, EVERY_STEP)
+
+
+def inversion_schedule(model, layers, steps: int, convention: str = STYLEID_DDIM):
+    """SD: StyleID's official DDIM pipeline on ComfyUI's ``ddim_uniform`` timesteps, or every step of that
+    scheduler; flow models (Flux): the flow's Euler inversion over the ``simple`` scheduler (Flux's usual)."""
     ms = comfy_glue.model_sampling(model)
-    return simple_sigmas(ms, steps) if layers.is_dit else ddim_uniform_sigmas(ms, steps)
+    if layers.is_dit:
+        return every_step_schedule(simple_sigmas(ms, steps))
+    if convention == EVERY_STEP:
+        return every_step_schedule(ddim_uniform_sigmas(ms, steps))
+    return styleid_schedule(ms, steps)
 
 
 class StyleKitDDIMInvert:
     CATEGORY = "StyleKit/MagicStyle"
-    DESCRIPTION = ("Inverts a content and a style latent in one batched pass along the model's own schedule "
-                   "(SD: DDIM on ddim_uniform; Flux: the flow's Euler step on the simple scheduler, with the "
-                   "conditioning's guidance), recording the self-attention features for Feature Fusion. "
+    DESCRIPTION = ("Inverts a content and a style latent in one batched pass, recording the self-attention "
+                   "features for Feature Fusion. SD: StyleID's official DDIM pipeline (eps read at the current "
+                   "timestep from t = 1 up to t = 999; sampling skips the top timestep and ends at t = 0), or "
+                   "every step of ddim_uniform (convention). "
+                   "Flux: the flow's Euler inversion on the simple scheduler, with the conditioning's guidance. "
                    "SD1.5, SDXL and Flux.1.")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
-                       "The inverted latents (batch of 2: content, style).",
-                       "The exact sigmas inverted over: sample with SamplerCustom on these.")
+                       "The inverted latents (batch of 2: content, style), placed at the first of the sigmas output: "
+                       "sample them on those sigmas with add_noise off.",
+                       "The exact schedule to sample, as it is (no SplitSigmas). SD, StyleID: the DDIM timesteps "
+                       "without the top one (StyleID skips it), ending at t = 0; every step: ddim_uniform's sigmas; "
+                       "Flux: the simple sigmas inverted over.")
     FUNCTION = "invert"
 
     @classmethod
@@ -80,15 +95,18 @@ class StyleKitDDIMInvert:
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
-            "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "Inversion steps; the sampler must use the same (use the sigmas output). Flux-dev is usually sampled in 20-30."}),
+            "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "Inversion steps (StyleID: 50). Sample on the sigmas output, which has one step fewer on SD (StyleID skips the top timestep). Flux-dev is usually sampled in 20-30."}),
             "store_blocks": (list(BLOCK_SETS), {"default": AUTO_BLOCKS, "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. auto: StyleID's output 6-11 on SD1.5, the finest decoder attention level (output 3-5) on SDXL, late double blocks on Flux. The '(Flux)' sets are for Flux only, the 'output' sets for SD only (output 6-11 exists on SD1.5 only). The last entry is auto's old name, kept so that saved workflows load."}),
             "store_dtype": (["fp16", "fp32"], {"default": "fp16", "tooltip": "Precision of stored features (fp16 halves memory)."}),
             "store_device": (["model device", "cpu"], {"default": "model device", "tooltip": "Keep features on the GPU or offload them to CPU memory."}),
             "mode": (list(MODES), {"default": "auto (SD: store, Flux: recompute)", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory; each step also runs the two references). Flux stores are large (13 blocks x 28 steps at 1024 px: 46 GB), hence recompute there by default."}),
+        }, "optional": {
+            "convention": (list(CONVENTIONS), {"default": STYLEID_DDIM, "tooltip": "SD only. StyleID's official pipeline: eps read at each timestep from t = 1 up to t = 999, sampling skips the top timestep and ends at t = 0 (reproduces the official code). every step: eps read at the next sigma from sigma 0, sampling runs every step to 0 (reconstructs and keeps the palette better at few steps; README). Flux always uses the flow's Euler inversion, which is the second kind."}),
         }}
 
     @boundary
-    def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode):
+    def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode,
+               convention=STYLEID_DDIM):
         layers = model_layers(model)
         layers.require(*FAMILIES, method="StyleKit DDIM Invert")
         blocks = blocks_for(layers, store_blocks)
@@ -98,10 +116,10 @@ class StyleKitDDIMInvert:
         ctx, extra = comfy_glue.model_conds(model, conditioning, c, device)
         policy = StorePolicy(layers=tuple(blocks), dtype=torch.float16 if store_dtype == "fp16" else torch.float32,
                              device="cpu" if store_device == "cpu" else None, mode=MODES[mode][int(layers.is_dit)])
-        sigmas = inversion_sigmas(model, layers, steps)
-        inv = invert_pair(model, c, s, ctx, sigmas.to(device), policy, progress=comfy_glue.progress(steps),
+        schedule = inversion_schedule(model, layers, steps, convention)
+        inv = invert_pair(model, c, s, ctx, schedule, policy, progress=comfy_glue.progress(len(schedule.calls())),
                           extra_conds=extra)
-        return (inv, {"samples": comfy_glue.latent_out(model, inv.result.latent).cpu()}, sigmas)
+        return (inv, {"samples": comfy_glue.latent_out(model, inv.result.latent).cpu()}, schedule.sample_sigmas)
 
 
 class StyleKitFeatureFusion:
@@ -115,8 +133,9 @@ class StyleKitFeatureFusion:
     RETURN_TYPES = ("MODEL", "LATENT", "NOISE")
     RETURN_NAMES = ("model", "start_latent", "start_noise")
     OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",
-                       "Start latent: the content's inverted latent, AdaIN-ed to the style's if enabled. "
-                       "SD: sample it with SamplerCustom, add_noise off, on the inversion's sigmas.",
+                       "Start latent: the content's inverted latent, AdaIN-ed to the style's if enabled, placed at "
+                       "the inversion's first sigma. SD: sample it with SamplerCustom, add_noise off, on the "
+                       "inversion's sigmas as they are.",
                        "The same start as a NOISE for SamplerCustomAdvanced (its latent_image: the content latent), "
                        "on the inversion's sigmas. Flux needs this one: a flow sampler's add_noise-off start "
                        "multiplies the latent by 1 - sigma, which is 0 at Flux's first sigma.")

@@ -17,6 +17,7 @@ from stylekit.bridge.sampling import sample_euler_cfg
 from stylekit.bridge.schedule import simple_sigmas
 from stylekit.bridge.tiny import tiny_flux
 from stylekit.models.feature_store import StorePolicy, dit_store_bytes
+from stylekit.models.inversion import every_step_schedule
 from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
 from stylekit.nodes.magicstyle import dit_default_blocks
 
@@ -47,8 +48,9 @@ def test_flux_figures():
     sig = simple_sigmas(model.model_sampling, steps)
     blocks = tuple(dit_default_blocks(model_layers(model)))
     with torch.no_grad():
-        inv = invert_pair(model, content, style, cond["c_crossattn"], sig, StorePolicy(layers=blocks), extra_conds=extra)
-        inv_r = invert_pair(model, content, style, cond["c_crossattn"], sig, StorePolicy(layers=blocks, mode="recompute"),
+        inv = invert_pair(model, content, style, cond["c_crossattn"], every_step_schedule(sig), StorePolicy(layers=blocks),
+                          extra_conds=extra)
+        inv_r = invert_pair(model, content, style, cond["c_crossattn"], every_step_schedule(sig), StorePolicy(layers=blocks, mode="recompute"),
                             extra_conds=extra)
         x = start_latent(inv)
         styleid, magic = fusion_model(model, inv, PRESETS["StyleID"]), fusion_model(model, inv, PRESETS["MagicStyle"])

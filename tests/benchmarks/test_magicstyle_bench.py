@@ -14,8 +14,8 @@ from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher, sample_euler_cfg
 from stylekit.bridge.tiny import tiny_sd15_unet
 from stylekit.models.feature_store import StorePolicy
+from stylekit.models.inversion import styleid_schedule
 from stylekit.models.magicstyle import (
-    ddim_uniform_sigmas,
     fusion_model,
     invert_batch,
     invert_pair,
@@ -35,22 +35,23 @@ def test_magicstyle_figures():
     g = torch.Generator().manual_seed(0)
     content, style = torch.randn(1, 4, side, side, generator=g), torch.randn(1, 4, side, side, generator=g)
     ctx = torch.randn(1, 77, 64, generator=g)
-    sig = ddim_uniform_sigmas(model.model_sampling, steps)
+    sched = styleid_schedule(model.model_sampling, steps)
     layers = model_layers(model)
     styleid = StorePolicy(layers=tuple(layers.select(STYLEID_BLOCKS)))
     naive = StorePolicy(layers=tuple(layers.keys), dtype=torch.float32)
     with torch.no_grad():
-        t_batched, inv = best_of(lambda: invert_pair(model, content, style, ctx, sig, StorePolicy(layers=styleid.layers)))
-        t_seq, _ = best_of(lambda: [invert_batch(model, x, ctx[:1], sig, StorePolicy(layers=styleid.layers))
+        t_batched, inv = best_of(lambda: invert_pair(model, content, style, ctx, sched, StorePolicy(layers=styleid.layers)))
+        t_seq, _ = best_of(lambda: [invert_batch(model, x, ctx[:1], sched, StorePolicy(layers=styleid.layers))
                                     for x in (content, style)])
         # naive: fp32 q, k, v of both images on every layer and step (tokens per layer read off a full store)
-        full = invert_pair(model, content, style, ctx, sig, naive).store.features
+        full = invert_pair(model, content, style, ctx, sched, naive).store.features
         naive_bytes = sum(h.shape[1] * layers.by_key(key).channels * 6 * 4 for (key, _), h in full.items())
-        x_T = start_latent(inv) / sig[0]
-        t_plain, _ = best_of(lambda: sample_euler_cfg(model, x_T, sig, ctx))
-        t_ffa, _ = best_of(lambda: sample_euler_cfg(fusion_model(model, inv, PRESETS["StyleID"]), x_T, sig, ctx))
-        inv_r = invert_pair(model, content, style, ctx, sig, StorePolicy(layers=styleid.layers, mode="recompute"))
-        t_rec, _ = best_of(lambda: sample_euler_cfg(fusion_model(model, inv_r, PRESETS["StyleID"]), x_T, sig, ctx))
+        x_T, sig = start_latent(inv), inv.result.sigmas
+        t_plain, _ = best_of(lambda: sample_euler_cfg(model, None, sig, ctx, start=x_T))
+        t_ffa, _ = best_of(lambda: sample_euler_cfg(fusion_model(model, inv, PRESETS["StyleID"]), None, sig, ctx, start=x_T))
+        inv_r = invert_pair(model, content, style, ctx, sched, StorePolicy(layers=styleid.layers, mode="recompute"))
+        t_rec, _ = best_of(lambda: sample_euler_cfg(fusion_model(model, inv_r, PRESETS["StyleID"]), None, sig, ctx,
+                                                    start=x_T))
     fig = {"latent": side, "steps": steps, "store_bytes": inv.store.size_bytes(), "naive_bytes": naive_bytes,
            "store_ratio": inv.store.size_bytes() / naive_bytes,
            "batched_vs_sequential": t_batched / t_seq, "ffa_vs_plain": t_ffa / t_plain,

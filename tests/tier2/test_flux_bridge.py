@@ -14,6 +14,7 @@ from stylekit.bridge.flux import FluxBridgePatcher, image_ids, patchify, unpatch
 from stylekit.bridge.sampling import sample_euler_cfg
 from stylekit.bridge.schedule import simple_sigmas
 from stylekit.models.feature_store import StorePolicy
+from stylekit.models.inversion import every_step_schedule
 from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
 from stylekit.models.stylestudio import teacher_model
 
@@ -44,7 +45,7 @@ def invert(flux, data, steps, mode="store", layers=None, dtype=torch.float32):
     sig = simple_sigmas(flux.model_sampling, steps)
     cond = data["cond"]
     policy = StorePolicy(layers=tuple(layers or model_layers(flux).keys), dtype=dtype, mode=mode)
-    return invert_pair(flux, data["content"], data["style"], cond["c_crossattn"], sig, policy,
+    return invert_pair(flux, data["content"], data["style"], cond["c_crossattn"], every_step_schedule(sig), policy,
                        extra_conds={"y": cond["y"], "guidance": cond["guidance"]}), sig
 
 
@@ -53,13 +54,35 @@ def sample(model, sig, data, start, uncond=False, cfg=1.0, split=False):
         return sample_euler_cfg(model, None, sig, data["cond"], data["uncond"] if uncond else None, cfg, split, start=start)
 
 
-def raw(transformer, x, sigma, cond):
-    """The unpatched diffusers transformer, called directly (no bridge processor at all)."""
+def velocity(transformer, x, sigma, cond):
+    """The flow's velocity from the unpatched diffusers transformer, called directly (no bridge processor)."""
     with torch.no_grad():
         v = transformer(hidden_states=patchify(x), encoder_hidden_states=cond["c_crossattn"], pooled_projections=cond["y"],
                         timestep=sigma, img_ids=image_ids(x.shape[-2] // 2, x.shape[-1] // 2),
                         txt_ids=torch.zeros(cond["c_crossattn"].shape[1], 3), guidance=cond["guidance"]).sample
-    return x - sigma.view(-1, 1, 1, 1) * unpatchify(v, x.shape)
+    return unpatchify(v, x.shape)
+
+
+def raw(transformer, x, sigma, cond):
+    """The unpatched transformer's denoised x0 = x - sigma * v."""
+    return x - sigma.view(-1, 1, 1, 1) * velocity(transformer, x, sigma, cond)
+
+
+def test_flow_inversion_is_the_explicit_euler_inversion(flux, transformer, data, roundoff):
+    """Flux's convention (models/inversion.py): from the clean latent at sigma 0, Euler steps up ComfyUI's
+    simple sigmas, the velocity read at the level stepped to; the start is the latent at sigma 1."""
+    steps = 6
+    inv, sig = invert(flux, data, steps)
+    levels = [float(v) for v in sig][::-1]  # 0, ..., 1
+    for row, x0 in enumerate((data["content"], data["style"])):
+        x = x0.clone()
+        for a, b in zip(levels, levels[1:]):
+            torch.testing.assert_close(inv.result.inputs[b][row:row + 1], x, rtol=0,
+                                       atol=roundoff(x, flux, steps) + 1e-7)
+            x = x + (b - a) * velocity(transformer, x, torch.tensor([b]), data["cond"])
+        err = float((inv.result.latent[row:row + 1] - x).abs().max())
+        assert err <= roundoff(x, flux, steps), err
+    assert torch.equal(inv.result.sigmas, sig)
 
 
 def test_layers_read_from_the_model(flux):

@@ -11,8 +11,8 @@ from stylekit.attention.feature_fusion import recording_patch
 from stylekit.attention.layers import attention_modules
 from stylekit.attention.router import Contribution, add_contribution
 from stylekit.models.feature_store import FeatureStore, MissingStepError, StorePolicy
-from stylekit.models.inversion import ddim_invert
-from stylekit.models.magicstyle import ddim_uniform_sigmas, fusion_model, invert_pair, start_latent
+from stylekit.models.inversion import styleid_schedule, invert
+from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
 
 STEPS = 5
 
@@ -26,32 +26,33 @@ def policy(sd15, mode="store", dtype=torch.float32):
     return StorePolicy(layers=tuple(model_layers(sd15).select(STYLEID_BLOCKS)), dtype=dtype, mode=mode)
 
 
-def run(model, inv, sig, settings=PRESETS["StyleID"], ctx=None):
+def run(model, inv, sig=None, settings=PRESETS["StyleID"]):
     m = fusion_model(model, inv, settings)
     with torch.no_grad():
-        return sample_euler_cfg(m, start_latent(inv) / sig[0], sig, inv.context[0:1])
+        return sample_euler_cfg(m, None, inv.result.sigmas if sig is None else sig, inv.context[0:1],
+                                start=start_latent(inv))
 
 
 def test_batched_inversion_equals_independent_reference_loops(sd15):
     content, style, ctx = refs()
-    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
-    inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
+    sched = styleid_schedule(sd15.model_sampling, STEPS)
+    inv = invert_pair(sd15, content, style, ctx, sched, policy(sd15))
     for row, x0 in enumerate((content, style)):  # plain model, one image at a time, no recording patch
-        ref = ddim_invert(lambda x, s: sd15.eps(x, torch.tensor([s]), ctx), x0, sig)
+        ref = invert(lambda x, s: sd15.eps(x, torch.tensor([s]), ctx), x0, sched)
         torch.testing.assert_close(inv.result.latent[row:row + 1], ref.latent, atol=1e-4, rtol=1e-4)
-    assert len(inv.store.features) == len(model_layers(sd15).select(STYLEID_BLOCKS)) * STEPS
+    # every step the sampler visits; the top one, which StyleID's sampler skips, is not stored
+    assert len(inv.store.features) == len(model_layers(sd15).select(STYLEID_BLOCKS)) * (STEPS - 1)
 
 
 def test_fusion_off_is_plain_sampling_and_styleid_changes_it(sd15):
     content, style, ctx = refs(1)
-    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
-    inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
-    x_T = start_latent(inv, adain=False)
+    inv = invert_pair(sd15, content, style, ctx, styleid_schedule(sd15.model_sampling, STEPS), policy(sd15))
+    x_T, sig = start_latent(inv, adain=False), inv.result.sigmas
     off = fusion_model(sd15, inv, PRESETS["StyleID"], weight=0.0)
     with torch.no_grad():
-        plain = sample_euler_cfg(sd15, x_T / sig[0], sig, ctx)
-        got_off = sample_euler_cfg(off, x_T / sig[0], sig, ctx)
-        fused = sample_euler_cfg(fusion_model(sd15, inv, PRESETS["StyleID"]), x_T / sig[0], sig, ctx)
+        plain = sample_euler_cfg(sd15, None, sig, ctx, start=x_T)
+        got_off = sample_euler_cfg(off, None, sig, ctx, start=x_T)
+        fused = sample_euler_cfg(fusion_model(sd15, inv, PRESETS["StyleID"]), None, sig, ctx, start=x_T)
     assert torch.equal(got_off, plain)
     assert torch.isfinite(fused).all() and (fused - plain).abs().mean() > 1e-3
 
@@ -59,13 +60,14 @@ def test_fusion_off_is_plain_sampling_and_styleid_changes_it(sd15):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_recompute_mode_equals_store_mode(sd15, preset, roundoff):
     content, style, ctx = refs(2)
-    sig = ddim_uniform_sigmas(sd15.model_sampling, STEPS)
-    a = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store")), sig, PRESETS[preset])
+    sig = styleid_schedule(sd15.model_sampling, STEPS)
+    a = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store")), settings=PRESETS[preset])
     inv_r = invert_pair(sd15, content, style, ctx, sig, policy(sd15, "recompute"))
     assert inv_r.store.size_bytes() == 0  # nothing but the latent trajectory is kept
-    b = run(sd15, inv_r, sig, PRESETS[preset])
+    b = run(sd15, inv_r, settings=PRESETS[preset])
     torch.testing.assert_close(a, b, atol=roundoff(a, sd15, STEPS), rtol=0)  # fp32 store: up to batching round-off
-    c = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store", torch.float16)), sig, PRESETS[preset])
+    c = run(sd15, invert_pair(sd15, content, style, ctx, sig, policy(sd15, "store", torch.float16)),
+            settings=PRESETS[preset])
     assert (c - a).abs().max() < 5e-2  # the fp16 default store: stated tolerance
 
 
@@ -96,31 +98,31 @@ def test_stored_states_project_to_the_qkv_the_layer_computes(sd15):
 
 def test_sampler_steps_must_match_the_store(sd15):
     content, style, ctx = refs(3)
-    inv = invert_pair(sd15, content, style, ctx, ddim_uniform_sigmas(sd15.model_sampling, STEPS), policy(sd15))
-    other = ddim_uniform_sigmas(sd15.model_sampling, STEPS + 2)
+    inv = invert_pair(sd15, content, style, ctx, styleid_schedule(sd15.model_sampling, STEPS), policy(sd15))
+    other = styleid_schedule(sd15.model_sampling, STEPS + 2).sample_sigmas
     with pytest.raises(MissingStepError, match="no stored features for sigma"):
         run(sd15, inv, other)
 
 
 def test_input_model_untouched_and_stores_freed(sd15):
     content, style, ctx = refs(4)
-    sig = ddim_uniform_sigmas(sd15.model_sampling, 3)
+    sig = styleid_schedule(sd15.model_sampling, 3)
     with torch.no_grad():
-        before = sample_euler_cfg(sd15, content, sig, ctx)
+        before = sample_euler_cfg(sd15, content, sig.sample_sigmas, ctx)
     refs_alive = []
     for _ in range(20):
         inv = invert_pair(sd15, content, style, ctx, sig, policy(sd15))
-        run(sd15, inv, sig)
+        run(sd15, inv)
         refs_alive.append(weakref.ref(inv.store))
         del inv
         gc.collect()
     assert sum(r() is not None for r in refs_alive) == 0  # no growth: every store is released
     with torch.no_grad():
-        assert torch.equal(sample_euler_cfg(sd15, content, sig, ctx), before)
+        assert torch.equal(sample_euler_cfg(sd15, content, sig.sample_sigmas, ctx), before)
     assert sd15.model_options == {"transformer_options": {}}
 
 
 def test_size_mismatch_is_refused(sd15):
     content, style, ctx = refs()
     with pytest.raises(ValueError, match="differ in size"):
-        invert_pair(sd15, content, style[..., :8], ctx, ddim_uniform_sigmas(sd15.model_sampling, 2), policy(sd15))
+        invert_pair(sd15, content, style[..., :8], ctx, styleid_schedule(sd15.model_sampling, 2), policy(sd15))

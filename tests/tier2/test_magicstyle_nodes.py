@@ -11,7 +11,9 @@ def test_nodes_chain_on_the_bridge(sd15, roundoff):
     cond = [[torch.randn(1, 77, 64, generator=g), {}]]
     inv, inverted, sigmas = StyleKitDDIMInvert().invert(sd15, content, style, cond, 4, "output 6-11 (StyleID)",
                                                         "fp16", "cpu", "store")
-    assert inverted["samples"].shape == (2, 4, 16, 16) and len(sigmas) == 5 and float(sigmas[-1]) == 0
+    # StyleID's schedule: 4 DDIM timesteps less the skipped top one, then t = 0
+    assert inverted["samples"].shape == (2, 4, 16, 16) and len(sigmas) == 4
+    assert float(sigmas[-1]) == float(sd15.model_sampling.sigmas[0])
     assert all(t.device.type == "cpu" and t.dtype == torch.float16 for t in inv.store.features.values())
     model, start, _ = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
                                                  mask=torch.zeros(1, 64, 64))
@@ -22,13 +24,13 @@ def test_nodes_chain_on_the_bridge(sd15, roundoff):
     everywhere = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
                                                mask=torch.ones(1, 64, 64))[0]
     unmasked = StyleKitFeatureFusion().apply(sd15, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)[0]
-    x = start["samples"] / sigmas[0]
+    x = start["samples"]
     with torch.no_grad():  # MASK marks where the fusion acts: all 0 (or all 1, inverted) is the plain model
-        out = sample_euler_cfg(model, x, sigmas, cond[0][0])
-        plain = sample_euler_cfg(sd15, x, sigmas, cond[0][0])
-        inv_out = sample_euler_cfg(inverted_ones, x, sigmas, cond[0][0])
-        full = sample_euler_cfg(everywhere, x, sigmas, cond[0][0])
-        fused = sample_euler_cfg(unmasked, x, sigmas, cond[0][0])
+        out = sample_euler_cfg(model, None, sigmas, cond[0][0], start=x)
+        plain = sample_euler_cfg(sd15, None, sigmas, cond[0][0], start=x)
+        inv_out = sample_euler_cfg(inverted_ones, None, sigmas, cond[0][0], start=x)
+        full = sample_euler_cfg(everywhere, None, sigmas, cond[0][0], start=x)
+        fused = sample_euler_cfg(unmasked, None, sigmas, cond[0][0], start=x)
     tol = roundoff(plain, sd15, len(sigmas) - 1)
     torch.testing.assert_close(out, plain, atol=tol, rtol=0)
     torch.testing.assert_close(inv_out, plain, atol=tol, rtol=0)
@@ -71,3 +73,18 @@ def test_the_auto_block_set_fits_each_family(sd15, sdxl):
             stored = {key for key, _ in inv.store.features}
             assert {k[:2] for k in stored} == blocks
             assert stored == {k for k in model_layers(model).keys if k[:2] in blocks}  # every layer of them
+
+
+def test_the_every_step_convention_samples_all_of_ddim_uniform(sd15):
+    from stylekit.models.inversion import ddim_uniform_sigmas
+    from stylekit.nodes.magicstyle import EVERY_STEP
+    g = torch.Generator().manual_seed(0)
+    content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))
+    cond = [[torch.randn(1, 77, 64, generator=g), {}]]
+    inv, inverted, sigmas = StyleKitDDIMInvert().invert(sd15, content, style, cond, 4, "output 6-11 (StyleID)",
+                                                        "fp32", "cpu", "store", convention=EVERY_STEP)
+    assert torch.equal(sigmas, ddim_uniform_sigmas(sd15.model_sampling, 4))  # every step, ending in 0
+    assert {s for _, s in inv.store.features} == {float(s) for s in sigmas[:-1]}
+    official = StyleKitDDIMInvert().invert(sd15, content, style, cond, 4, "output 6-11 (StyleID)", "fp32", "cpu",
+                                           "store")[1]
+    assert (official["samples"] - inverted["samples"]).abs().max() > 1e-2  # a different start

@@ -114,6 +114,7 @@ def test_comfyui_and_the_bridge_agree_on_the_same_weights(needs_hooks, roundoff)
     from stylekit.bridge.sampling import sample_euler_cfg
     from stylekit.bridge.schedule import FlowSchedule, simple_sigmas
     from stylekit.models.feature_store import StorePolicy
+    from stylekit.models.inversion import every_step_schedule
     from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
     from stylekit.nodes import comfy_glue
     comfy_model = comfy_flux_tiny()
@@ -135,7 +136,7 @@ def test_comfyui_and_the_bridge_agree_on_the_same_weights(needs_hooks, roundoff)
     assert (plain_c - plain_b).abs().max() <= roundoff(plain_c, bridge, 1)
     for host in (comfy_model, bridge):
         with torch.no_grad():
-            inv = invert_pair(host, x_c, x_s, ctx, sig_c, StorePolicy(dtype=torch.float32), extra_conds=extra)
+            inv = invert_pair(host, x_c, x_s, ctx, every_step_schedule(sig_c), StorePolicy(dtype=torch.float32), extra_conds=extra)
             m = fusion_model(host, inv, PRESETS["StyleID"], weight=0.9)
             if host is bridge:
                 out = sample_euler_cfg(m, None, sig_c, {"c_crossattn": ctx, **extra}, start=start_latent(inv))

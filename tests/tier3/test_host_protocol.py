@@ -52,12 +52,13 @@ def style_stack(model, tmp_path, adapter_weight=1.0, start_percent=0.0):
 
 
 def feature_fusion(model, mode, weight):
-    from stylekit.nodes.magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
+    from stylekit.nodes.magicstyle import EVERY_STEP, StyleKitDDIMInvert, StyleKitFeatureFusion
     g = torch.Generator().manual_seed(3)
     content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))
     cond, _ = conds()
+    # sampled by KSampler on ddim_uniform: every step of that schedule is stored
     inv = StyleKitDDIMInvert().invert(model, content, style, cond, STEPS, "output 6-11 (StyleID)", "fp32",
-                                      "model device", mode)[0]
+                                      "model device", mode, EVERY_STEP)[0]
     return StyleKitFeatureFusion().apply(model, inv, "MagicStyle", 0.75, 1.5, 0.0, weight, True, 0.0, 1.0)[0]
 
 
