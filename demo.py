@@ -148,19 +148,19 @@ def demo_router(d: Demo):
                        "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
 
 
-def demo_styleid(d: Demo, preset="StyleID", n: int = 6):
+def demo_styleid(d: Demo, preset="StyleID", n: int = 4, steps: int = 50):
     """MagicStyle/StyleID on the miniature world: invert a content and a style image, then sample with
     Feature Fusion; the last column is the content's inversion sampled with no fusion."""
     from .toy import effects
     from .toy.family import images_tensor
     from .toy.sheets import contact_sheet
     t0 = time.perf_counter()
-    figures, run = effects.feature_fusion(d.toy, n, seed=d.seed, preset=preset)
+    figures, run = effects.feature_fusion(d.toy, n, seed=d.seed, preset=preset, steps=steps)  # StyleID's 50
     sheet = contact_sheet([("content", images_tensor(run.content)), ("style", images_tensor(run.style)),
                            (preset, run.result), ("no fusion", run.reconstruction)],
                           title=f"miniature world: Feature Fusion, {preset} preset")
     return {"sheet": sheet, "random_weights": False, "effects": _figures(figures),
-            "report": {"pairs": n, "preset": preset, "steps": 25, "seconds_per_pair": round((time.perf_counter() - t0) / n, 3)}}
+            "report": {"pairs": n, "preset": preset, "steps": steps, "seconds_per_pair": round((time.perf_counter() - t0) / n, 3)}}
 
 
 def demo_deadiff(d: Demo):

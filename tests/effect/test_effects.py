@@ -57,7 +57,8 @@ def test_text_to_image_follows_the_prompt(t2i, head):
 
 @pytest.fixture(scope="module", params=["StyleID", "MagicStyle"])
 def fusion(request, toy):
-    figures, _ = effects.feature_fusion(toy, n=effects.N_PAIRS, seed=5, preset=request.param)
+    # StyleID's published 50 steps: its skipped top step costs the round trip more at fewer (README)
+    figures, _ = effects.feature_fusion(toy, n=effects.N_PAIRS, seed=5, preset=request.param, steps=50)
     return request.param, figures
 
 
@@ -77,8 +78,8 @@ def test_feature_fusion_keeps_the_content_shape(fusion):
 
 
 @pytest.mark.parametrize("what", [
-    pytest.param("texture", marks=not_yet("texture from the style 0.08 (StyleID and MagicStyle) vs 0.52 needed")),
-    pytest.param("colour", marks=not_yet("foreground colour from the style 0.33 / 0.25 vs 0.45 needed")),
+    pytest.param("texture", marks=not_yet("texture from the style 0.04 (StyleID and MagicStyle) vs 0.52 needed")),
+    pytest.param("colour", marks=not_yet("foreground colour from the style 0.375 / 0.21 vs 0.45 needed")),
     "background"])
 def test_feature_fusion_takes_the_style(fusion, what):
     """StyleID / MagicStyle: the style image's palette and texture reach the result; with fusion off (the
