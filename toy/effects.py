@@ -15,7 +15,8 @@ from ..attention.feature_fusion import PRESETS, STYLEID_BLOCKS
 from ..attention.layers import model_layers
 from ..bridge import sample_euler_cfg
 from ..models.feature_store import StorePolicy
-from ..models.inversion import styleid_schedule, ddim_uniform_sigmas
+from ..models.inversion import styleid_schedule
+from ..models.schedules import ddim_uniform_sigmas
 from ..models.magicstyle import fusion_model, invert_pair, start_latent
 from . import world
 from .family import ToyWorld, images_tensor
@@ -134,14 +135,16 @@ def feature_fusion(w: ToyWorld, n: int = 16, seed: int = 0, preset: str = "Style
     empty = w.encode("")
     schedule = styleid_schedule(w.model.model_sampling, steps)  # StyleID's pipeline, as DDIM Invert runs it
     blocks = tuple(model_layers(w.model).select(blocks))
-    fused, plain = [], []
+    fused, inverted = [], []
+    sig = schedule.sample_sigmas
     with torch.no_grad():
         for i in range(n):
             inv = invert_pair(w.model, lat_c[i:i + 1], lat_s[i:i + 1], empty, schedule, StorePolicy(layers=blocks))
             styled = fusion_model(w.model, inv, settings or PRESETS[preset], weight=weight)
-            sig = inv.result.sigmas
             fused.append(sample_euler_cfg(styled, None, sig, empty, start=start_latent(inv, adain)))
-            plain.append(sample_euler_cfg(w.model, None, sig, empty, start=inv.result.latent[0:1]))
+            inverted.append(inv.result.latent[0:1])
+        # fusion off: every content's inverted latent sampled plainly, in one batch
+        plain = [sample_euler_cfg(w.model, None, sig, empty.expand(n, -1, -1), start=torch.cat(inverted))]
     result, recon = w.to_image(torch.cat(fused)), w.to_image(torch.cat(plain))
     r, p = w.probes.read(result), w.probes.read(recon)
     figures = {
