@@ -24,10 +24,14 @@ import math
 import torch
 
 from ..errors import InputError
-from ..models.feature_store import ReferencesDone
 from .feature_fusion import FeatureRecorder, FusionSettings, resize_mask
 from .joint import JointQKV, dit_key
 from .router import Contribution, current_sigma, movable
+
+
+class ReferencesDone(Exception):
+    """Raised by a recorder once the last stored block has been recorded in a recompute pass: the rest of
+    the references' forward pass would compute nothing that is used (caught by the recompute wrapper)."""
 
 
 def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:

@@ -99,7 +99,7 @@ class ModelLayers:
 
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}
 
-# Named layer sets per family; methods register theirs here (DESIGN.md §3).
+# Named layer sets per family; methods register theirs here.
 LAYER_SETS: dict[str, dict[str, list[tuple]]] = {"sd15": {}, "sdxl": {}, "flux": {}}
 
 
@@ -133,21 +133,31 @@ def _comfy_blocks(dm):
                     yield (name, bid, i), tb
 
 
+def diffusers_key(block: str, level: int, j: int, depth: int, per_level: int) -> tuple:
+    """ComfyUI's key of diffusers' ``{block}.{level}.attentions.{j}.transformer_blocks.{depth}`` in a UNet
+    with ``per_level`` resnets per level (ComfyUI counts the level's downsampler as a block of its own)."""
+    if block == "mid_block":
+        return ("middle", 0, depth)
+    if block == "down_blocks":
+        return ("input", 1 + (per_level + 1) * level + j, depth)
+    if block == "up_blocks":
+        return ("output", (per_level + 1) * level + j, depth)
+    raise ValueError(f"unexpected UNet block {block!r}")
+
+
+def layers_per_block(unet) -> int:
+    per_level = unet.config.layers_per_block
+    return per_level if isinstance(per_level, int) else per_level[0]
+
+
 def _diffusers_blocks(unet):
     """(key, transformer block) pairs of a diffusers UNet2DConditionModel under ComfyUI's keys."""
-    per_level = unet.config.layers_per_block
-    per_level = per_level if isinstance(per_level, int) else per_level[0]
-    for i, down in enumerate(unet.down_blocks):
-        for j, att in enumerate(getattr(down, "attentions", None) or []):
-            for t, tb in enumerate(att.transformer_blocks):
-                yield ("input", 1 + (per_level + 1) * i + j, t), tb
-    for att in getattr(unet.mid_block, "attentions", None) or []:
-        for t, tb in enumerate(att.transformer_blocks):
-            yield ("middle", 0, t), tb
-    for i, up in enumerate(unet.up_blocks):
-        for j, att in enumerate(getattr(up, "attentions", None) or []):
-            for t, tb in enumerate(att.transformer_blocks):
-                yield ("output", (per_level + 1) * i + j, t), tb
+    per_level = layers_per_block(unet)
+    for name, blocks in (("down_blocks", unet.down_blocks), ("mid_block", [unet.mid_block]), ("up_blocks", unet.up_blocks)):
+        for i, block in enumerate(blocks):
+            for j, att in enumerate(getattr(block, "attentions", None) or []):
+                for t, tb in enumerate(att.transformer_blocks):
+                    yield diffusers_key(name, i, j, t, per_level), tb
 
 
 def diffusion_model_of(model):

@@ -8,7 +8,7 @@ and returns only the stylised half, so the sampler never sees the teacher.
 
 In every self-attention the stylised rows then use the teacher's attention map with their own values:
 ``softmax(Q_t K_t^T / sqrt(d)) V_s`` is plain attention over ``(Q_t, K_t, V_s)``, so the router passes
-the teacher's queries and keys down the chain and the attention stays fused (DESIGN.md §5).
+the teacher's queries and keys down the chain and the attention stays fused.
 The style adapter (:mod:`.adapter_attention`) skips the teacher rows.
 
 ComfyUI's sampler owns one latent per image, so the teacher pass at each step starts from the

@@ -5,22 +5,18 @@ import copy
 
 import torch
 
+from ..attention.layers import diffusers_key, layers_per_block
 from .processor import RouterAttnProcessor
 from .schedule import DiscreteSchedule
 
 
-def diffusers_attention_key(name: str, layers_per_block: int) -> tuple[str, tuple]:
+def diffusers_attention_key(name: str, per_level: int) -> tuple[str, tuple]:
     """``down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor`` -> ("attn2", ("input", 4, 0))."""
     p = name.split(".")
     attn, depth = p[-2], int(p[-3])
-    if p[0] == "mid_block":
-        return attn, ("middle", 0, depth)
-    level, j = int(p[1]), int(p[3])
-    if p[0] == "down_blocks":
-        return attn, ("input", 1 + (layers_per_block + 1) * level + j, depth)
-    if p[0] == "up_blocks":
-        return attn, ("output", (layers_per_block + 1) * level + j, depth)
-    raise ValueError(f"unexpected attention processor {name!r}")
+    if p[0] == "mid_block":  # mid_block.attentions.0...
+        return attn, diffusers_key(p[0], 0, int(p[2]), depth, per_level)
+    return attn, diffusers_key(p[0], int(p[1]), int(p[3]), depth, per_level)
 
 
 class BridgePatcher:
@@ -95,8 +91,7 @@ class BridgePatcher:
 
     # --- running the UNet -----------------------------------------------------------------------
     def _processors(self, state):
-        per_level = self.unet.config.layers_per_block
-        per_level = per_level if isinstance(per_level, int) else per_level[0]
+        per_level = layers_per_block(self.unet)
         return {name: RouterAttnProcessor(state, *diffusers_attention_key(name, per_level))
                 for name in self.unet.attn_processors}
 

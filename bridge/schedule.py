@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from ..models.schedules import ddim_uniform_sigmas
+
 
 class SigmaTable(torch.nn.Module):
     """A schedule's sigma table (``sigmas``, low to high), as ComfyUI's model_sampling objects hold it."""
@@ -58,7 +60,6 @@ class DiscreteSchedule(SigmaTable):
 
     def ddim_sigmas(self, steps: int) -> torch.Tensor:
         """ComfyUI's ``ddim_uniform`` scheduler: high to low, ending in 0."""
-        from ..models.inversion import ddim_uniform_sigmas
         return ddim_uniform_sigmas(self, steps)
 
 
@@ -98,10 +99,3 @@ class FlowSchedule(SigmaTable):
 
     def noise_scaling(self, sigma, noise, latent, max_denoise=False):
         return sigma * noise + (1.0 - sigma) * latent
-
-
-def simple_sigmas(model_sampling, steps: int) -> torch.Tensor:
-    """ComfyUI's ``simple`` scheduler: ``steps`` evenly spaced entries of the model's sigma table, then 0."""
-    s = model_sampling.sigmas
-    ss = len(s) / steps
-    return torch.tensor([float(s[-(1 + int(x * ss))]) for x in range(steps)] + [0.0], dtype=torch.float32)

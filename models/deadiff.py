@@ -1,6 +1,6 @@
 """DEADiff's image encoder (two instructed Q-Formers + projections) and its attn2 image K/V weights.
 
-Architecture (bytedance/DEADiff, DESIGN.md §3): per branch ("style", "content") a BLIP-2 Q-Former
+Architecture (bytedance/DEADiff): per branch ("style", "content") a BLIP-2 Q-Former
 (BERT-base, cross-attention to the image in every layer, 16 learned queries) instructed with one
 word, over ``LayerNorm(penultimate CLIP ViT-L/14 hidden states)``; the 16 query outputs go through a
 residual MLP ``x + W2 QuickGELU(W1 LN(x))``. The Q-Former itself is transformers'
@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightFileError
-from .weights_file import positive_int, read_safetensors, require_finite
+from ..files import OutputTarget, output_target, write_new
+from .weights_file import load_weights_only, positive_int, read_safetensors, require_finite
 
 BRANCHES = ("style", "content")
-# bert-base-uncased ids of "[CLS] <word> [SEP]" (DESIGN.md §3); LAVIS adds [DEC] as id 30522 (unused here)
+# bert-base-uncased ids of "[CLS] <word> [SEP]"; LAVIS adds [DEC] as id 30522 (unused here)
 INSTRUCTION_IDS = {"style": (101, 2806, 102), "content": (101, 4180, 102)}
 ARCHITECTURE = ("DEADiff image encoder: 2 BLIP-2 Q-Formers (BERT-base, 12 layers, 768 wide, 16 queries) "
                 "over CLIP ViT-L/14 (1024-wide) features, 2 projection MLPs, and i_to_k/i_to_v on the 16 "
@@ -246,3 +247,24 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
     require_finite(sd, path, DEADiffWeightsError)
     heads = positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
     return adapter_from_state_dict(sd, heads=heads, source=path.name)
+
+
+def read_checkpoint(path: Path) -> dict:
+    obj = load_weights_only(str(path), DEADiffWeightsError, "DEADiff checkpoint (deadiff_v1.ckpt, tensors only)",
+                            "The official deadiff_v1.ckpt holds only tensors and plain containers.", mmap=True)
+    if not isinstance(obj, dict):
+        raise DEADiffWeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def extract_file(src: Path, dst, force: bool = False, progress=None) -> tuple[dict, str]:
+    """(tensors, path written). ``dst``: a path (refused if it exists, unless ``force``) or an
+    OutputTarget; checked before the (7.4 GB) checkpoint is read. ``progress(done, total)`` follows the
+    copy of the tensors kept."""
+    from safetensors.torch import save_file
+    target = dst if isinstance(dst, OutputTarget) else output_target(str(dst.parent), dst.name, "", numbered=False,
+                                                                      force=force, field="output")
+    tensors = extract_deadiff(read_checkpoint(src), progress)
+    path = write_new(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "source": src.name,
+                                                                            "qformer_heads": "12"}))
+    return tensors, path

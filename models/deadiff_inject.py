@@ -1,6 +1,6 @@
 """DEADiff on a model: style tokens to the style layers, content tokens to the content layers.
 
-Layer split (DESIGN.md §3, SD1.5): content tokens go to input 7, 8, middle 0, output 3, 4; style
+Layer split (bytedance/DEADiff's, SD1.5): content tokens go to input 7, 8, middle 0, output 3, 4; style
 tokens to input 1, 2, 4, 5 and output 5..11. A branch that is off (style-only or content-only) still
 puts 16 zero tokens on its layers by default, as the official code does (their zero keys take
 softmax mass); ``zero_tokens=False`` leaves those layers unpatched instead.

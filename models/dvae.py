@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightFileError
+from ..files import OutputTarget, output_target, write_new
 from .weights_file import load_into, load_weights_only, read_safetensors, require_finite
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -199,3 +200,26 @@ def convert_dalle_pickle(path: str) -> tuple[str, dict]:
                         DVAEWeightsError)
     dvae_from_state_dict(sd, part, os.path.basename(path))  # the names and shapes really form a dVAE
     return part, sd
+
+
+def convert_files(encoder_pkl: str, decoder_pkl: str, out, force: bool = False) -> str:
+    """Convert and write ``out``: an :class:`~stylekit.files.OutputTarget` (the node's, checked before)
+    or a path, which must not exist (an input included) unless ``force``."""
+    from safetensors.torch import save_file
+    if not isinstance(out, OutputTarget):
+        out = output_target(os.path.dirname(os.path.abspath(out)), os.path.basename(out), "",
+                            numbered=False, force=force, field="output")
+    merged = {}
+    for path, want in ((encoder_pkl, "encoder"), (decoder_pkl, "decoder")):
+        part, sd = convert_dalle_pickle(path)
+        if part != want:
+            raise DVAEWeightsError(f"{path} holds the dVAE {part}, given as the {want}")
+        merged.update({f"{part}.{k}": v for k, v in sd.items()})
+    enc = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("encoder.")}, "encoder")
+    dec = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("decoder.")}, "decoder")
+    if enc.vocab != dec.vocab:
+        raise DVAEWeightsError(f"encoder vocabulary {enc.vocab} != decoder vocabulary {dec.vocab}")
+    path = write_new(out, lambda tmp: save_file(
+        merged, tmp, metadata={"source": "DALL-E dVAE (openai/DALL-E encoder.pkl, decoder.pkl)"}))
+    n = sum(v.numel() for v in merged.values())
+    return f"wrote {path}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"

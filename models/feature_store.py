@@ -31,11 +31,6 @@ class MissingStepError(InputError):
     """A sampler sigma the inversion stored no features for."""
 
 
-class ReferencesDone(Exception):
-    """Raised by a recorder once the last stored block has been recorded in a recompute pass: the rest of
-    the references' forward pass would compute nothing that is used (caught by the recompute wrapper)."""
-
-
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-4 * max(1.0, abs(b))
 

@@ -35,22 +35,6 @@ import torch
 from ..errors import InputError
 
 
-def ddim_uniform_sigmas(model_sampling, steps: int) -> torch.Tensor:
-    """ComfyUI's ``ddim_uniform`` scheduler over the model's own sigma table (high to low, then 0)."""
-    s = model_sampling.sigmas
-    x = 1
-    if math.isclose(float(s[x]), 0, abs_tol=1e-5):
-        steps += 1
-        sigs = []
-    else:
-        sigs = [0.0]
-    ss = max(len(s) // steps, 1)
-    while x < len(s):
-        sigs.append(float(s[x]))
-        x += ss
-    return torch.tensor(sigs[::-1], dtype=torch.float32)
-
-
 @dataclass(frozen=True)
 class InversionSchedule:
     """Where an inversion walks and where sampling then runs, in sigma space."""

@@ -1,6 +1,6 @@
 """IP-Adapter style adapters as users have them: image projections and per-layer image K/V weights.
 
-Formats read (h94/IP-Adapter, InstantX CSGO; DESIGN.md §3 "StyleStudio"):
+Formats read (h94/IP-Adapter, InstantX CSGO: the adapters StyleStudio builds on):
 
 * IP-Adapter, plain: ``image_proj.proj`` (Linear, CLIP ``image_embeds`` -> tokens x context) and
   ``image_proj.norm`` (LayerNorm); 4 tokens.

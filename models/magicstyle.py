@@ -25,7 +25,7 @@ from ..attention.feature_fusion import (
     recording_patch,
 )
 from ..attention.joint import add_joint_contribution
-from ..attention.joint_fusion import DiTRecorder, joint_fusion_contribution
+from ..attention.joint_fusion import DiTRecorder, ReferencesDone, joint_fusion_contribution
 from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
 from ..attention.router import (
     add_contribution,
@@ -35,7 +35,7 @@ from ..attention.router import (
     patch_models,
 )
 from ..errors import InputError
-from .feature_store import FeatureStore, ReferencesDone, StorePolicy, _close
+from .feature_store import FeatureStore, StorePolicy, _close
 from .inversion import InversionResult, InversionSchedule, adain_latent, invert
 
 

@@ -1,4 +1,4 @@
-"""StylerDALLE training (DESIGN.md §3; zipengxuc/StylerDALLE train.py / train_rl.py).
+"""StylerDALLE training (zipengxuc/StylerDALLE train.py / train_rl.py).
 
 Stage 1, token super-resolution: the translator learns to predict the 32x32 tokens of a 256 px image
 from the 16x16 tokens of the same image at 128 px; NLL, AdamW 1e-4, linear warm-up then linear decay.

@@ -1,6 +1,6 @@
 """StyleStudio on a model: the style adapter's attn2 contribution and the teacher model, each on a clone.
 
-Block presets (ComfyUI block names; DESIGN.md §3):
+Block presets (ComfyUI block names):
 * ``StyleStudio: all up blocks`` — every output block (the paper injects style in all SDXL up blocks);
 * ``InstantStyle: style blocks`` — SDXL ``up_blocks.0.attentions.1`` = output 1; SD1.5
   ``up_blocks.1`` = output 3, 4, 5 (InstantStyle's SD1.5 example, marked experimental there);

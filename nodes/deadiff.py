@@ -38,7 +38,7 @@ class StyleKitDEADiffExtract:
 
     @boundary
     def extract(self, checkpoint, filename):
-        from ..tools.deadiff_extract import extract_file
+        from ..models.deadiff import extract_file
         target = comfy_glue.output_target(FOLDER, filename)  # checked before the long read
         tensors, path = extract_file(Path(comfy_glue.full_path(FOLDER, checkpoint)), target,
                                      progress=comfy_glue.progress(1))

@@ -3,15 +3,15 @@ import torch
 
 from ..attention.feature_fusion import PRESETS, SDXL_STYLEID_BLOCKS, STYLEID_BLOCKS, FusionSettings
 from ..attention.layers import UnsupportedModelError, model_layers, parse_block_weights
-from ..bridge.schedule import simple_sigmas
 from ..models.feature_store import StorePolicy
-from ..models.inversion import ddim_uniform_sigmas, every_step_schedule, styleid_schedule
+from ..models.inversion import every_step_schedule, styleid_schedule
 from ..models.magicstyle import (
     FAMILIES,
     fusion_model,
     invert_pair,
     start_latent,
 )
+from ..models.schedules import ddim_uniform_sigmas, simple_sigmas
 from . import checks, comfy_glue
 from .checks import MASK_TOOLTIP, boundary
 

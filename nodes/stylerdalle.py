@@ -228,7 +228,7 @@ class StyleKitStylerDALLEConvert:
 
     @boundary
     def convert(self, encoder_pickle, decoder_pickle, filename):
-        from ..tools.dalle_convert import convert_files
+        from ..models.dvae import convert_files
         target = comfy_glue.output_target(DVAE_FOLDER, filename)
         report = convert_files(comfy_glue.full_path(DVAE_FOLDER, encoder_pickle),
                                comfy_glue.full_path(DVAE_FOLDER, decoder_pickle), target)

@@ -17,35 +17,10 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/dall
     sys.exit(run_tool("dalle_convert"))
 
 import argparse
-import os
 import sys
 
 from ..errors import StyleKitError
-from ..files import OutputTarget, output_target, write_new
-from ..models.dvae import DVAEWeightsError, convert_dalle_pickle, dvae_from_state_dict
-
-
-def convert_files(encoder_pkl: str, decoder_pkl: str, out, force: bool = False) -> str:
-    """Convert and write ``out``: an :class:`~stylekit.files.OutputTarget` (the node's, checked before)
-    or a path, which must not exist (an input included) unless ``force``."""
-    from safetensors.torch import save_file
-    if not isinstance(out, OutputTarget):
-        out = output_target(os.path.dirname(os.path.abspath(out)), os.path.basename(out), "",
-                            numbered=False, force=force, field="output")
-    merged = {}
-    for path, want in ((encoder_pkl, "encoder"), (decoder_pkl, "decoder")):
-        part, sd = convert_dalle_pickle(path)
-        if part != want:
-            raise DVAEWeightsError(f"{path} holds the dVAE {part}, given as the {want}")
-        merged.update({f"{part}.{k}": v for k, v in sd.items()})
-    enc = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("encoder.")}, "encoder")
-    dec = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("decoder.")}, "decoder")
-    if enc.vocab != dec.vocab:
-        raise DVAEWeightsError(f"encoder vocabulary {enc.vocab} != decoder vocabulary {dec.vocab}")
-    path = write_new(out, lambda tmp: save_file(
-        merged, tmp, metadata={"source": "DALL-E dVAE (openai/DALL-E encoder.pkl, decoder.pkl)"}))
-    n = sum(v.numel() for v in merged.values())
-    return f"wrote {path}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"
+from ..models.dvae import convert_files
 
 
 def main(argv=None) -> int:

@@ -24,30 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import StyleKitError
-from ..files import OutputTarget, output_target, write_new
-from ..models.deadiff import DEADiffWeightsError, extract_deadiff
-from ..models.weights_file import load_weights_only
-
-
-def read_checkpoint(path: Path) -> dict:
-    obj = load_weights_only(str(path), DEADiffWeightsError, "DEADiff checkpoint (deadiff_v1.ckpt, tensors only)",
-                            "The official deadiff_v1.ckpt holds only tensors and plain containers.", mmap=True)
-    if not isinstance(obj, dict):
-        raise DEADiffWeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
-
-
-def extract_file(src: Path, dst, force: bool = False, progress=None) -> tuple[dict, str]:
-    """(tensors, path written). ``dst``: a path (refused if it exists, unless ``force``) or an
-    OutputTarget; checked before the (7.4 GB) checkpoint is read. ``progress(done, total)`` follows the
-    copy of the tensors kept."""
-    from safetensors.torch import save_file
-    target = dst if isinstance(dst, OutputTarget) else output_target(str(dst.parent), dst.name, "", numbered=False,
-                                                                      force=force, field="output")
-    tensors = extract_deadiff(read_checkpoint(src), progress)
-    path = write_new(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "source": src.name,
-                                                                            "qformer_heads": "12"}))
-    return tensors, path
+from ..models.deadiff import extract_file
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from stylekit.models.deadiff import (
     adapter_from_state_dict,
 )
 from stylekit.models.deadiff_inject import DEADiffTokens, deadiff_model
-from stylekit.models.inversion import ddim_uniform_sigmas
+from stylekit.models.schedules import ddim_uniform_sigmas
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import best_of, check_targets, interleaved  # noqa: E402

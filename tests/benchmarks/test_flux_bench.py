@@ -14,7 +14,7 @@ from stylekit.attention.feature_fusion import PRESETS
 from stylekit.attention.layers import LayerInfo, ModelLayers, model_layers
 from stylekit.bridge.flux import FluxBridgePatcher
 from stylekit.bridge.sampling import sample_euler_cfg
-from stylekit.bridge.schedule import simple_sigmas
+from stylekit.models.schedules import simple_sigmas
 from stylekit.bridge.tiny import tiny_flux
 from stylekit.models.feature_store import StorePolicy, dit_store_bytes
 from stylekit.models.inversion import every_step_schedule

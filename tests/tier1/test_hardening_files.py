@@ -56,7 +56,7 @@ def good_files(folder, layers) -> dict:
     save_translator(tiny_translator(seed=2), p, style="tiny")
     files["translator"] = (load_translator, p)
     enc, dec = tiny_dvae(seed=1)
-    from stylekit.tools.dalle_convert import convert_files
+    from stylekit.models.dvae import convert_files
     write_official_dvae_pickles(enc, dec, folder)
     p = os.path.join(folder, "dvae.safetensors")
     convert_files(os.path.join(folder, "encoder.pkl"), os.path.join(folder, "decoder.pkl"), p)

@@ -1,7 +1,8 @@
 import torch
 
 from stylekit.bridge import DiscreteSchedule, sample_euler
-from stylekit.models.inversion import styleid_schedule, ddim_uniform_sigmas, every_step_schedule, invert
+from stylekit.models.inversion import every_step_schedule, invert, styleid_schedule
+from stylekit.models.schedules import ddim_uniform_sigmas
 
 
 def gaussian_eps(m, c):

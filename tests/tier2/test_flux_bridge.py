@@ -12,7 +12,7 @@ from stylekit.attention.layers import (
 )
 from stylekit.bridge.flux import FluxBridgePatcher, image_ids, patchify, unpatchify
 from stylekit.bridge.sampling import sample_euler_cfg
-from stylekit.bridge.schedule import simple_sigmas
+from stylekit.models.schedules import simple_sigmas
 from stylekit.models.feature_store import StorePolicy
 from stylekit.models.inversion import every_step_schedule
 from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent

@@ -76,7 +76,7 @@ def test_the_auto_block_set_fits_each_family(sd15, sdxl):
 
 
 def test_the_every_step_convention_samples_all_of_ddim_uniform(sd15):
-    from stylekit.models.inversion import ddim_uniform_sigmas
+    from stylekit.models.schedules import ddim_uniform_sigmas
     from stylekit.nodes.magicstyle import EVERY_STEP
     g = torch.Generator().manual_seed(0)
     content, style = ({"samples": torch.randn(1, 4, 16, 16, generator=g)} for _ in range(2))

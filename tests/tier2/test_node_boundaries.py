@@ -50,7 +50,7 @@ def world(tmp_path_factory):
     save_file(flat_state_dict(tiny_ip_adapter(layers, "plain", feature_width=48, tokens=4)), str(folder / "adapter.safetensors"))
     save_prefix(CatVersionPrefix.random([2, 3], 48, seed=0, base_word="dog"), str(folder / "prefix.safetensors"))
     write_official_dvae_pickles(*tiny_dvae(seed=1), folder)
-    from stylekit.tools.dalle_convert import convert_files
+    from stylekit.models.dvae import convert_files
     convert_files(str(folder / "encoder.pkl"), str(folder / "decoder.pkl"), str(folder / "dvae.safetensors"))
     save_translator(tiny_translator(seed=2), str(folder / "translator.safetensors"))
     cv, clip = tiny_clip_vision(width=48), tiny_bridge_clip(width=48)

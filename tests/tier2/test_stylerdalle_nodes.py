@@ -8,7 +8,8 @@ from stylekit.bridge.tiny import (tiny_bridge_clip, tiny_clip_vision, tiny_dvae,
 from stylekit.models.stylerdalle import save_translator
 from stylekit.nodes.stylerdalle import (NEW, StyleKitStylerDALLELoad, StyleKitStylerDALLEPretrain,
                                         StyleKitStylerDALLEStylize, StyleKitStylerDALLETrainStyle)
-from stylekit.tools.dalle_convert import convert_files, main as convert_main
+from stylekit.models.dvae import convert_files
+from stylekit.tools.dalle_convert import main as convert_main
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ def write_tiny_stylerdalle(root, dvae="dalle_dvae.safetensors", translator="styl
 
     from stylekit.bridge.tiny import tiny_dvae, tiny_translator, write_official_dvae_pickles
     from stylekit.models.stylerdalle import save_translator
-    from stylekit.tools.dalle_convert import convert_files
+    from stylekit.models.dvae import convert_files
     for sub in ("dalle", "stylerdalle"):
         os.makedirs(os.path.join(str(root), sub), exist_ok=True)
     write_official_dvae_pickles(*tiny_dvae(seed=1), os.path.join(str(root), "dalle"))

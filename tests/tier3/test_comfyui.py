@@ -238,7 +238,7 @@ def test_server_lists_nodes_and_cli_gets_an_image(server, tmp_path, capsys):
 def test_ddim_uniform_sigmas_equal_comfyuis_scheduler():
     import comfy.samplers
     from comfy_host import comfy_sd15_random
-    from stylekit.models.inversion import ddim_uniform_sigmas
+    from stylekit.models.schedules import ddim_uniform_sigmas
     ms = comfy_sd15_random().get_model_object("model_sampling")
     for steps in (4, 20, 50):
         assert torch.equal(ddim_uniform_sigmas(ms, steps), comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps))

@@ -112,7 +112,8 @@ def test_comfyui_and_the_bridge_agree_on_the_same_weights(needs_hooks, roundoff)
     from stylekit.attention.feature_fusion import PRESETS
     from stylekit.bridge.flux import FluxBridgePatcher
     from stylekit.bridge.sampling import sample_euler_cfg
-    from stylekit.bridge.schedule import FlowSchedule, simple_sigmas
+    from stylekit.bridge.schedule import FlowSchedule
+    from stylekit.models.schedules import simple_sigmas
     from stylekit.models.feature_store import StorePolicy
     from stylekit.models.inversion import every_step_schedule
     from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
