@@ -55,13 +55,19 @@ def dump(comfyui_path: str) -> tuple[str, dict]:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or "COMFYUI_PATH" not in os.environ:
-        sys.exit("usage: COMFYUI_PATH=/path/to/ComfyUI python tools/dump_core_specs.py OUT_DIR")
+    import argparse
+    ap = argparse.ArgumentParser(
+        prog="dump_core_specs", usage="COMFYUI_PATH=/path/to/ComfyUI %(prog)s OUT_DIR",
+        description="Write OUT_DIR/<ComfyUI version>.json, the specs of the core nodes StyleKit's workflows use, "
+        "read from the ComfyUI checkout at COMFYUI_PATH (run with that ComfyUI's own Python).")
+    ap.add_argument("out_dir", help="e.g. tests/data/core_nodes")
+    a = ap.parse_args(argv)
+    if "COMFYUI_PATH" not in os.environ:
+        ap.error("set COMFYUI_PATH to a ComfyUI checkout")
     version, specs = dump(os.environ["COMFYUI_PATH"])
     from _pack import pack_module
     files = pack_module("files")
-    target = files.output_target(argv[0], f"{version}.json", "", numbered=False, force=True)
+    target = files.output_target(a.out_dir, f"{version}.json", "", numbered=False, force=True)
     text = json.dumps(specs, indent=None).replace('}, "', '},\n "') + "\n"
     path = files.write_new(target, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {path} ({len(specs)} core nodes of ComfyUI {version})")

@@ -66,7 +66,11 @@ def pages(pack=None) -> dict[str, str]:
         nodes.comfy_glue.list_files = listed
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    import argparse
+    argparse.ArgumentParser(
+        prog="node_docs", description="Write web/docs/<NodeId>.md, the help page of every StyleKit node, from the "
+        "node definitions (the pages are replaced; a test checks they match).").parse_args(argv)
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     written = pages()
@@ -76,7 +80,8 @@ def main() -> None:
         target = files.output_target(str(out), name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))
     print(f"wrote {len(written)} node help pages to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

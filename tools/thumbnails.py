@@ -46,7 +46,11 @@ def draw(workflow: dict):
     return img
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    import argparse
+    argparse.ArgumentParser(
+        prog="thumbnails", description="Draw example_workflows/<name>.jpg, the template browser's picture of each "
+        "example workflow's graph (the pictures are replaced).").parse_args(argv)
     folder = PACK / "example_workflows"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _pack import pack_module
@@ -56,7 +60,8 @@ def main() -> None:
         target = files.output_target(str(folder), path.with_suffix(".jpg").name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, image=image: image.save(tmp, format="JPEG", quality=70, optimize=True))
     print(f"drew {len(list(folder.glob('*.json')))} thumbnails in {folder}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,6 +6,13 @@ input is ``[type, options]`` and ``type`` is a ComfyUI type name, ``"COMBO"`` (o
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: python tools/workflow_check.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import run_tool
+    sys.exit(run_tool("workflow_check"))
+
 import json
 import math
 from pathlib import Path
@@ -316,3 +323,36 @@ def check_file(path: Path, specs: dict) -> list[str]:
         return [f"{Path(path).name}: {e}"]
     errs = check_ui(wf, specs) if is_ui_format(wf) else check_api(wf, specs)
     return [f"{Path(path).name}: {e}" for e in errs]
+
+
+def main(argv=None) -> int:
+    """``python tools/workflow_check.py FILE... [--comfyui VERSION]``: exit 0 when every file is valid, 1 when
+    any has a problem (each printed), 2 on bad arguments or no core node specs."""
+    import argparse
+
+    from .ui_workflow import known_specs
+    repo = Path(__file__).resolve().parents[1]
+    versions = sorted(core_specs(repo / "tests" / "data" / "core_nodes"), key=version_key)
+    ap = argparse.ArgumentParser(
+        prog="workflow_check", description="Check ComfyUI workflow files (UI or API format) against StyleKit's node "
+        "definitions and the core nodes of a supported ComfyUI version: node types, links and their types, "
+        "widget values and their ranges, cycles.")
+    ap.add_argument("files", type=Path, nargs="+", help="workflow JSON files")
+    ap.add_argument("--comfyui", choices=versions, default=versions[0] if versions else None,
+                    help="the ComfyUI version whose core nodes to check against (default: the oldest supported)")
+    a = ap.parse_args(argv)
+    if not versions:
+        print(f"error: no core node specs in {repo / 'tests' / 'data' / 'core_nodes'} (they come with a git clone "
+              "of the pack, not with its registry archive)")
+        return 2
+    specs = known_specs(repo, a.comfyui)
+    problems = [e for path in a.files for e in check_file(path, specs)]
+    for line in problems:
+        print(line)
+    print(f"{len(a.files)} file(s) checked against ComfyUI {a.comfyui}: "
+          f"{len(problems)} problem(s)" if problems else f"{len(a.files)} file(s) checked against ComfyUI {a.comfyui}: valid")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
