@@ -107,6 +107,7 @@ def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1
         if store.recording:  # the references themselves are being run (recompute mode)
             return call_next(call)
         key = dit_key(call.extra)
+        store.check_sampler(call.extra.get("sample_sigmas"))
         refs = store.lookup(key, current_sigma(call.extra))
         n_img = call.img[1] - call.img[0]
         if refs["k_s"].shape[2] != n_img:

@@ -71,6 +71,19 @@ class FeatureStore:
             return t.detach().to(dtype=self.policy.dtype, device=self.policy.device or t.device)
         target[(tuple(key), self._key(sigma))] = {n: keep(t) for n, t in h.items()} if isinstance(h, dict) else keep(h)
 
+    def check_sampler(self, sample_sigmas) -> None:
+        """The sampler must start at the first stored sigma, where the start latent is placed (ComfyUI's
+        samplers pass their schedule to patches as ``sample_sigmas``)."""
+        if sample_sigmas is None or len(sample_sigmas) == 0 or not self.sigmas:
+            return
+        first = float(sample_sigmas[0])
+        if not _close(first, self.sigmas[0]):
+            raise MissingStepError(
+                f"this sampler starts at sigma {first:.4f}; the inversion's start latent is placed at sigma "
+                f"{self.sigmas[0]:.4f}, the first of StyleKit DDIM Invert's sigmas. Sample on those sigmas as they "
+                "are: a SplitSigmas between them (as in StyleID workflows saved before the start was placed by "
+                "the node) skips a second step, so remove it.")
+
     def lookup(self, key, sigma):
         table = self.current if self.policy.mode == "recompute" else self.features
         hit = table.get((tuple(key), self._key(sigma)))

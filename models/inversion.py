@@ -11,10 +11,11 @@ Two conventions:
 
 - the clean latent is taken as the latent at t = 1 (VP: x_1 = x0), i.e. x0 * sqrt(1 + sigma_1^2) here;
 - eps is read at the CURRENT level, on the latent at that level, then the step goes up one DDIM
-  timestep (t = 1, 1 + c, ..., t_top, c = 1000 // steps, ComfyUI's ``ddim_uniform`` timesteps);
-- the last step goes from t_top to t = 999, past the top DDIM timestep;
-- sampling skips the top timestep: the t = 999 latent is fed unchanged (in VP scaling) at the second
-  timestep, i.e. here multiplied by sqrt((1 + sigma_second^2) / (1 + sigma_999^2));
+  timestep (t = 1, 1 + c, ..., t_top, c = 1000 // steps: ComfyUI's ``ddim_uniform`` timesteps when steps
+  divide 1000);
+- the last step goes from t_top to t = 999, past the top DDIM timestep (to t_top + c for other steps);
+- sampling skips the top timestep: that last latent is fed unchanged (in VP scaling) at the second
+  timestep, i.e. here multiplied by sqrt((1 + sigma_second^2) / (1 + sigma_last^2));
 - the last sampling step lands at t = 0 (alpha_cumprod 0.99915, sigma 0.029), not at sigma 0.
 
 :func:`every_step_schedule` walks a sampler's own sigmas up from the clean latent at sigma 0, reads eps
@@ -51,18 +52,25 @@ class InversionSchedule:
 
 
 def styleid_schedule(model_sampling, steps: int) -> InversionSchedule:
-    """StyleID's official DDIM pipeline on an eps model's table (t = 0..999), as the module says."""
+    """StyleID's official DDIM pipeline on an eps model's table (t = 0..T-1), as the module says. The DDIM
+    timesteps are ``make_ddim_timesteps``' (t = 1 + k c, k < steps, c = T // steps); the inversion's step
+    from the top one goes to ``encode_ddim``'s next target (t = 999 when steps divide 1000, else top + c),
+    and that latent is the start (the official sampler callback's ``z_enc``)."""
     s = [float(v) for v in model_sampling.sigmas]
-    if steps < 2:
-        raise InputError(f"steps is {steps}: StyleID's DDIM inversion needs at least 2 (one is skipped)")
-    ts = list(range(1, len(s), max(len(s) // steps, 1)))  # ComfyUI's ddim_uniform timesteps
-    top = len(s) - 1
-    levels = tuple(s[t] for t in ts) + (s[top],)
+    T = len(s)
+    if not 2 <= steps < T:
+        raise InputError(f"steps is {steps}: StyleID's DDIM pipeline takes 2 to {T - 1} steps (one is skipped)")
+    c = T // steps
+    ts = [1 + k * c for k in range(steps)]
+    targets = list(range(1, T + c, c))
+    targets[-1] = T - 1
+    nxt = targets[steps]
+    levels = tuple(s[t] for t in ts) + ((s[nxt],) if nxt != ts[-1] else ())  # no zero-length last step
     sample = [s[t] for t in reversed(ts[:-1])] + [s[0]]
     return InversionSchedule(
         levels=levels, read_at_target=False, sample_sigmas=torch.tensor(sample, dtype=torch.float32),
         clean_scale=math.sqrt(1.0 + s[ts[0]] ** 2),
-        start_scale=math.sqrt((1.0 + s[ts[-2]] ** 2) / (1.0 + s[top] ** 2)))
+        start_scale=math.sqrt((1.0 + s[ts[-2]] ** 2) / (1.0 + s[nxt] ** 2)))
 
 
 def every_step_schedule(sigmas: torch.Tensor) -> InversionSchedule:

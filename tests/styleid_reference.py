@@ -3,8 +3,10 @@
 ``ddim_sampling``, ``ldm/modules/attention.py``), in its own VP terms: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps,
 integer timesteps, alphas_cumprod from SD's linear beta schedule. No StyleKit code computes any of it.
 
-- DDIM inversion: the clean latent is the latent at t = 1; at each timestep t = 1, 1 + c, ..., t_top eps is
-  read at t on the latent at t, then x steps to the next timestep; the last step's target is t = 999.
+- DDIM inversion: the clean latent is the latent at t = 1; at each timestep t = 1, 1 + c, ... eps is read
+  at t on the latent at t, then x steps to the next one; the last target is t = 999 (``encode_ddim``). The
+  DDIM timesteps are ``make_ddim_timesteps``' (steps of them); the start is the latent the step from the
+  top one reaches (t = 999 when steps divide 1000).
 - Feature store by timestep: the self-attention inputs of the chosen layers at each inversion call.
 - AdaIN of the content's t = 999 latent to the style's (mean and unbiased std per channel).
 - Sampling: the top timestep is skipped, the start is fed as it is at the second one; each step reads the
@@ -27,8 +29,9 @@ def alphas_cumprod(timesteps: int = 1000, start: float = 0.00085, end: float = 0
 
 @dataclass(frozen=True)
 class Changes:
+    clean_at_sigma0: bool = False   # the clean latent taken at sigma 0 (x0 in sigma space) instead of at t = 1
     eps_at_target: bool = False     # inversion reads eps at the timestep it steps to
-    end_at_top: bool = False        # inversion stops at the top DDIM timestep instead of t = 999
+    end_at_top: bool = False        # the start is the latent at the top DDIM timestep, not one step past it
     unscaled_start: bool = False    # the start fed at the second timestep in ComfyUI's unscaled space
     last_to_zero: bool = False      # the last sampling step lands at alpha = 1 (sigma 0)
 
@@ -74,10 +77,11 @@ def styleid_pipeline(eps, attn1: dict, content, style, steps: int, gamma=0.75, t
     a = alphas_cumprod() if alphas is None else alphas
     T = len(a)
     c = T // steps
-    ts = list(range(1, T, c))
-    targets = ts[1:] + [ts[-1] if changes.end_at_top else T - 1]
-    if changes.end_at_top:
-        ts, targets = ts[:-1], targets[:-1]
+    ddim_ts = [k * c + 1 for k in range(steps)]    # make_ddim_timesteps("uniform"): the sampler's and the store's
+    targets = list(range(1, T + c, c))             # encode_ddim: each inversion step's target ...
+    targets[-1] = T - 1                            # ... the last one t = 999
+    inv_ts = list(range(1, T, c))                  # encode_ddim's iterator
+    top = ddim_ts[-1]
     seen, fuse = {}, {}
 
     def hook(layer):
@@ -93,25 +97,32 @@ def styleid_pipeline(eps, attn1: dict, content, style, steps: int, gamma=0.75, t
     handles = [m.register_forward_hook(hook(k), with_kwargs=True) for k, m in attn1.items()]
     try:
         x = torch.cat([content, style]).double()
-        inputs = {}
+        if changes.clean_at_sigma0:
+            x = x * a[1].sqrt()
+        inputs, z_enc = {}, {}
         with torch.no_grad():
-            for t, nxt in zip(ts, targets):  # reverse_ddim, content and style one at a time as the official code
+            for i, t in enumerate(inv_ts):  # reverse_ddim, content and style one at a time as the official code
+                nxt = targets[i + 1]
                 at = nxt if changes.eps_at_target else t
                 inputs[t] = x.float()
                 seen["t"] = t
-                e = torch.cat([eps(x[i:i + 1].float(), at) for i in range(2)]).double()
+                e = torch.cat([eps(x[j:j + 1].float(), at) for j in range(2)]).double()
                 seen.pop("t")
                 pred_x0 = (x - (1 - a[at]).sqrt() * e) / a[at].sqrt()
-                x = a[nxt].sqrt() * pred_x0 + (1 - a[nxt]).sqrt() * e
-            features = {k: torch.cat(v) for k, v in seen.items()}
-            zc, zs = x[0:1], x[1:2]
+                x_next = a[nxt].sqrt() * pred_x0 + (1 - a[nxt]).sqrt() * e
+                if t in ddim_ts:  # the sampler callback saves z_enc = the latent after this step, by timestep
+                    z_enc[t] = x if changes.end_at_top else x_next
+                x = x_next
+                if t == top:  # nothing after the top DDIM timestep reaches the result
+                    break
+            features = {k: torch.cat(v) for k, v in seen.items() if k[1] in ddim_ts}
+            last = targets[inv_ts.index(top) + 1]
+            zc, zs = z_enc[top][0:1], z_enc[top][1:2]
             img = ((zc - zc.mean((0, 2, 3), keepdim=True)) / zc.std((0, 2, 3), keepdim=True)
                    * zs.std((0, 2, 3), keepdim=True) + zs.mean((0, 2, 3), keepdim=True))
-            sample_ts = ts[::-1][1:]  # ddim_sampling with start_step = steps - 1: the top timestep skipped
-            if changes.end_at_top:
-                sample_ts = ts[::-1]  # the inversion's calls stopped below the top: the same timesteps
+            sample_ts = ddim_ts[::-1][1:]  # ddim_sampling with start_step = steps - 1: the top timestep skipped
             if changes.unscaled_start:
-                img = img * (a[sample_ts[0]] / a[nxt]).sqrt()
+                img = img * (a[sample_ts[0]] / a[top if changes.end_at_top else last]).sqrt()
             start = img.float()
             sampler_inputs = {}
             for i, t in enumerate(sample_ts):
@@ -127,4 +138,4 @@ def styleid_pipeline(eps, attn1: dict, content, style, steps: int, gamma=0.75, t
     finally:
         for hd in handles:
             hd.remove()
-    return Trace(inputs, features, start, sampler_inputs, img.float(), ts)
+    return Trace(inputs, features, start, sampler_inputs, img.float(), ddim_ts)

@@ -89,3 +89,19 @@ def test_ddim_uniform_schedule_shape():
         sched = styleid_schedule(ms, steps)  # the same timesteps, less the top one, ending at t = 0
         assert torch.equal(sched.sample_sigmas[:-1], sig[1:-1])
         assert float(sched.sample_sigmas[-1]) == float(ms.sigmas[0])
+
+
+def test_ddim_schedule_follows_the_official_timesteps_when_steps_do_not_divide_1000():
+    """make_ddim_timesteps gives exactly `steps` timesteps (1 + 33 k at 30 steps, top 958); encode_ddim's
+    step from the top one goes to 991 (not 999), and that latent is the start, fed at 925."""
+    import pytest
+
+    from stylekit.errors import InputError
+    ms = DiscreteSchedule()
+    s = [float(v) for v in ms.sigmas]
+    sched = styleid_schedule(ms, 30)
+    assert sched.calls() == [s[1 + 33 * k] for k in range(30)] and sched.levels[-1] == s[991]
+    assert sched.sample_sigmas.tolist() == torch.tensor([s[1 + 33 * k] for k in range(28, -1, -1)] + [s[0]]).tolist()
+    assert len(styleid_schedule(ms, 999).levels) == 999  # t = 999 is the top timestep: no zero-length step
+    with pytest.raises(InputError, match="2 to 999 steps"):
+        styleid_schedule(ms, 1000)

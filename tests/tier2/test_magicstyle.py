@@ -100,8 +100,12 @@ def test_sampler_steps_must_match_the_store(sd15):
     content, style, ctx = refs(3)
     inv = invert_pair(sd15, content, style, ctx, styleid_schedule(sd15.model_sampling, STEPS), policy(sd15))
     other = styleid_schedule(sd15.model_sampling, STEPS + 2).sample_sigmas
+    with pytest.raises(MissingStepError, match="this sampler starts at sigma .* remove it"):
+        run(sd15, inv, other)  # another schedule
+    with pytest.raises(MissingStepError, match="this sampler starts at sigma .* SplitSigmas"):
+        run(sd15, inv, inv.result.sigmas[1:])  # the old workflows' SplitSigmas: a second step skipped
     with pytest.raises(MissingStepError, match="no stored features for sigma"):
-        run(sd15, inv, other)
+        run(sd15, inv, torch.cat([inv.result.sigmas[:1], other[2:]]))  # the right start, then other steps
 
 
 def test_input_model_untouched_and_stores_freed(sd15):

@@ -57,49 +57,79 @@ def sigma_of(model, t):
     return float(model.model_sampling.sigmas[t])
 
 
-@pytest.mark.parametrize("steps", [10, 50])
-def test_pipeline_equals_the_official_reference_at_every_step(sd15, steps, roundoff):
-    content, style, ctx = refs()
-    inv, keys, start, seen, final = pack_pipeline(sd15, content, style, ctx, steps)
-    ref = reference(sd15, content, style, ctx, steps)
-    calls = 2 * len(ref.timesteps)
+def mismatches(model, pack, ref, roundoff) -> list:
+    """Each intermediate of the pack's run farther from the reference's than the round-off of the model
+    calls made up to it allows (``roundoff`` per call: layers x eps x the value's scale; the conversions
+    between the two scalings count as one)."""
+    inv, keys, start, seen, final = pack
+    out = []
 
-    def close(got, want, what):
-        bound = roundoff(want, sd15, calls)
+    def close(got, want, calls, what):
+        bound = roundoff(want, model, max(calls, 1))
         err = float((got - want).abs().max())
-        assert err <= bound, f"{what}: {err:.3g} > round-off bound {bound:.3g}"
+        if not err <= bound:
+            out.append(f"{what}: {err:.3g} > {bound:.3g}")
 
-    assert [round(s, 4) for s in inv.result.inputs] == [round(sigma_of(sd15, t), 4) for t in ref.timesteps]
-    for t, x in ref.inversion_inputs.items():  # each inversion call's input
-        close(vp(inv.result.inputs[sigma_of(sd15, t)], sigma_of(sd15, t)), x, f"inversion input at t={t}")
-    sampled = [t for t in ref.sampler_inputs]
-    assert sampled == ref.timesteps[::-1][1:]  # the top timestep is skipped
+    inputs = inv.result.inputs
+    if sorted(inputs) != sorted(sigma_of(model, t) for t in ref.inversion_inputs):
+        out.append(f"inverted at other sigmas: {len(inputs)} calls vs {len(ref.inversion_inputs)}")
+    for j, (t, x) in enumerate(ref.inversion_inputs.items()):  # each inversion call's input
+        if sigma_of(model, t) in inputs:
+            close(vp(inputs[sigma_of(model, t)], sigma_of(model, t)), x, j, f"inversion input at t={t}")
+    sampled = list(ref.sampler_inputs)
+    calls = len(ref.inversion_inputs)
     for t in sampled:  # the stored features of every sampled step (content row 0, style row 1)
         for k in keys:
-            close(inv.store.lookup(k, sigma_of(sd15, t)), ref.features[(k, t)], f"features {k} at t={t}")
+            close(inv.store.lookup(k, sigma_of(model, t)), ref.features[(k, t)], calls, f"features {k} at t={t}")
     s0 = float(inv.result.sigmas[0])
-    assert s0 == pytest.approx(sigma_of(sd15, sampled[0]), rel=1e-6)
-    close(vp(start, s0), ref.start, "start latent")
-    assert len(seen) == len(sampled)
-    for (sigma, x), t in zip(seen.items(), sampled):  # each sampler input
-        assert sigma == pytest.approx(sigma_of(sd15, t), rel=1e-6)
-        close(vp(x, sigma), ref.sampler_inputs[t], f"sampler input at t={t}")
+    if abs(s0 - sigma_of(model, sampled[0])) > 1e-6 * s0:
+        out.append(f"the sampler starts at sigma {s0:.4f}, the reference at t={sampled[0]}")
+    close(vp(start, s0), ref.start, calls, "start latent")
+    if len(seen) != len(sampled):
+        out.append(f"{len(seen)} sampler steps vs {len(sampled)}")
+    for i, ((sigma, x), t) in enumerate(zip(seen.items(), sampled)):  # each sampler input
+        close(vp(x, sigma), ref.sampler_inputs[t], calls + i, f"sampler input at t={t}")
     last = float(inv.result.sigmas[-1])
-    assert last == pytest.approx(sigma_of(sd15, 0), rel=1e-6)  # lands at t = 0, alpha_cumprod 0.99915
-    close(vp(final, last), ref.final, "final latent")
+    close(vp(final, last), ref.final, calls + len(sampled), "final latent")
+    return out
 
 
-@pytest.mark.parametrize("change", ["eps_at_target", "end_at_top", "unscaled_start", "last_to_zero"])
-def test_each_official_convention_changed_alone_breaks_the_match(sd15, change, roundoff):
-    """If the pack followed the changed convention it would equal the changed reference; the changed
-    reference is far outside the round-off bound of the official one, so the match above excludes it."""
-    content, style, ctx = refs(1)
-    steps = 10
-    *_, final = pack_pipeline(sd15, content, style, ctx, steps)
-    ref = reference(sd15, content, style, ctx, steps)
-    changed = reference(sd15, content, style, ctx, steps, Changes(**{change: True}))
-    got = vp(final, float(sd15.model_sampling.sigmas[0]))
-    bound = roundoff(ref.final, sd15, 2 * len(ref.timesteps))
-    assert float((got - ref.final).abs().max()) <= bound
-    gap = float((got - changed.final).abs().max())
-    assert gap > bound, f"{change}: the changed pipeline is {gap:.3g} away, within the bound {bound:.3g}"
+@pytest.fixture(scope="module")
+def at_ten(sd15_unet):
+    """One pack run and its official reference at 10 steps (the issue's short run), shared below."""
+    from stylekit.bridge import BridgePatcher
+    model = BridgePatcher(sd15_unet)
+    content, style, ctx = refs()
+    return (model, (content, style, ctx), pack_pipeline(model, content, style, ctx, 10),
+            reference(model, content, style, ctx, 10))
+
+
+def check(model, steps, pack, ref, roundoff):
+    assert list(ref.sampler_inputs) == ref.timesteps[::-1][1:] and len(ref.timesteps) == steps  # top skipped
+    assert float(pack[0].result.sigmas[-1]) == pytest.approx(sigma_of(model, 0), rel=1e-6)  # lands at t = 0
+    assert mismatches(model, pack, ref, roundoff) == []
+
+
+def test_pipeline_equals_the_official_reference_at_every_step_10(at_ten, roundoff):
+    model, _, pack, ref = at_ten
+    check(model, 10, pack, ref, roundoff)
+
+
+@pytest.mark.parametrize("steps", [30, 50])
+def test_pipeline_equals_the_official_reference_at_every_step(sd15, steps, roundoff):
+    """50: StyleID's; 30 does not divide 1000 (the official timesteps are then make_ddim_timesteps' 30 and
+    the start is the latent one step past the top one, t = 991, not t = 999)."""
+    content, style, ctx = refs()
+    check(sd15, steps, pack_pipeline(sd15, content, style, ctx, steps), reference(sd15, content, style, ctx, steps),
+          roundoff)
+
+
+@pytest.mark.parametrize("change", ["clean_at_sigma0", "eps_at_target", "end_at_top", "unscaled_start",
+                                    "last_to_zero"])
+def test_each_official_convention_changed_alone_breaks_the_match(at_ten, change, roundoff):
+    """Were the pack to follow the changed convention, it would match the changed reference; the changed
+    reference is outside the round-off of the official one somewhere (the official one is matched by the
+    test above), so the match excludes the changed convention."""
+    model, (content, style, ctx), pack, _ = at_ten
+    changed = reference(model, content, style, ctx, 10, Changes(**{change: True}))
+    assert mismatches(model, pack, changed, roundoff) != []
