@@ -42,6 +42,7 @@ class FeatureStore:
     features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
     recording: bool = False
     current: dict = field(default_factory=dict)      # recompute mode: this step's features
+    checked_schedule: object = field(default=None, repr=False)  # the last sampler schedule check_sampler passed
 
     def __deepcopy__(self, memo):  # shared by every clone of a patched model, never copied
         return self
@@ -73,8 +74,10 @@ class FeatureStore:
 
     def check_sampler(self, sample_sigmas) -> None:
         """The sampler must start at the first stored sigma, where the start latent is placed (ComfyUI's
-        samplers pass their schedule to patches as ``sample_sigmas``)."""
-        if sample_sigmas is None or len(sample_sigmas) == 0 or not self.sigmas:
+        samplers pass their schedule to patches as ``sample_sigmas``). Checked once per schedule tensor, not
+        at every block: on a GPU reading it is a wait for the device."""
+        if sample_sigmas is None or sample_sigmas is self.checked_schedule or len(sample_sigmas) == 0 \
+                or not self.sigmas:
             return
         first = float(sample_sigmas[0])
         if not _close(first, self.sigmas[0]):
@@ -83,6 +86,7 @@ class FeatureStore:
                 f"{self.sigmas[0]:.4f}, the first of StyleKit DDIM Invert's sigmas. Sample on those sigmas as they "
                 "are: a SplitSigmas between them (as in StyleID workflows saved before the start was placed by "
                 "the node) skips a second step, so remove it.")
+        self.checked_schedule = sample_sigmas
 
     def lookup(self, key, sigma):
         table = self.current if self.policy.mode == "recompute" else self.features
@@ -98,7 +102,9 @@ class FeatureStore:
 
     def move_to(self, device) -> "FeatureStore":
         """Move the features in place (the store is shared by the inversion and every patched clone),
-        unless the policy keeps them on a device of its own (offload to the CPU)."""
+        unless the policy keeps them on a device of its own (offload to the CPU). The sampler schedule last
+        checked is let go: it stays on the device it ran on."""
+        self.checked_schedule = None
         if self.policy.device is None:
             for table in (self.features, self.current):
                 for k, t in table.items():
@@ -114,6 +120,7 @@ class FeatureStore:
     def free(self):
         self.features.clear()
         self.current.clear()
+        self.checked_schedule = None
 
 
 DIT_TENSORS = 5  # a DiT store keeps the references' image-token q_c, k_c, v_c, k_s, v_s per block and step

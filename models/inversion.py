@@ -94,7 +94,7 @@ def invert(eps_fn: Callable[[torch.Tensor, float], torch.Tensor], x0: torch.Tens
            callback: Callable[[int, int], None] | None = None) -> InversionResult:
     """Invert clean latents ``x0`` (any batch; one model call per step for the whole batch) along
     ``schedule``; ``eps_fn(x, sigma)`` returns eps for the batch."""
-    x = x0 * schedule.clean_scale if schedule.clean_scale != 1.0 else x0.clone()
+    x = x0 * schedule.clean_scale
     inputs = {}
     levels, calls = schedule.levels, schedule.calls()
     for j, at in enumerate(calls):
@@ -102,8 +102,7 @@ def invert(eps_fn: Callable[[torch.Tensor, float], torch.Tensor], x0: torch.Tens
         x = x + (levels[j + 1] - levels[j]) * eps_fn(x, at)
         if callback is not None:
             callback(j + 1, len(calls))
-    start = x * schedule.start_scale if schedule.start_scale != 1.0 else x
-    return InversionResult(schedule.sample_sigmas.clone(), start, inputs)
+    return InversionResult(schedule.sample_sigmas.clone(), x * schedule.start_scale, inputs)
 
 
 def adain_latent(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

@@ -60,8 +60,9 @@ CONVENTIONS = (STYLEID_DDIM, EVERY_STEP)
 
 
 def inversion_schedule(model, layers, steps: int, convention: str = STYLEID_DDIM):
-    """SD: StyleID's official DDIM pipeline on ComfyUI's ``ddim_uniform`` timesteps, or every step of that
-    scheduler; flow models (Flux): the flow's Euler inversion over the ``simple`` scheduler (Flux's usual)."""
+    """SD: StyleID's official DDIM pipeline (its own timesteps: ComfyUI's ``ddim_uniform`` ones when the steps
+    divide 1000), or every step of ``ddim_uniform``; flow models (Flux): the flow's Euler inversion over the
+    ``simple`` scheduler (Flux's usual)."""
     ms = comfy_glue.model_sampling(model)
     if layers.is_dit:
         return every_step_schedule(simple_sigmas(ms, steps))
