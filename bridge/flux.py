@@ -16,7 +16,7 @@ import torch
 
 from ..attention.functional import split_sdpa_attention as split_attention
 from ..attention.rope import apply_rope, embed_ids
-from .patcher import BridgePatcher
+from .patcher import BridgePatcher, Cond
 from .schedule import FlowSchedule
 
 
@@ -112,10 +112,16 @@ class FluxBridgePatcher(BridgePatcher):
                 procs[f"{prefix}.{i}.attn.processor"] = JointProcessor(state, kind, i, len(blocks))
         return procs
 
-    def apply_model(self, x, sigma, context, transformer_options=None, y=None, guidance=None, **unused):
+    def _extra_conds(self, options: dict) -> dict:
+        """Flux takes the pooled CLIP vector (``y``) and Flux-dev's ``guidance`` (3.5 unless given), as
+        ComfyUI's Flux model builds them from a CONDITIONING's options."""
+        conds = {"guidance": Cond(torch.tensor([float(options.get("guidance", 3.5))]))}
+        if options.get("pooled_output") is not None:
+            conds["y"] = Cond(options["pooled_output"])
+        return conds
+
+    def _run(self, x, sigma, context, to: dict, y=None, guidance=None, **unused):
         t = self.unet
-        to = dict(transformer_options if transformer_options is not None
-                  else self.model_options["transformer_options"])
         to.setdefault("sigmas", sigma)
         b, c, h, w = x.shape
         img_ids = image_ids(h // 2, w // 2, x.device)

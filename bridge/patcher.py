@@ -19,6 +19,38 @@ def diffusers_attention_key(name: str, per_level: int) -> tuple[str, tuple]:
     return attn, diffusers_key(p[0], int(p[1]), int(p[3]), depth, per_level)
 
 
+class Cond:
+    """ComfyUI's ``CONDRegular`` shape: one model input under ``.cond``."""
+
+    def __init__(self, cond: torch.Tensor):
+        self.cond = cond
+
+
+class BridgeModel:
+    """ComfyUI's ``BaseModel`` surface (``patcher.model``) over the bridge's network: ``apply_model`` with
+    explicit ``transformer_options`` (none: no patches), ``model_sampling``, ``process_latent_in/out``
+    (identity: the bridge's VAE returns latents already scaled) and ``extra_conds`` (the inputs the
+    network takes besides the noisy latent, as ``Cond``s). Clones of a patcher share it, as in ComfyUI."""
+
+    def __init__(self, patcher: "BridgePatcher"):
+        self._run, self._conds = patcher._run, patcher._extra_conds
+        self.model_sampling, self.diffusion_model = patcher.model_sampling, patcher.unet
+
+    def apply_model(self, x, t, c_crossattn=None, transformer_options=None, **kwargs):
+        """Denoised x0 at sigma ``t`` (ComfyUI's argument name), running the patches in ``transformer_options``."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("c_concat", "control")}
+        return self._run(x, t, c_crossattn, dict(transformer_options or {}), **kwargs)
+
+    def process_latent_in(self, latent):
+        return latent
+
+    def process_latent_out(self, latent):
+        return latent
+
+    def extra_conds(self, cross_attn=None, **kwargs) -> dict:
+        return {"c_crossattn": Cond(cross_attn), **self._conds(kwargs)}
+
+
 class BridgePatcher:
     """The subset of ComfyUI's ModelPatcher that StyleKit uses, over a diffusers UNet.
 
@@ -33,13 +65,18 @@ class BridgePatcher:
         self.model_sampling = model_sampling or DiscreteSchedule()
         self.model_options = {"transformer_options": {}}
         self._keys = None
+        self.model = BridgeModel(self)
 
     # --- ModelPatcher surface -------------------------------------------------------------------
     def clone(self) -> "BridgePatcher":
         n = type(self).__new__(type(self))
-        n.unet, n.model_sampling, n._keys = self.unet, self.model_sampling, self._keys
+        n.unet, n.model_sampling, n._keys, n.model = self.unet, self.model_sampling, self._keys, self.model
         n.model_options = copy.deepcopy(self.model_options)
         return n
+
+    @property
+    def load_device(self) -> torch.device:
+        return next(self.unet.parameters()).device
 
     @property
     def diffusion_model(self):
@@ -95,10 +132,17 @@ class BridgePatcher:
         return {name: RouterAttnProcessor(state, *diffusers_attention_key(name, per_level))
                 for name in self.unet.attn_processors}
 
-    def apply_model(self, x, sigma, context, transformer_options=None, **unused):
-        """ComfyUI's ``BaseModel.apply_model``: returns the denoised x0 for ``x = x0 + sigma*eps``."""
-        to = dict(transformer_options if transformer_options is not None
-                  else self.model_options["transformer_options"])
+    def apply_model(self, x, sigma, context, transformer_options=None, **extra):
+        """The denoised x0 for ``x = x0 + sigma*eps``, running the patches in ``transformer_options`` (this
+        patcher's own when None). ``patcher.model.apply_model`` is the same with ComfyUI's argument names."""
+        to = transformer_options if transformer_options is not None else self.model_options["transformer_options"]
+        return self._run(x, sigma, context, dict(to), **extra)
+
+    def _extra_conds(self, options: dict) -> dict:
+        """A diffusers UNet takes the prompt's context only."""
+        return {}
+
+    def _run(self, x, sigma, context, to: dict, **unused):
         to.setdefault("sigmas", sigma)
         to["original_shape"] = list(x.shape)
         to.setdefault("transformer_index", 0)

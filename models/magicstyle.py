@@ -40,13 +40,11 @@ from .inversion import InversionResult, InversionSchedule, adain_latent, invert
 
 
 def host_apply_model(model, x, sigma, context, transformer_options, extra_conds=None):
-    """Denoised x0 from either host, running the patches in ``transformer_options``.
+    """Denoised x0 (``BaseModel.apply_model`` of either host), running the patches in ``transformer_options``.
 
     ``extra_conds``: further model inputs by name (SDXL's ``y``), batched like ``x``.
     """
     extra = extra_conds or {}
-    if hasattr(model, "unet"):  # BridgePatcher
-        return model.apply_model(x, sigma, context, transformer_options, **extra)
     return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options, **extra)
 
 

@@ -50,8 +50,8 @@ def interrupted() -> None:
 
 def load(model) -> torch.device:
     """Load ``model`` (with its weight patches, e.g. LoRA) on its device; returns that device."""
-    if hasattr(model, "unet"):  # BridgePatcher
-        return next(model.unet.parameters()).device
+    if hasattr(model, "unet"):  # the bridge runs where its network is: nothing to load
+        return model.load_device
     import comfy.model_management
     comfy.model_management.load_models_gpu([model])
     return model.load_device
@@ -67,11 +67,11 @@ def compute_device() -> torch.device:
 
 
 def latent_in(model, samples: torch.Tensor) -> torch.Tensor:
-    return model.model.process_latent_in(samples) if hasattr(model, "model") else samples
+    return model.model.process_latent_in(samples)
 
 
 def latent_out(model, x: torch.Tensor) -> torch.Tensor:
-    return model.model.process_latent_out(x) if hasattr(model, "model") else x
+    return model.model.process_latent_out(x)
 
 
 def model_sampling(model):
@@ -88,18 +88,10 @@ def percent_window(model, start: float, end: float) -> tuple[float, float]:
 def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
     """The first CONDITIONING entry as the model consumes it: (context (1, T, C), extra inputs).
 
-    In ComfyUI the extra inputs come from the model's own ``extra_conds`` (SDXL: ``y`` from the
-    pooled output and the size embedding), exactly as its samplers build them.
+    The extra inputs come from the model's own ``extra_conds`` (SDXL: ``y`` from the pooled output and
+    the size embedding; Flux: ``y`` and ``guidance``), exactly as its samplers build them.
     """
     ctx, opts = conditioning[0][0][:1].to(device), conditioning[0][1]
-    if not hasattr(model, "model"):  # bridge: a diffusers UNet takes the context only; Flux the pooled vector and guidance too
-        if type(model.unet).__name__ != "FluxTransformer2DModel":
-            return ctx, {}
-        pooled = opts.get("pooled_output")
-        extra = {"guidance": torch.tensor([float(opts.get("guidance", 3.5))], device=device)}
-        if pooled is not None:
-            extra["y"] = pooled[:1].to(device)
-        return ctx, extra
     params = dict(opts, cross_attn=ctx, device=device, noise=latent, prompt_type="positive")
     params.setdefault("width", latent.shape[-1] * 8)
     params.setdefault("height", latent.shape[-2] * 8)

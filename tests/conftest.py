@@ -67,3 +67,25 @@ def roundoff():
 def pytest_report_header(config):
     path = os.environ.get("COMFYUI_PATH")
     return f"tier 3 (real ComfyUI): {'COMFYUI_PATH=' + path if path else 'skipped, COMFYUI_PATH is unset'}"
+
+
+# One marker per method (``pytest -m deadiff`` selects every DEADiff test, wherever it lives): a test
+# belongs to a method when its file, name or parameters name the method or one of its parts.
+METHOD_WORDS = {
+    "deadiff": ("deadiff", "qformer", "q_former"),
+    "styleid": ("styleid", "magicstyle", "fusion", "invers", "ddim"),
+    "stylestudio": ("stylestudio", "adain", "teacher", "adapter", "style_guidance", "negative_style"),
+    "catversion": ("catversion", "prefix"),
+    "stylerdalle": ("stylerdalle", "dvae", "translator"),
+}
+
+
+def methods_of(nodeid: str) -> list:
+    text = nodeid.lower()
+    return [m for m, words in METHOD_WORDS.items() if any(w in text for w in words)]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for method in methods_of(item.nodeid):
+            item.add_marker(getattr(pytest.mark, method))

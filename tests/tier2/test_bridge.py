@@ -88,3 +88,23 @@ def test_patching_a_clone_leaves_the_input_model_bit_identical(sd15):
     assert sd15.model_options == {"transformer_options": {}}
     # the unet's own processors were restored after each call
     assert {type(p).__name__ for p in sd15.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+def test_the_bridge_model_has_comfyuis_base_model_surface(sd15):
+    """``patcher.model`` answers what nodes ask ComfyUI's BaseModel (apply_model with ComfyUI's argument
+    names and explicit transformer_options, the latent hooks, extra_conds), so no node asks its host."""
+    x, ctx = inputs(seed=4)
+    sigma = torch.tensor([2.0])
+    m = sd15.clone()
+    add_contribution(m, Contribution("scale", lambda q, k, v, e, nxt, w: nxt(q, k, v, e) * 0.5, weight=1.0),
+                     model_layers(m).keys, "attn2")
+    assert m.model is sd15.model  # clones share the model, as ComfyUI's do
+    with torch.no_grad():
+        patched = m.apply_model(x, sigma, ctx)
+        assert torch.equal(m.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=m.model_options[
+            "transformer_options"]), patched)
+        plain = m.model.apply_model(x, sigma, c_crossattn=ctx)  # no options: no patches, as in ComfyUI
+        assert torch.equal(plain, sd15.apply_model(x, sigma, ctx)) and not torch.equal(plain, patched)
+    assert torch.equal(m.model.process_latent_in(x), x) and torch.equal(m.model.process_latent_out(x), x)
+    conds = m.model.extra_conds(cross_attn=ctx, width=128, height=128)
+    assert list(conds) == ["c_crossattn"] and conds["c_crossattn"].cond is ctx

@@ -240,3 +240,21 @@ def test_the_store_size_formula_counts_what_a_store_holds(flux, data):
     inv, _ = invert(flux, data, 3, "store", layers=[("double", 1, 0), ("single", 0, 0)], dtype=torch.float16)
     tokens, width = (16 // 2) ** 2, model_layers(flux).layers[0].channels
     assert inv.store.size_bytes() == dit_store_bytes(2, tokens, width, 3, 2)
+
+
+def test_flux_extra_conds_are_the_pooled_vector_and_guidance(flux, data):
+    """The Flux bridge builds ComfyUI's Flux inputs from a CONDITIONING's options: ``y`` from the pooled
+    output, ``guidance`` (3.5 unless the options say), each running the transformer as given directly."""
+    from stylekit.nodes.comfy_glue import model_conds
+    cond = data["cond"]
+    pooled = cond["y"][:1]
+    ctx, extra = model_conds(flux, [[cond["c_crossattn"][:1], {"pooled_output": pooled, "guidance": 2.0}]],
+                             data["content"], torch.device("cpu"))
+    assert torch.equal(extra["y"], pooled) and extra["guidance"].tolist() == [2.0]
+    _, default = model_conds(flux, [[ctx, {}]], data["content"], torch.device("cpu"))
+    assert set(default) == {"guidance"} and default["guidance"].tolist() == [3.5]
+    sigma = torch.tensor([0.5])
+    with torch.no_grad():
+        via_model = flux.model.apply_model(data["content"], sigma, c_crossattn=ctx, **extra)
+        direct = flux.apply_model(data["content"], sigma, ctx, {}, y=pooled, guidance=torch.tensor([2.0]))
+    assert torch.equal(via_model, direct)

@@ -186,3 +186,18 @@ def test_unloading_moves_every_stylekit_tensor_off_the_load_device(comfy_nodes, 
     mm.unload_all_models()
     left = [tuple(t.shape) for t in stylekit_tensors(patched.model_options) if t.device.type != "meta"]
     assert not left, f"{len(left)} StyleKit tensors stayed on the load device after unloading: {left[:6]}"
+
+
+def test_the_bridge_model_answers_with_comfyuis_base_model_names():
+    """What the pack asks ``patcher.model`` exists on ComfyUI's BaseModel under the same names, and every
+    argument the bridge names is one ComfyUI's takes (or ComfyUI's takes any keyword)."""
+    import inspect
+
+    from comfy.model_base import BaseModel
+    from stylekit.bridge.patcher import BridgeModel
+    for name in ("apply_model", "process_latent_in", "process_latent_out", "extra_conds"):
+        ours, theirs = (inspect.signature(getattr(cls, name)).parameters for cls in (BridgeModel, BaseModel))
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in theirs.values())
+        named = [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert takes_any or set(named) <= set(theirs), (name, named, list(theirs))
+        assert named[:2] == list(theirs)[:2] or len(named) < 2 or takes_any, (name, named, list(theirs))
