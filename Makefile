@@ -43,6 +43,7 @@ test-comfy:
 	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFYUI_PYTHON) -m pytest tests/tier3 -m "not benchmark" -p no:cacheprovider
 
 bench: $(BIN)/.stylekit-installed
+	@echo "make bench: about 15-20 min on 2 CPU cores; figures in bench/*.json, missed targets as warnings (exit 0)"
 	$(BIN)/python -m pytest tests/benchmarks -m benchmark -s
 
 # Every method against plain sampling on full-size SD1.5 / SDXL UNets (random weights) inside a real ComfyUI;
