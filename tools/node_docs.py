@@ -1,11 +1,11 @@
 """Write the help page of every StyleKit node: web/docs/<NodeId>.md, which ComfyUI's frontend shows
-in its node help panel (the pack's WEB_DIRECTORY is web/).
+in its node help panel (the pack's WEB_DIRECTORY is web/), and the README's node table.
 
     python tools/node_docs.py            (from the pack's folder, with ComfyUI's or the dev venv's Python)
 
 Each page is made from the node's own definition (description, inputs with their types, defaults,
-ranges and tooltips, outputs with theirs), so the pages cannot drift from the nodes: a test compares
-them with what this script writes.
+ranges and tooltips, outputs with theirs), so the pages and the table cannot drift from the nodes: a
+test compares them with what this script writes.
 """
 from __future__ import annotations
 
@@ -50,12 +50,60 @@ def node_page(node_id: str, cls, display_name: str) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- node table: made by tools/node_docs.py -->", "<!-- end of node table -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _first_sentence(text: str, at_least: int = 60) -> str:
+    """The description's first sentence (and the next ones while it is shorter than ``at_least``)."""
+    text, end = " ".join(text.split()), 0
+    while end < at_least:
+        found = text.find(". ", end)
+        if found < 0:
+            return text
+        end = found + 1
+    return text[:end]
+
+
+def table_row(node_id: str, cls, display_name: str) -> str:
+    spec = cls.INPUT_TYPES()
+    inputs = [f"{n}" for n in spec.get("required", {})] + [f"{n} (optional)" for n in spec.get("optional", {})]
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    outputs = [f"{n} `{t}`" if n != t else f"`{t}`" for n, t in zip(names, cls.RETURN_TYPES)] or ["(saves or shows)"]
+    cells = (f"{display_name} (`{node_id}`)", ", ".join(inputs), ", ".join(outputs), _first_sentence(cls.DESCRIPTION))
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def readme_table(pack=None) -> str:
+    """The README's node table, one row per registered node, from the node definitions (the first
+    sentence of its description; its help page says the rest)."""
+    pack = pack or _load()
+    nodes = pack.nodes
+    rows = [table_row(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid]) for nid, cls in nodes.NODE_CLASS_MAPPINGS.items()]
+    return "\n".join([README_BEGIN, "| node | inputs | outputs | what it does |", "|---|---|---|---|", *rows, README_END])
+
+
+def with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the table's markers replaced by ``table``."""
+    head, sep, rest = readme.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise SystemExit(f"README.md has no node-table markers ({README_BEGIN} ... {README_END})")
+    return head + table + tail
+
+
+def _load():
+    from _pack import load_pack  # run as a script: tools/ is on the path
+    return load_pack()
+
+
 def pages(pack=None) -> dict[str, str]:
     """{file name: page} for every node the pack registers. A page describes the node, not the files
     this machine has: model-folder lists are read as empty while the pages are made."""
-    if pack is None:
-        from _pack import load_pack  # run as a script: tools/ is on the path
-        pack = load_pack()
+    pack = pack or _load()
     nodes = pack.nodes
     listed = nodes.comfy_glue.list_files
     nodes.comfy_glue.list_files = lambda name, extensions=(): []
@@ -69,8 +117,8 @@ def pages(pack=None) -> dict[str, str]:
 def main(argv=None) -> int:
     import argparse
     argparse.ArgumentParser(
-        prog="node_docs", description="Write web/docs/<NodeId>.md, the help page of every StyleKit node, from the "
-        "node definitions (the pages are replaced; a test checks they match).").parse_args(argv)
+        prog="node_docs", description="Write web/docs/<NodeId>.md, the help page of every StyleKit node, and the "
+        "README's node table, from the node definitions (both are replaced; a test checks they match).").parse_args(argv)
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     written = pages()
@@ -79,7 +127,11 @@ def main(argv=None) -> int:
     for name, text in written.items():  # regenerated pages replace the old ones
         target = files.output_target(str(out), name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))
-    print(f"wrote {len(written)} node help pages to {out}")
+    readme = PACK / "README.md"
+    text = with_table(readme.read_text(), readme_table())
+    files.write_new(files.output_target(str(PACK), "README.md", "", numbered=False, force=True),
+                    lambda tmp: Path(tmp).write_text(text))
+    print(f"wrote {len(written)} node help pages to {out} and the node table in {readme}")
     return 0
 
 

@@ -80,6 +80,11 @@ def test_every_node_has_a_help_page_that_matches_its_definition():
         path = ROOT / "web" / "docs" / name
         assert path.exists() and path.read_text() == text, f"{name} is stale: run python tools/node_docs.py"
     assert stylekit.WEB_DIRECTORY == "./web"
+    readme = (ROOT / "README.md").read_text()
+    assert node_docs.with_table(readme, node_docs.readme_table(stylekit)) == readme, \
+        "README.md's node table is stale: run python tools/node_docs.py"
+    for nid in NODE_CLASS_MAPPINGS:  # one row per node, the table made from the definitions
+        assert readme.count(f"(`{nid}`) |") == 1, nid
 
 
 def test_registry_metadata():
