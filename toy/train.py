@@ -44,11 +44,9 @@ class Plan:
     vae_batch: int = 32
     probe_steps: int = 900
     probe_batch: int = 64
-    unet_steps: int = 2400
+    unet_steps: int = 7000
     unet_batch: int = 32
     unet_lr: float = 6e-4
-    unet_tail_steps: int = 1500      # then a second phase at a constant unet_tail_lr (a warm restart)
-    unet_tail_lr: float = 3e-4
     adapter_steps: int = 600
     adapter_batch: int = 32
     adapter_lr: float = 5e-4
@@ -247,11 +245,7 @@ def train_unet(plan: Plan, work: Path, seed: int, clip, vae, log=print):
         for pe, p in zip(ema.parameters(), unet.parameters()):
             pe.lerp_(p, 1 - plan.ema)
 
-    def factor(s):  # warm-up and cosine over unet_steps, then the constant tail
-        return warmup_cosine(s, 100, plan.unet_steps) if s < plan.unet_steps else plan.unet_tail_lr / plan.unet_lr
-
-    total = plan.unet_steps + plan.unet_tail_steps
-    Stage("unet", unet.parameters(), plan.unet_lr, total, work, seed, log=log, factor=factor).run(
+    Stage("unet", unet.parameters(), plan.unet_lr, plan.unet_steps, work, seed, warmup=100, log=log).run(
         step, {"model": unet, "ema": ema}, plan.checkpoint_every, after_step=follow)
     return ema
 
