@@ -50,10 +50,9 @@ def interrupted() -> None:
 
 def load(model) -> torch.device:
     """Load ``model`` (with its weight patches, e.g. LoRA) on its device; returns that device."""
-    if hasattr(model, "unet"):  # the bridge runs where its network is: nothing to load
-        return model.load_device
-    import comfy.model_management
-    comfy.model_management.load_models_gpu([model])
+    if not hasattr(model, "unet"):  # the bridge runs where its network is: nothing to load
+        import comfy.model_management
+        comfy.model_management.load_models_gpu([model])
     return model.load_device
 
 

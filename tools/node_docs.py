@@ -121,14 +121,15 @@ def main(argv=None) -> int:
         "README's node table, from the node definitions (both are replaced; a test checks they match).").parse_args(argv)
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
-    written = pages()
+    pack = _load()
+    written = pages(pack)
     from _pack import pack_module  # run as a script: tools/ is on the path
     files = pack_module("files")
     for name, text in written.items():  # regenerated pages replace the old ones
         target = files.output_target(str(out), name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))
     readme = PACK / "README.md"
-    text = with_table(readme.read_text(), readme_table())
+    text = with_table(readme.read_text(), readme_table(pack))
     files.write_new(files.output_target(str(PACK), "README.md", "", numbered=False, force=True),
                     lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {len(written)} node help pages to {out} and the node table in {readme}")

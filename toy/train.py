@@ -80,11 +80,11 @@ def scenes_for(seed: int, stage: str, step: int, n: int):
 class Stage:
     """A training loop over ``modules`` with AdamW, resumable from ``work/<name>.pt``."""
 
-    def __init__(self, name, params, lr, steps, work: Path, seed: int, warmup: int = 50, log=print, factor=None):
-        """``factor(step)`` multiplies ``lr``; default: linear warm-up over ``warmup`` steps, then a cosine to 0."""
+    def __init__(self, name, params, lr, steps, work: Path, seed: int, warmup: int = 50, log=print):
+        """``lr`` with a linear warm-up over ``warmup`` steps, then a cosine to 0."""
         self.name, self.steps, self.work, self.seed, self.log = name, steps, work, seed, log
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor or (lambda s: warmup_cosine(s, warmup, steps)))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: warmup_cosine(s, warmup, steps))
         self.path = work / f"{name}.pt"
 
     def resume(self, state_modules: dict) -> int:
