@@ -25,34 +25,23 @@ from .attention.layers import model_layers
 from .attention.patch_map import render_patch_map, summarize
 from .attention.router import Contribution, add_contribution
 from .bridge import BridgePatcher, sample_euler_cfg
-from .bridge.tiny import tiny_sd15_unet
+from .bridge.tiny import tiny_bridge_vae, tiny_sd15_unet
 
 NOTE = ("Runs marked random_weights: false use the miniature world StyleKit trained itself (64 px procedural shapes and "
         "textures, make toy); runs marked random_weights: true use a tiny randomly initialised UNet/VAE: their images "
         "are not meaningful.")
 
 
-def tiny_vae(seed=0):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8,
-                         sample_size=128).eval()
-
-
 def to_pil(vae, latent):
     from PIL import Image
-    with torch.no_grad():
-        img = vae.decode(latent / 0.18215).sample
-    arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
+    return Image.fromarray((vae.decode(latent)[0] * 255).round().byte().numpy())
 
 
 class Demo:
     def __init__(self, out: Path, steps: int, seed: int):
         self.out, self.steps, self.seed = out, steps, seed
         self.model = BridgePatcher(tiny_sd15_unet(seed=seed))
-        self.vae = tiny_vae(seed)
+        self.vae = tiny_bridge_vae(32, seed)
         g = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(1, 4, 16, 16, generator=g)
         self.cond = torch.randn(1, 77, 64, generator=g)
@@ -165,7 +154,7 @@ def demo_styleid(d: Demo, preset="StyleID", n: int = 4, steps: int = 50):
 
 def demo_deadiff(d: Demo):
     """DEADiff: a random reference image -> style tokens (tiny random Q-Former) -> injected on attn2."""
-    from .bridge.tiny import tiny_clip_vision, tiny_deadiff_state_dict
+    from .bridge.tiny import tiny_bridge_clip_vision, tiny_deadiff_state_dict
     from .models.clip_preprocess import deadiff_pixels
     from .models.deadiff import adapter_from_state_dict
     from .models.deadiff_inject import DEADiffTokens, deadiff_model
@@ -174,7 +163,7 @@ def demo_deadiff(d: Demo):
     image = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(d.seed + 2))
     with torch.no_grad():
         t0 = time.perf_counter()
-        style = adapter.encode(vision_hidden_states(tiny_clip_vision(seed=d.seed), deadiff_pixels(image)), "style")
+        style = adapter.encode(vision_hidden_states(tiny_bridge_clip_vision(seed=d.seed), deadiff_pixels(image)), "style")
         t_enc = time.perf_counter() - t0
     latent = d.sample(deadiff_model(d.model, DEADiffTokens(adapter, style=style)))
     return {"image": to_pil(d.vae, latent),

@@ -15,7 +15,8 @@ Which tokens a row gets depends on its chunk (``cond_or_uncond``): conditional c
 image's tokens, unconditional chunks ``uncond_tokens`` (the projection of zero features, as the
 official code does, or a negative style image's tokens: StyleStudio's style-based CFG). Rows of a
 teacher sample (``transformer_options[TEACHER_CHUNKS]``, see :mod:`.teacher`) get no image branch.
-An optional mask (1 or B, H, W) limits the change to a region, resized to each block's grid.
+An optional mask (1 or B, H, W) limits the change to a region, resized to each block's grid
+(:mod:`.masks`: area-averaged).
 Projected tokens are cached per layer, device and dtype: the image tokens are constant for a run.
 When ComfyUI moves the patch (``.to(device)``) the contribution is rebuilt on moved tensors with an
 empty cache.
@@ -25,11 +26,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from .functional import host_attention
 from .image_kv import expand_rows
+from .masks import blend, mask_tokens
 from .router import Contribution, block_key, movable
 
 FUSIONS = ("cross-modal AdaIN", "add")
@@ -93,8 +94,7 @@ def adapter_contribution(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
         h, w = block_grid(extra, tokens)
         hit = cache.get(("mask", h, w, device, dtype))
         if hit is None:
-            m = F.interpolate(mask[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
-            hit = cache[("mask", h, w, device, dtype)] = m.reshape(m.shape[0], h * w, 1).to(device, dtype)
+            hit = cache[("mask", h, w, device, dtype)] = mask_tokens(mask, (h, w)).to(device, dtype)
         return hit
 
     def apply(q, k, v, extra, call_next, w):
@@ -114,7 +114,7 @@ def adapter_contribution(cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
             fused = a if w == 1 else torch.lerp(ts, a, w)
         if mask is not None:
             m = torch.cat([expand_rows(region(extra, q.shape[1], q.device, q.dtype), rows, f"{name} mask")] * styled)
-            fused = ts + m * (fused - ts)
+            fused = blend(ts, fused, m)
         return fused if n == t.shape[0] else torch.cat([fused, t[n:]])
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,

@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from .functional import host_attention, sdpa_attention
+from .masks import blend, mask_tokens
 from .router import Contribution, as_device, block_key, current_sigma, movable
 
 STYLEID_BLOCKS = [("output", i) for i in range(6, 12)]  # SD1.5: the decoder's two finest attention levels
@@ -71,12 +71,6 @@ def fuse(q, q_c, k_c, v_c, k_s, v_s, heads: int, s: FusionSettings, attention=No
     return attention(q_mix, k.expand(b, -1, -1), v.expand(b, -1, -1), mask)
 
 
-def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(H, W) or (1, H, W) MASK -> (1, h*w, 1) token weights, area-averaged."""
-    m = mask.reshape(1, 1, *mask.shape[-2:]).float()
-    return F.interpolate(m, size=hw, mode="area").reshape(1, -1, 1)
-
-
 @movable("store", "mask")
 def feature_fusion_contribution(store, settings: FusionSettings, projections: dict, weight: float = 1.0,
                                 mask=None, sigma_start=math.inf, sigma_end=0.0, name="feature_fusion", block_weights=None) -> Contribution:
@@ -107,9 +101,7 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
         plain = call_next(q, k, v, extra)
         out = w * fused + (1.0 - w) * plain
         if mask is not None:
-            hw = tuple(extra["activations_shape"][-2:])
-            m = resize_mask(mask.to(q.device), hw).to(q.dtype)
-            out = plain + m * (out - plain)
+            out = blend(plain, out, mask_tokens(mask.to(q.device), extra["activations_shape"][-2:]).to(q.dtype))
         return out
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,

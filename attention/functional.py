@@ -39,16 +39,6 @@ def split_sdpa_attention(q, k, v, heads: int | None = None, mask=None):
     return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
 
 
-def explicit_attention(q, k, v, heads: int, mask=None, scale=None):
-    """Reference implementation with an explicit softmax; tests compare fused paths against it."""
-    qh, kh, vh = (split_heads(t, heads).double() for t in (q, k, v))
-    d = qh.shape[-1]
-    logits = qh @ kh.transpose(-1, -2) * (scale if scale is not None else d ** -0.5)
-    if mask is not None:
-        logits = logits + mask.double()
-    return merge_heads(torch.softmax(logits, dim=-1) @ vh).to(q.dtype)
-
-
 def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = None, skip_reshape: bool = False):
     """The host's own attention for a block, on unsplit heads; every attention StyleKit computes or
     passes on goes through here, so the user's backend and overrides apply to patched blocks too.
@@ -78,10 +68,3 @@ def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = Non
     if skip_reshape:
         return split_sdpa_attention(q, k, v, heads, mask)
     return sdpa_attention(q, k, v, heads, mask)
-
-
-def chunks_by_cond(t: torch.Tensor, cond_or_uncond) -> list[tuple[int, torch.Tensor]]:
-    """Split a batch into ComfyUI's cond/uncond chunks: ``[(0 for cond | 1 for uncond, chunk), ...]``."""
-    if not cond_or_uncond:
-        return [(0, t)]
-    return list(zip(cond_or_uncond, t.chunk(len(cond_or_uncond))))

@@ -24,8 +24,9 @@ import math
 import torch
 
 from ..errors import InputError
-from .feature_fusion import FeatureRecorder, FusionSettings, resize_mask
+from .feature_fusion import FeatureRecorder, FusionSettings
 from .joint import JointQKV, dit_key
+from .masks import blend, mask_tokens
 from .router import Contribution, current_sigma, movable
 
 
@@ -86,12 +87,12 @@ def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.
         return main
     plain = call.attention(call.q, call.k, call.v, call.mask)
 
-    def blend(attn):
+    def blended(attn):
         out = plain.to(attn.dtype).clone()
         m = weight if token_weights is None else weight * token_weights.to(device=attn.device, dtype=attn.dtype)
-        out[:, t0:t1] = plain[:, t0:t1] + m * (attn[:, t0:t1] - plain[:, t0:t1])
+        out[:, t0:t1] = blend(plain[:, t0:t1], attn[:, t0:t1], m)
         return out
-    main.after(blend)
+    main.after(blended)
     return main
 
 
@@ -113,7 +114,7 @@ def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1
         if refs["k_s"].shape[2] != n_img:
             raise InputError(f"Feature Fusion: the inversion stored {refs['k_s'].shape[2]} image tokens at block "
                              f"{key[0]} {key[1]}, this sampling has {n_img}: sample a latent of the inverted size")
-        tokens = None if mask is None else resize_mask(mask.to(call.q.device), grid)
+        tokens = None if mask is None else mask_tokens(mask.to(call.q.device), grid)
         return call_next(fuse_joint(call, refs, settings, w, tokens))
 
     return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,

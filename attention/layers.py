@@ -3,13 +3,15 @@
 UNets (SD1.5 / SDXL): keys are ``(block_name, block_id, depth_index)``: ``block_name`` in
 input|middle|output, ``block_id`` the index in ComfyUI's ``input_blocks`` / ``output_blocks`` (middle
 is 0) and ``depth_index`` the transformer block inside that SpatialTransformer (ComfyUI's
-``block_index``). Both ComfyUI's ``UNetModel`` and diffusers' ``UNet2DConditionModel`` are read.
+``block_index``).
 
 DiTs (Flux): keys are ``("double" | "single", block_index, 0)``, ComfyUI's ``block_type`` and
-``block_index``; one joint attention per block. ComfyUI's ``Flux`` and diffusers'
-``FluxTransformer2DModel`` are read. A further DiT family is one more entry in ``DIT_FAMILIES``.
+``block_index``; one joint attention per block. A further DiT family is one more entry in ``DIT_FAMILIES``.
 
-Everything is read by duck typing, so this module imports neither host.
+This module reads ComfyUI's networks (``UNetModel``, ``Flux``) by duck typing and imports no host.
+Another host registers readers for its own networks (:func:`register_unet_reader`,
+:func:`register_dit_reader`): the diffusers bridge does so for ``UNet2DConditionModel`` and
+``FluxTransformer2DModel`` in :mod:`stylekit.bridge.layers`, mapping them onto ComfyUI's keys.
 """
 from __future__ import annotations
 
@@ -133,36 +135,9 @@ def _comfy_blocks(dm):
                     yield (name, bid, i), tb
 
 
-def diffusers_key(block: str, level: int, j: int, depth: int, per_level: int) -> tuple:
-    """ComfyUI's key of diffusers' ``{block}.{level}.attentions.{j}.transformer_blocks.{depth}`` in a UNet
-    with ``per_level`` resnets per level (ComfyUI counts the level's downsampler as a block of its own)."""
-    if block == "mid_block":
-        return ("middle", 0, depth)
-    if block == "down_blocks":
-        return ("input", 1 + (per_level + 1) * level + j, depth)
-    if block == "up_blocks":
-        return ("output", (per_level + 1) * level + j, depth)
-    raise ValueError(f"unexpected UNet block {block!r}")
-
-
-def layers_per_block(unet) -> int:
-    per_level = unet.config.layers_per_block
-    return per_level if isinstance(per_level, int) else per_level[0]
-
-
-def _diffusers_blocks(unet):
-    """(key, transformer block) pairs of a diffusers UNet2DConditionModel under ComfyUI's keys."""
-    per_level = layers_per_block(unet)
-    for name, blocks in (("down_blocks", unet.down_blocks), ("mid_block", [unet.mid_block]), ("up_blocks", unet.up_blocks)):
-        for i, block in enumerate(blocks):
-            for j, att in enumerate(getattr(block, "attentions", None) or []):
-                for t, tb in enumerate(att.transformer_blocks):
-                    yield diffusers_key(name, i, j, t, per_level), tb
-
-
 def diffusion_model_of(model):
-    """The UNet inside a ComfyUI ModelPatcher / BaseModel, a BridgePatcher, or a bare UNet."""
-    for path in ("model.diffusion_model", "diffusion_model", "unet"):
+    """The network inside a ModelPatcher or BaseModel (either host's), or a bare network."""
+    for path in ("model.diffusion_model", "diffusion_model"):
         obj = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -195,22 +170,27 @@ def _comfy_flux(dm) -> list[LayerInfo]:
     return out
 
 
-def _diffusers_flux(dm) -> list[LayerInfo]:
-    """diffusers' ``FluxTransformer2DModel``."""
-    out = []
-    for kind, blocks in (("double", dm.transformer_blocks), ("single", dm.single_transformer_blocks)):
-        for i, b in enumerate(blocks):
-            out.append(LayerInfo((kind, i, 0), b.attn.inner_dim, b.attn.heads, b.attn.inner_dim))
-    return out
-
-
-# DiT families: (family, test on the diffusion model, reader). Flux.2, Qwen-Image, ... go here once their
-# blocks call the same joint-attention hooks with the same q/k/v layout.
+# DiT families: (family, test on the diffusion model, reader -> [LayerInfo]). Flux.2, Qwen-Image, ... go here
+# once their blocks call the same joint-attention hooks with the same q/k/v layout.
 DIT_FAMILIES = [
     ("flux", lambda dm: hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks") and hasattr(dm, "img_in")
      and type(dm).__name__ == "Flux", _comfy_flux),
-    ("flux", lambda dm: type(dm).__name__ == "FluxTransformer2DModel", _diffusers_flux),
 ]
+
+# UNet layouts: (test on the diffusion model, reader -> (key, transformer block) pairs under ComfyUI's keys).
+UNET_READERS = [(lambda dm: hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"), _comfy_blocks)]
+
+
+def register_dit_reader(family: str, test, read) -> None:
+    """Another host's DiT network: ``test(dm)`` recognises it, ``read(dm)`` lists its layers."""
+    if not any(t is test for _, t, _ in DIT_FAMILIES):
+        DIT_FAMILIES.append((family, test, read))
+
+
+def register_unet_reader(test, read) -> None:
+    """Another host's UNet: ``test(dm)`` recognises it, ``read(dm)`` yields (ComfyUI key, transformer block)."""
+    if not any(t is test for t, _ in UNET_READERS):
+        UNET_READERS.append((test, read))
 
 
 def _dit_layers(dm):
@@ -222,10 +202,9 @@ def _dit_layers(dm):
 
 def _transformer_blocks(model) -> list[tuple]:
     dm = diffusion_model_of(model)
-    if hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"):
-        return list(_comfy_blocks(dm))
-    if hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks"):
-        return list(_diffusers_blocks(dm))
+    for test, read in UNET_READERS:
+        if test(dm):
+            return list(read(dm))
     raise UnsupportedModelError(
         f"StyleKit patches SD1.5 / SDXL UNets and Flux.1 DiTs; got {type(dm).__name__}, which is none of them "
         "(neither ComfyUI's or diffusers' UNet blocks nor Flux's double/single blocks)")

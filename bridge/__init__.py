@@ -3,10 +3,15 @@
 ``BridgePatcher`` offers the part of ComfyUI's ModelPatcher that StyleKit's builders use (clone,
 model_options, set_model_patch_replace, set_model_unet_function_wrapper, get_model_object), so the
 same ``attention/`` and ``models/`` code patches a ComfyUI model and a diffusers model. It is how CI
-runs each method end to end without ComfyUI, and a Python API in its own right.
+runs each method end to end without ComfyUI, and a Python API in its own right. ``BridgeVAE`` and
+``BridgeClipVision`` give a diffusers VAE and a transformers CLIP vision tower ComfyUI's VAE and
+CLIP_VISION method names, and ``clip_text.BridgeCLIP`` does the same for the text encoder.
 """
 from .schedule import DiscreteSchedule
 from .patcher import BridgePatcher
 from .sampling import calc_cond_batch, sample_euler, sample_euler_cfg
+from .vae import BridgeVAE
+from .vision import BridgeClipVision
 
-__all__ = ["BridgePatcher", "DiscreteSchedule", "calc_cond_batch", "sample_euler", "sample_euler_cfg"]
+__all__ = ["BridgeClipVision", "BridgePatcher", "BridgeVAE", "DiscreteSchedule", "calc_cond_batch", "sample_euler",
+           "sample_euler_cfg"]

@@ -5,18 +5,9 @@ import copy
 
 import torch
 
-from ..attention.layers import diffusers_key, layers_per_block
+from .layers import layers_per_block, processor_key
 from .processor import RouterAttnProcessor
 from .schedule import DiscreteSchedule
-
-
-def diffusers_attention_key(name: str, per_level: int) -> tuple[str, tuple]:
-    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor`` -> ("attn2", ("input", 4, 0))."""
-    p = name.split(".")
-    attn, depth = p[-2], int(p[-3])
-    if p[0] == "mid_block":  # mid_block.attentions.0...
-        return attn, diffusers_key(p[0], 0, int(p[2]), depth, per_level)
-    return attn, diffusers_key(p[0], int(p[1]), int(p[3]), depth, per_level)
 
 
 class Cond:
@@ -129,7 +120,7 @@ class BridgePatcher:
     # --- running the UNet -----------------------------------------------------------------------
     def _processors(self, state):
         per_level = layers_per_block(self.unet)
-        return {name: RouterAttnProcessor(state, *diffusers_attention_key(name, per_level))
+        return {name: RouterAttnProcessor(state, *processor_key(name, per_level))
                 for name in self.unet.attn_processors}
 
     def apply_model(self, x, sigma, context, transformer_options=None, **extra):

@@ -80,6 +80,23 @@ def tiny_clip_vision(width: int = 48, seed: int = 0):
     return CLIPVisionModel(cfg).eval()
 
 
+def tiny_bridge_clip_vision(width: int = 48, seed: int = 0):
+    """ComfyUI-shaped CLIP_VISION (BridgeClipVision) over ``tiny_clip_vision``'s weights."""
+    from .vision import BridgeClipVision
+    return BridgeClipVision(tiny_clip_vision(width, seed))
+
+
+def tiny_bridge_vae(width: int = 16, seed: int = 0):
+    """ComfyUI-shaped VAE (BridgeVAE) over a diffusers AutoencoderKL with 4 latent channels, tiny widths."""
+    from diffusers import AutoencoderKL
+
+    from .vae import BridgeVAE
+    torch.manual_seed(seed)
+    return BridgeVAE(AutoencoderKL(block_out_channels=(width,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                   up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
+                                   latent_channels=4, sample_size=32).eval())
+
+
 def tiny_clip_text(width: int = 64, layers: int = 4, vocab: int = 1000, seed: int = 0):
     """A transformers CLIPTextModel with CLIP-L's structure (quick_gelu, causal, 77 positions), tiny widths."""
     from transformers import CLIPTextConfig, CLIPTextModel

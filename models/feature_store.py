@@ -121,12 +121,3 @@ class FeatureStore:
         self.features.clear()
         self.current.clear()
         self.checked_schedule = None
-
-
-DIT_TENSORS = 5  # a DiT store keeps the references' image-token q_c, k_c, v_c, k_s, v_s per block and step
-
-
-def dit_store_bytes(blocks: int, image_tokens: int, width: int, steps: int, element_bytes: int = 2) -> int:
-    """Bytes a DiT feature store holds for ``blocks`` blocks over ``steps`` steps (recompute mode: 1 step):
-    five (image_tokens, width) tensors per block and step. Flux.1-dev at 1024 px: 4096 tokens, width 3072."""
-    return DIT_TENSORS * blocks * steps * image_tokens * width * element_bytes

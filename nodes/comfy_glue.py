@@ -1,7 +1,14 @@
-"""The few ComfyUI services nodes need, imported lazily so nodes also run on the diffusers bridge."""
+"""The few ComfyUI services nodes need, imported lazily so nodes also run on the diffusers bridge.
+
+Nodes call the host objects by ComfyUI's own method names (``model.model.apply_model``,
+``vae.encode``, ``clip_vision.encode_image``); the bridge's objects answer the same names
+(:mod:`stylekit.bridge`). The one question asked here is ComfyUI's own: whether its model management
+owns an object and must load it (:func:`managed`).
+"""
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -48,9 +55,16 @@ def interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def managed(patcher) -> bool:
+    """Whether ComfyUI's model management owns ``patcher`` (a ModelPatcher): such a model is loaded
+    before use and hands its weights over in inference mode. Objects of any other host run where they are."""
+    mp = sys.modules.get("comfy.model_patcher")
+    return mp is not None and isinstance(patcher, mp.ModelPatcher)
+
+
 def load(model) -> torch.device:
     """Load ``model`` (with its weight patches, e.g. LoRA) on its device; returns that device."""
-    if not hasattr(model, "unet"):  # the bridge runs where its network is: nothing to load
+    if managed(model):
         import comfy.model_management
         comfy.model_management.load_models_gpu([model])
     return model.load_device
@@ -162,15 +176,11 @@ def full_path(name: str, filename: str) -> str:
 def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     """Penultimate hidden states of a CLIP vision tower for preprocessed ``pixels`` (B, 3, 224, 224).
 
-    ComfyUI's CLIP_VISION (its own preprocessing bypassed) or a transformers CLIPVisionModel.
+    A CLIP_VISION's own preprocessing is bypassed: its tower is called on ``pixels`` as they are.
     """
-    if hasattr(clip_vision, "patcher") and hasattr(clip_vision, "model"):  # ComfyUI ClipVisionModel
-        import comfy.model_management
-        comfy.model_management.load_model_gpu(clip_vision.patcher)
-        out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
-        return out[1].float()
-    out = clip_vision(pixel_values=pixels.to(next(clip_vision.parameters()).device), output_hidden_states=True)
-    return out.hidden_states[-2].float()
+    load(clip_vision.patcher)
+    out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
+    return out[1].float()
 
 
 def output_target(name: str, filename: str, extension: str = ".safetensors", field: str = "filename"):
@@ -201,9 +211,9 @@ def trainable(patcher):
     """A clone whose weights reach autograd as ordinary tensors (ComfyUI loads them in inference mode).
 
     Every weight gets the identity wrapper :func:`ordinary`, which also makes ComfyUI cast through
-    its wrapper path (as its own LoRA trainer does). The bridge's modules are ordinary already.
+    its wrapper path (as its own LoRA trainer does). Models outside ComfyUI's management are ordinary already.
     """
-    if not hasattr(patcher, "add_weight_wrapper"):
+    if not managed(patcher):
         return patcher
     m = patcher.clone()
     for name, mod in m.model.named_modules():
@@ -215,7 +225,7 @@ def trainable(patcher):
 
 
 def trainable_clip(clip):
-    if not hasattr(clip.patcher, "add_weight_wrapper"):
+    if not managed(clip.patcher):
         return clip
     c = clip.clone()
     c.patcher = trainable(c.patcher)
@@ -224,10 +234,7 @@ def trainable_clip(clip):
 
 def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
     """IMAGE (B, H, W, C) -> latents (before the model's ``process_latent_in``)."""
-    if hasattr(vae, "first_stage_model"):  # ComfyUI VAE
-        return vae.encode(images[..., :3])
-    x = images[..., :3].permute(0, 3, 1, 2).to(vae.device, vae.dtype) * 2 - 1  # diffusers AutoencoderKL
-    return vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor
+    return vae.encode(images[..., :3])
 
 
 def text_embeds(clip, text: str) -> torch.Tensor:
@@ -236,17 +243,9 @@ def text_embeds(clip, text: str) -> torch.Tensor:
 
 
 def vision_features(clip_vision, images: torch.Tensor, feature: str = "image_embeds") -> torch.Tensor:
-    """``image_embeds`` or ``penultimate_hidden_states`` of CLIP vision for IMAGE (B, H, W, C): ComfyUI's
-    ``encode_image`` (shortest side to 224, centre crop), or a transformers model on the same pixels."""
-    if hasattr(clip_vision, "encode_image"):
-        return clip_vision.encode_image(images[..., :3], crop=True)[feature].float()
-    from ..models.clip_preprocess import clip_pixels
-    with torch.no_grad():
-        out = clip_vision(pixel_values=clip_pixels(images).to(next(clip_vision.parameters()).device),
-                          output_hidden_states=True)
-    if feature == "penultimate_hidden_states":
-        return out.hidden_states[-2].float()
-    return (out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output).float()
+    """``image_embeds`` or ``penultimate_hidden_states`` of CLIP vision for IMAGE (B, H, W, C), by the
+    CLIP_VISION's own ``encode_image`` (ComfyUI's: shortest side to 224, centre crop)."""
+    return clip_vision.encode_image(images[..., :3], crop=True)[feature].float()
 
 
 def image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:

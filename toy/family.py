@@ -226,15 +226,16 @@ def file_metadata(kind: str, folder=WEIGHTS) -> dict:
 
 class ToyWorld:
     """The trained miniature world, loaded once: ``clip`` (ComfyUI-shaped CLIP for prompts), ``clip_model``
-    (the transformers CLIPModel), ``vae``, ``model`` (a BridgePatcher over the UNet), ``probes``."""
+    (the transformers CLIPModel), ``vae`` (ComfyUI-shaped, over the diffusers AutoencoderKL), ``model`` (a
+    BridgePatcher over the UNet), ``probes``."""
 
     def __init__(self, folder=WEIGHTS):
-        from ..bridge import BridgePatcher
+        from ..bridge import BridgePatcher, BridgeVAE
         from ..bridge.clip_text import BridgeCLIP, clip_text_from_transformers
         self.tokenizer = WordTokenizer()
         self.clip_model = load("clip", folder)
         self.clip = BridgeCLIP(clip_text_from_transformers(self.clip_model.text_model), tokenizer=self.tokenizer)
-        self.vae = load("vae", folder)
+        self.vae = BridgeVAE(load("vae", folder))
         self.unet = load("unet", folder)
         self.model = BridgePatcher(self.unet)
         self.probes = load("probes", folder)
@@ -255,15 +256,11 @@ class ToyWorld:
             return self.clip.encode_from_tokens(self.clip.tokenize(text))
 
     def to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        from ..nodes.comfy_glue import vae_encode
-        with torch.no_grad():
-            return vae_encode(self.vae, images)
+        return self.vae.encode(images)
 
     def to_image(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> IMAGE (B, 64, 64, 3) in [0, 1]."""
-        with torch.no_grad():
-            x = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+        return self.vae.decode(latents)
 
 
 def image_embeds(clip_model, images: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from stylekit.bridge.flux import FluxBridgePatcher
 from stylekit.bridge.sampling import sample_euler_cfg
 from stylekit.models.schedules import simple_sigmas
 from stylekit.bridge.tiny import tiny_flux
-from stylekit.models.feature_store import StorePolicy, dit_store_bytes
+from references import dit_store_bytes
+from stylekit.models.feature_store import StorePolicy
 from stylekit.models.inversion import every_step_schedule
 from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
 from stylekit.nodes.magicstyle import dit_default_blocks

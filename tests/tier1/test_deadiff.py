@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylekit.attention.functional import explicit_attention
+from references import explicit_attention
 from stylekit.attention.image_kv import image_kv_contribution
 from stylekit.attention.layers import ModelLayers, LayerInfo
 from stylekit.bridge.tiny import tiny_deadiff_state_dict

@@ -3,7 +3,8 @@ import math
 import torch
 
 from stylekit.attention.feature_fusion import PRESETS, FusionSettings, feature_fusion_contribution, fuse
-from stylekit.attention.functional import explicit_attention, sdpa_attention
+from references import explicit_attention
+from stylekit.attention.functional import sdpa_attention
 from stylekit.models.feature_store import FeatureStore, MissingStepError, StorePolicy
 from stylekit.models.inversion import adain_latent
 

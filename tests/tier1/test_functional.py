@@ -1,6 +1,7 @@
 import torch
 
-from stylekit.attention.functional import chunks_by_cond, explicit_attention, sdpa_attention
+from references import explicit_attention
+from stylekit.attention.functional import sdpa_attention
 
 
 def test_sdpa_matches_explicit_softmax_with_mask_and_scale():
@@ -22,11 +23,3 @@ def test_explicit_attention_is_a_softmax_average():
     v = torch.randn(1, 1, 8)
     out = explicit_attention(q, k, v, heads=2)
     torch.testing.assert_close(out, v.expand(1, 3, 8))
-
-
-def test_chunks_follow_cond_or_uncond_order():
-    t = torch.arange(6).view(6, 1)
-    parts = chunks_by_cond(t, [1, 0])
-    assert [p[0] for p in parts] == [1, 0]
-    assert parts[0][1].flatten().tolist() == [0, 1, 2] and parts[1][1].flatten().tolist() == [3, 4, 5]
-    assert chunks_by_cond(t, None)[0][1] is t

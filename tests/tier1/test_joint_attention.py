@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 from stylekit.attention.adapter_attention import TEACHER_CHUNKS
-from stylekit.attention.feature_fusion import PRESETS, FusionSettings, resize_mask
+from stylekit.attention.feature_fusion import PRESETS, FusionSettings
+from stylekit.attention.masks import mask_tokens
 from stylekit.attention.joint import (
     JointOutput,
     JointRouter,
@@ -159,7 +160,7 @@ def test_mask_spares_its_region_and_weight_blends():
     masked = host_run(JointRouter().with_contribution(
         joint_fusion_contribution(Store(refs), PRESETS["StyleID"], mask=mask, grid=(GH, GW)), [("double", 0, 0)]),
         q, k, v, pe, extra_for())
-    right = resize_mask(mask, (GH, GW)).reshape(-1) > 0.5
+    right = mask_tokens(mask, (GH, GW)).reshape(-1) > 0.5
     torch.testing.assert_close(masked[:, TXT:][:, ~right], plain[:, TXT:][:, ~right], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(masked[:, TXT:][:, right], full[:, TXT:][:, right], atol=1e-5, rtol=1e-5)
     half = host_run(JointRouter().with_contribution(

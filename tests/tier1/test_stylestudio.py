@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stylekit.attention.adapter_attention import TEACHER_CHUNKS, adain, adapter_contribution
-from stylekit.attention.functional import explicit_attention
+from references import explicit_attention
 from stylekit.attention.layers import LayerInfo, ModelLayers, UnsupportedModelError
 from stylekit.attention.teacher import TeacherWrapper, duplicate_rows, teacher_layout_contribution
 from stylekit.bridge.tiny import flat_state_dict, tiny_ip_adapter

@@ -108,3 +108,29 @@ def test_the_bridge_model_has_comfyuis_base_model_surface(sd15):
     assert torch.equal(m.model.process_latent_in(x), x) and torch.equal(m.model.process_latent_out(x), x)
     conds = m.model.extra_conds(cross_attn=ctx, width=128, height=128)
     assert list(conds) == ["c_crossattn"] and conds["c_crossattn"].cond is ctx
+
+
+def test_the_bridge_vae_and_clip_vision_compute_what_comfyui_does():
+    """BridgeVAE: the scaled posterior mean (what ComfyUI's VAE encode + process_latent_in give) and its
+    inverse on decode; BridgeClipVision: transformers' outputs on ComfyUI's encode_image preprocessing."""
+    from stylekit.bridge.tiny import tiny_bridge_clip_vision, tiny_bridge_vae
+    from stylekit.models.clip_preprocess import clip_pixels
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 64, 48, 3, generator=g)
+    vae = tiny_bridge_vae()
+    net, scale = vae.first_stage, vae.first_stage.config.scaling_factor
+    with torch.no_grad():
+        want = net.encode(image.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean * scale
+        latent = vae.encode(image)
+        torch.testing.assert_close(latent, want)
+        decoded = ((net.decode(latent / scale).sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    torch.testing.assert_close(vae.decode(latent), decoded)
+    assert vae.decode(latent).shape == image.shape
+
+    cv = tiny_bridge_clip_vision()
+    with torch.no_grad():
+        ref = cv.model.hf(pixel_values=clip_pixels(image), output_hidden_states=True)
+    out = cv.encode_image(image, crop=True)
+    torch.testing.assert_close(out["penultimate_hidden_states"], ref.hidden_states[-2])
+    torch.testing.assert_close(out["image_embeds"], ref.pooler_output)
+    torch.testing.assert_close(out["last_hidden_state"], ref.last_hidden_state)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from stylekit.attention.functional import explicit_attention
+from references import explicit_attention
 from stylekit.bridge import BridgePatcher
 from stylekit.bridge.clip_text import clip_text_from_transformers
-from stylekit.bridge.tiny import tiny_bridge_clip, tiny_clip_text, tiny_clip_vision
+from stylekit.bridge.tiny import tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae, tiny_clip_text
 from stylekit.models.catversion import CatVersionPrefix, catversion_clip, load_prefix, save_prefix
 from stylekit.models.catversion_train import TrainSettings, train_prefix
 from stylekit.models.magicstyle import host_apply_model
@@ -147,19 +147,11 @@ def test_training_removes_a_context_driven_error():
     assert before > 5 and excess() < 0.01 * before, (before, excess())
 
 
-def tiny_vae():
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
-                         latent_channels=4, sample_size=32).eval()
-
-
 def test_train_node_saves_a_loadable_prefix(sd15, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside ComfyUI a node writes into the current folder
     clip = tiny_bridge_clip()
     images = torch.rand(2, 64, 48, 3, generator=torch.Generator().manual_seed(0))
-    out = StyleKitCatVersionTrain().train(images, sd15, clip, tiny_vae(), "teapot", 3, 1e-2, 2, True, "2, 3", 0,
+    out = StyleKitCatVersionTrain().train(images, sd15, clip, tiny_bridge_vae(), "teapot", 3, 1e-2, 2, True, "2, 3", 0,
                                           "teapot")
     prefix, curve = out["result"]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and 0 <= curve.min() and curve.max() <= 1
@@ -167,12 +159,12 @@ def test_train_node_saves_a_loadable_prefix(sd15, tmp_path, monkeypatch):
     assert torch.equal(saved.keys, prefix.keys.detach()) and saved.layers == [2, 3] and saved.base_word == "teapot"
     fresh = CatVersionPrefix.random([2, 3], 64, seed=0)
     assert not torch.equal(saved.keys, fresh.keys)  # it trained
-    StyleKitCatVersionTrain().train(images, sd15, clip, tiny_vae(), "teapot", 1, 1e-2, 1, False, "3", 0, "teapot")
+    StyleKitCatVersionTrain().train(images, sd15, clip, tiny_bridge_vae(), "teapot", 1, 1e-2, 1, False, "3", 0, "teapot")
     assert (tmp_path / "teapot_00001.safetensors").exists()  # never overwrites
 
 
 def test_score_node():
-    cv = tiny_clip_vision()
+    cv = tiny_bridge_clip_vision()
     g = torch.Generator().manual_seed(0)
     ref, gen = torch.rand(2, 64, 64, 3, generator=g), torch.rand(3, 64, 64, 3, generator=g)
     out = StyleKitCatVersionScore().score(cv, ref, gen, "black")["result"]
@@ -187,12 +179,12 @@ def test_score_node():
 
 def test_score_clip_t_against_direct_cosine():
     clip = tiny_bridge_clip(width=48)
-    cv = tiny_clip_vision(width=48)
+    cv = tiny_bridge_clip_vision(width=48)
     gen = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     out = StyleKitCatVersionScore().score(cv, gen, gen, "black", clip=clip, prompt="teapot")["result"]
     from stylekit.models.clip_preprocess import clip_pixels  # ComfyUI's encode_image(crop=True) pixels
     with torch.no_grad():
-        img = cv(pixel_values=clip_pixels(gen)).pooler_output
+        img = cv.model.hf(pixel_values=clip_pixels(gen)).pooler_output
         txt = clip.encode_from_tokens(clip.tokenize("teapot"), return_pooled=True)[1]
     want = torch.nn.functional.cosine_similarity(img, txt).mean().item()
     assert out[1] == pytest.approx(want, abs=1e-5)

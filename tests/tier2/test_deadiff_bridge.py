@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from stylekit.attention.layers import model_layers
 from stylekit.attention.router import Contribution, add_contribution
 from stylekit.bridge import sample_euler_cfg
-from stylekit.bridge.tiny import tiny_clip_vision, tiny_deadiff_state_dict
+from stylekit.bridge.tiny import tiny_bridge_clip_vision, tiny_deadiff_state_dict
 from stylekit.models.deadiff_inject import CONTENT_BLOCKS, STYLE_BLOCKS
 from stylekit.models.schedules import ddim_uniform_sigmas
 from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
@@ -22,7 +22,7 @@ def deadiff(sd15, tmp_path):
 
 def encode(deadiff, mode, seed=0, add_to=None):
     img = torch.rand(2, 96, 80, 3, generator=torch.Generator().manual_seed(seed))
-    return StyleKitDEADiffEncode().encode(deadiff, tiny_clip_vision(), img, mode, "1, 3", add_to)[0]
+    return StyleKitDEADiffEncode().encode(deadiff, tiny_bridge_clip_vision(), img, mode, "1, 3", add_to)[0]
 
 
 def sample(model, cfg=4.0, split=False, seed=0):
@@ -92,6 +92,6 @@ def test_wrong_pairings_are_refused_before_sampling(sdxl, sd15, deadiff):
     with pytest.raises(ValueError, match="DEADiff .trained on SD1.5. supports SD1.5 models; the model given is SDXL"):
         StyleKitDEADiffApply().apply(sdxl, tokens, 1.0, "official", True, 0.0, 1.0, "")
     with pytest.raises(ValueError, match="ViT-L/14"):
-        StyleKitDEADiffEncode().encode(deadiff, tiny_clip_vision(width=64), torch.rand(1, 64, 64, 3), "style", "", None)
+        StyleKitDEADiffEncode().encode(deadiff, tiny_bridge_clip_vision(width=64), torch.rand(1, 64, 64, 3), "style", "", None)
     with pytest.raises(ValueError, match="mix_weights gives 2 weights for 1 images"):
-        StyleKitDEADiffEncode().encode(deadiff, tiny_clip_vision(), torch.rand(1, 64, 64, 3), "style", "1,2", None)
+        StyleKitDEADiffEncode().encode(deadiff, tiny_bridge_clip_vision(), torch.rand(1, 64, 64, 3), "style", "1,2", None)

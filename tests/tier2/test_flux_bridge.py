@@ -236,7 +236,7 @@ def test_start_noise_inverts_comfyuis_eps_noise_scaling(sd15):
 
 
 def test_the_store_size_formula_counts_what_a_store_holds(flux, data):
-    from stylekit.models.feature_store import dit_store_bytes
+    from references import dit_store_bytes
     inv, _ = invert(flux, data, 3, "store", layers=[("double", 1, 0), ("single", 0, 0)], dtype=torch.float16)
     tokens, width = (16 // 2) ** 2, model_layers(flux).layers[0].channels
     assert inv.store.size_bytes() == dit_store_bytes(2, tokens, width, 3, 2)

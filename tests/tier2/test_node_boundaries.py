@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher
-from stylekit.bridge.tiny import (flat_state_dict, tiny_bridge_clip, tiny_clip_vision, tiny_deadiff_state_dict, tiny_dvae,
-                                  tiny_ip_adapter, tiny_sd15_unet, tiny_translator, write_official_dvae_pickles)
+from stylekit.bridge.tiny import (flat_state_dict, tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae,
+                                  tiny_deadiff_state_dict, tiny_dvae, tiny_ip_adapter, tiny_sd15_unet, tiny_translator, write_official_dvae_pickles)
 from stylekit.errors import StyleKitError
 from stylekit.models.catversion import CatVersionPrefix, save_prefix
 from stylekit.models.stylerdalle import save_translator
@@ -27,14 +27,6 @@ from stylekit.nodes import comfy_glue
 
 class Enough(Exception):
     """Raised at the first progress report of long work: the node accepted its inputs."""
-
-
-def tiny_vae():
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
-                         latent_channels=4, sample_size=32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +45,14 @@ def world(tmp_path_factory):
     from stylekit.models.dvae import convert_files
     convert_files(str(folder / "encoder.pkl"), str(folder / "decoder.pkl"), str(folder / "dvae.safetensors"))
     save_translator(tiny_translator(seed=2), str(folder / "translator.safetensors"))
-    cv, clip = tiny_clip_vision(width=48), tiny_bridge_clip(width=48)
+    cv, clip = tiny_bridge_clip_vision(width=48), tiny_bridge_clip(width=48)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 64, 64, 3, generator=g)
     cond = [[torch.randn(1, 77, 64, generator=g), {}]]
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=g)}
-    w = dict(folder=folder, model=model, clip=clip, cv=cv, vae=tiny_vae(), image=image, cond=cond, latent=latent)
+    w = dict(folder=folder, model=model, clip=clip, cv=cv, vae=tiny_bridge_vae(), image=image, cond=cond, latent=latent)
     w["deadiff"] = NODES["StyleKitDEADiffLoader"]().load(str(folder / "deadiff.safetensors"))[0]
-    w["tokens"] = NODES["StyleKitDEADiffEncode"]().encode(w["deadiff"], tiny_clip_vision(), image, "style", "")[0]
+    w["tokens"] = NODES["StyleKitDEADiffEncode"]().encode(w["deadiff"], tiny_bridge_clip_vision(), image, "style", "")[0]
     w["adapter"] = NODES["StyleKitAdapterLoader"]().load(str(folder / "adapter.safetensors"))[0]
     w["inversion"] = NODES["StyleKitDDIMInvert"]().invert(model, latent, latent, cond, 2, "output 6-11 (StyleID)",
                                                           "fp32", "cpu", "store")[0]
@@ -82,7 +74,7 @@ def valid_call(node_id, w) -> dict:
                                       end_percent=1.0, mask=torch.ones(1, 64, 64)),
         "StyleKitDEADiffLoader": dict(deadiff_name=f + "/deadiff.safetensors"),
         "StyleKitDEADiffExtract": dict(checkpoint=f + "/deadiff_v1.ckpt", filename="boundary"),
-        "StyleKitDEADiffEncode": dict(deadiff=w["deadiff"], clip_vision=tiny_clip_vision(), image=w["image"], mode="style",
+        "StyleKitDEADiffEncode": dict(deadiff=w["deadiff"], clip_vision=tiny_bridge_clip_vision(), image=w["image"], mode="style",
                                       mix_weights=""),
         "StyleKitDEADiffApply": dict(model=w["model"], tokens=w["tokens"], img_weight=1.0, layer_split="official",
                                      zero_tokens=True, start_percent=0.0, end_percent=1.0, block_weights=""),

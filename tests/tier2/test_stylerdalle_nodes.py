@@ -3,7 +3,7 @@ pre-train and train a style with a tiny CLIP pair, on tiny dVAE / translator fil
 import pytest
 import torch
 
-from stylekit.bridge.tiny import (tiny_bridge_clip, tiny_clip_vision, tiny_dvae, tiny_translator,
+from stylekit.bridge.tiny import (tiny_bridge_clip, tiny_bridge_clip_vision, tiny_dvae, tiny_translator,
                                   write_official_dvae_pickles)
 from stylekit.models.stylerdalle import save_translator
 from stylekit.nodes.stylerdalle import (NEW, StyleKitStylerDALLELoad, StyleKitStylerDALLEPretrain,
@@ -60,7 +60,7 @@ def test_pretrain_then_train_style_nodes(files):
     changed = {k for k, v in pre.translator.state_dict().items() if not torch.equal(before[k], v)}
     assert "linear_proj.weight" in changed and "outNet.weight" in changed  # stage 1 trains everything
 
-    cv, clip = tiny_clip_vision(width=48), tiny_bridge_clip(width=48)  # one CLIP space, 48 wide
+    cv, clip = tiny_bridge_clip_vision(width=48), tiny_bridge_clip(width=48)  # one CLIP space, 48 wide
     res = StyleKitStylerDALLETrainStyle().train(pre, images(2, 3), cv, clip, "an oil painting", "a cat\na dog",
                                                 2, 1e-3, 2, False, 0, "oil")
     styled, rewards = res["result"]

@@ -201,3 +201,16 @@ def test_the_bridge_model_answers_with_comfyuis_base_model_names():
         named = [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
         assert takes_any or set(named) <= set(theirs), (name, named, list(theirs))
         assert named[:2] == list(theirs)[:2] or len(named) < 2 or takes_any, (name, named, list(theirs))
+
+
+def test_the_bridge_vae_and_clip_vision_answer_with_comfyuis_names():
+    """The bridge's VAE and CLIP vision take the arguments ComfyUI's VAE and ClipVisionModel take, in order."""
+    import inspect
+
+    from comfy.clip_vision import ClipVisionModel
+    from comfy.sd import VAE
+    from stylekit.bridge import BridgeClipVision, BridgeVAE
+    for ours, theirs, name in ((BridgeVAE, VAE, "encode"), (BridgeVAE, VAE, "decode"),
+                               (BridgeClipVision, ClipVisionModel, "encode_image")):
+        a, b = (list(inspect.signature(getattr(cls, name)).parameters) for cls in (ours, theirs))
+        assert a == b[:len(a)], (name, a, b)

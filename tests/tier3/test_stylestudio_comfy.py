@@ -87,6 +87,7 @@ def test_pairing_errors_before_sampling(comfy_nodes, tmp_path):
 
 def test_comfy_and_bridge_vision_features_agree(comfy_nodes, tmp_path):
     from comfy_host import comfy_clip_vision_tiny
+    from stylekit.bridge import BridgeClipVision
     from stylekit.bridge.tiny import tiny_clip_vision
     from stylekit.nodes.comfy_glue import vision_features
     hf = tiny_clip_vision()
@@ -96,5 +97,5 @@ def test_comfy_and_bridge_vision_features_agree(comfy_nodes, tmp_path):
             p.copy_(p.to(cv.dtype).float())
     image = torch.rand(2, 120, 90, 3, generator=torch.Generator().manual_seed(0))
     for feature in ("image_embeds", "penultimate_hidden_states"):
-        torch.testing.assert_close(vision_features(cv, image, feature), vision_features(hf, image, feature),
+        torch.testing.assert_close(vision_features(cv, image, feature), vision_features(BridgeClipVision(hf), image, feature),
                                    atol=2e-3, rtol=2e-3)

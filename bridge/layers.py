@@ -1,0 +1,65 @@
+"""The diffusers networks' attention layers under ComfyUI's keys, registered with :mod:`stylekit.attention.layers`.
+
+diffusers' ``down_blocks.{level}.attentions.{j}.transformer_blocks.{depth}`` is ComfyUI's
+``("input", 1 + (per_level + 1) * level + j, depth)``: ComfyUI counts each level's downsampler as a
+block of its own (``per_level`` = resnets per level); ``up_blocks`` map the same way onto ``output``
+without the leading stem, and ``mid_block`` is ``("middle", 0, depth)``. Flux's ``transformer_blocks``
+and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks.
+"""
+from __future__ import annotations
+
+from ..attention.layers import LayerInfo, register_dit_reader, register_unet_reader
+
+
+def diffusers_key(block: str, level: int, j: int, depth: int, per_level: int) -> tuple:
+    """ComfyUI's key of diffusers' ``{block}.{level}.attentions.{j}.transformer_blocks.{depth}``."""
+    if block == "mid_block":
+        return ("middle", 0, depth)
+    if block == "down_blocks":
+        return ("input", 1 + (per_level + 1) * level + j, depth)
+    if block == "up_blocks":
+        return ("output", (per_level + 1) * level + j, depth)
+    raise ValueError(f"unexpected UNet block {block!r}")
+
+
+def layers_per_block(unet) -> int:
+    per_level = unet.config.layers_per_block
+    return per_level if isinstance(per_level, int) else per_level[0]
+
+
+def processor_key(name: str, per_level: int) -> tuple[str, tuple]:
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor`` -> ("attn2", ("input", 4, 0))."""
+    p = name.split(".")
+    attn, depth = p[-2], int(p[-3])
+    if p[0] == "mid_block":  # mid_block.attentions.0...
+        return attn, diffusers_key(p[0], 0, int(p[2]), depth, per_level)
+    return attn, diffusers_key(p[0], int(p[1]), int(p[3]), depth, per_level)
+
+
+def is_unet(dm) -> bool:
+    return hasattr(dm, "down_blocks") and hasattr(dm, "up_blocks") and hasattr(dm, "mid_block")
+
+
+def unet_blocks(unet):
+    """(key, transformer block) pairs of a diffusers UNet2DConditionModel under ComfyUI's keys."""
+    per_level = layers_per_block(unet)
+    for name, blocks in (("down_blocks", unet.down_blocks), ("mid_block", [unet.mid_block]), ("up_blocks", unet.up_blocks)):
+        for i, block in enumerate(blocks):
+            for j, att in enumerate(getattr(block, "attentions", None) or []):
+                for t, tb in enumerate(att.transformer_blocks):
+                    yield diffusers_key(name, i, j, t, per_level), tb
+
+
+def is_flux(dm) -> bool:
+    return type(dm).__name__ == "FluxTransformer2DModel"
+
+
+def flux_layers(dm) -> list[LayerInfo]:
+    """diffusers' ``FluxTransformer2DModel``: one joint attention per double and single block."""
+    return [LayerInfo((kind, i, 0), b.attn.inner_dim, b.attn.heads, b.attn.inner_dim)
+            for kind, blocks in (("double", dm.transformer_blocks), ("single", dm.single_transformer_blocks))
+            for i, b in enumerate(blocks)]
+
+
+register_unet_reader(is_unet, unet_blocks)
+register_dit_reader("flux", is_flux, flux_layers)
