@@ -17,8 +17,8 @@ from ..models.catversion import (
 from ..models.catversion_train import TrainSettings, train_prefix
 from ..models.clip_alignment import FILLS, mean_pairwise_cosine, remove_background
 from ..models.magicstyle import host_apply_model
-from . import checks, comfy_glue
-from .checks import IMAGE_TOOLTIP, MASK_TOOLTIP, boundary
+from . import checks, comfy_glue, specs
+from .checks import boundary
 from .images import loss_curve
 
 FOLDER = "catversion"
@@ -85,7 +85,7 @@ class StyleKitCatVersionTrain:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE", {"tooltip": "A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)." + IMAGE_TOOLTIP}),
+            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)."),
             "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
             "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),
             "vae": ("VAE", {"tooltip": "Its VAE, to encode the images once."}),
@@ -95,8 +95,8 @@ class StyleKitCatVersionTrain:
             "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Images per step (paper: 2)."}),
             "hflip": ("BOOLEAN", {"default": True, "tooltip": "Also train on the mirrored images (the paper's augmentation)."}),
             "layers": ("STRING", {"default": "9, 10, 11", "tooltip": "Text-encoder layers that get a prefix (paper: the last three of CLIP-L's 12)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seeds the prefix initialisation, image order, timesteps and noise."}),
-            "filename": ("STRING", {"default": "catversion_concept", "tooltip": "Saved as models/catversion/<filename>.safetensors (numbered if it exists)."}),
+            "seed": specs.seed("Seeds the prefix initialisation, image order, timesteps and noise.", 0xFFFFFFFFFFFFFFFF),
+            "filename": specs.output_name("catversion", "catversion_concept"),
         }}
 
     @boundary
@@ -153,12 +153,12 @@ class StyleKitCatVersionScore:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP image tower to score with (the paper: ViT-L/14)."}),
-            "reference": ("IMAGE", {"tooltip": "The concept's reference images." + IMAGE_TOOLTIP}),
-            "generated": ("IMAGE", {"tooltip": "The generated images to score." + IMAGE_TOOLTIP}),
+            "reference": specs.image("The concept's reference images."),
+            "generated": specs.image("The generated images to score."),
             "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
         }, "optional": {
-            "reference_mask": ("MASK", {"tooltip": "Where the score looks: 1 (white) = the references' foreground, 0 = background (filled)." + MASK_TOOLTIP}),
-            "generated_mask": ("MASK", {"tooltip": "Where the score looks: 1 (white) = the generated images' foreground, 0 = background (filled)." + MASK_TOOLTIP}),
+            "reference_mask": specs.mask("Where the score looks: 1 (white) = the references' foreground, 0 = background (filled)."),
+            "generated_mask": specs.mask("Where the score looks: 1 (white) = the generated images' foreground, 0 = background (filled)."),
             "clip": ("CLIP", {"tooltip": "For CLIP-T: the text tower of the same CLIP as clip_vision (with its projection, e.g. clip-vit-large-patch14 via Load CLIP)."}),
             "prompt": ("STRING", {"default": "", "tooltip": "The prompt the images were generated from, for CLIP-T."}),
         }}

@@ -24,8 +24,6 @@ from ..errors import InputError
 from .comfy_glue import FileList
 
 MIN_SIDE = 8
-IMAGE_TOOLTIP = " RGBA images are used without their alpha channel, grayscale ones as RGB."
-MASK_TOOLTIP = " Values 0..1; one mask for all images or one per image."
 
 
 def number(value, name: str, opts: dict):

@@ -9,8 +9,8 @@ from ..errors import InputError
 from ..models.clip_preprocess import deadiff_pixels
 from ..models.deadiff import BRANCHES, load_deadiff
 from ..models.deadiff_inject import SPLITS, DEADiffTokens, deadiff_model, mix
-from . import comfy_glue
-from .checks import IMAGE_TOOLTIP, boundary
+from . import comfy_glue, specs
+from .checks import boundary
 
 FOLDER = "deadiff"
 comfy_glue.register_folder(FOLDER, (".safetensors", ".ckpt", ".pt"))
@@ -33,7 +33,7 @@ class StyleKitDEADiffExtract:
         return {"required": {
             "checkpoint": (comfy_glue.list_files(FOLDER, (".ckpt", ".pt")), {
                 "tooltip": "The official deadiff_v1.ckpt in ComfyUI/models/deadiff."}),
-            "filename": ("STRING", {"default": "deadiff_v1", "tooltip": "Written as models/deadiff/<filename>.safetensors (numbered, never overwritten)."}),
+            "filename": specs.output_name("deadiff", "deadiff_v1"),
         }}
 
     @boundary
@@ -82,7 +82,7 @@ class StyleKitDEADiffEncode:
         return {"required": {
             "deadiff": ("STYLEKIT_DEADIFF", {"tooltip": "From StyleKit DEADiff Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision model (Load CLIP Vision), as DEADiff was trained with."}),
-            "image": ("IMAGE", {"tooltip": "Reference image(s); a batch is mixed into one set of tokens." + IMAGE_TOOLTIP}),
+            "image": specs.image("Reference image(s); a batch is mixed into one set of tokens."),
             "mode": (["style", "content", "both"], {"default": "style", "tooltip": "Which Q-Former branch(es) to run on these images."}),
             "mix_weights": ("STRING", {"default": "", "tooltip": "One weight per image of the batch, e.g. '1, 0.5'; empty = equal."}),
         }, "optional": {
@@ -113,7 +113,7 @@ class StyleKitDEADiffApply:
                    "branch. SD1.5.")
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",)
+    OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,)
     FUNCTION = "apply"
 
     @classmethod
@@ -124,9 +124,8 @@ class StyleKitDEADiffApply:
             "img_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Scales the image keys and values (official img_weight); 0 turns the injection off."}),
             "layer_split": (list(SPLITS), {"default": "official", "tooltip": "official: style and content tokens on their own layers; one branch on every layer: the style tokens (else content) on all 16."}),
             "zero_tokens": ("BOOLEAN", {"default": True, "tooltip": "Layers of a branch you did not encode get 16 zero tokens (official behaviour; they take softmax mass). Off: those layers stay plain."}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Injection starts at this fraction of sampling."}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Injection ends at this fraction of sampling."}),
-            "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of img_weight, e.g. 'output 5=0.5, input 1=0'."}),
+            **specs.percent_window("Injection"),
+            "block_weights": specs.block_weights("Per-block multipliers of img_weight, e.g. 'output 5=0.5, input 1=0'."),
         }}
 
     @boundary

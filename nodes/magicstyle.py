@@ -12,8 +12,8 @@ from ..models.magicstyle import (
     start_latent,
 )
 from ..models.schedules import ddim_uniform_sigmas, simple_sigmas
-from . import checks, comfy_glue
-from .checks import MASK_TOOLTIP, boundary
+from . import checks, comfy_glue, specs
+from .checks import boundary
 
 
 def dit_default_blocks(layers):
@@ -133,7 +133,7 @@ class StyleKitFeatureFusion:
                    "and the image tokens' reading of the prompt stay as they were.")
     RETURN_TYPES = ("MODEL", "LATENT", "NOISE")
     RETURN_NAMES = ("model", "start_latent", "start_noise")
-    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",
+    OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,
                        "Start latent: the content's inverted latent, AdaIN-ed to the style's if enabled, placed at "
                        "the inversion's first sigma. SD: sample it with SamplerCustom, add_noise off, on the "
                        "inversion's sigmas as they are.",
@@ -153,12 +153,10 @@ class StyleKitFeatureFusion:
             "content_kv": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "custom only: attention mass of the content's own keys/values beside the style's (0 = style only)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Blend of fused and plain self-attention output."}),
             "adain_start": ("BOOLEAN", {"default": True, "tooltip": "Start from the content latent AdaIN-ed (per channel) to the style latent."}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fusion starts at this fraction of sampling."}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fusion ends at this fraction of sampling."}),
+            **specs.percent_window("Fusion"),
         }, "optional": {
-            "mask": ("MASK", {"tooltip": "Where the fusion acts: 1 (white) = styled, 0 = plain self-attention (e.g. black over a face to keep it)." + MASK_TOOLTIP}),
-            "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."}),
-            "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of weight among the inverted blocks, e.g. 'output 9=0.5' (SD) or 'double 10=0, single 3=0.5' (Flux); empty: all 1."}),
+            **specs.region_mask("Where the fusion acts: 1 (white) = styled, 0 = plain self-attention (e.g. black over a face to keep it)."),
+            "block_weights": specs.block_weights("Per-block multipliers of weight among the inverted blocks, e.g. 'output 9=0.5' (SD) or 'double 10=0, single 3=0.5' (Flux); empty: all 1."),
         }}
 
     @boundary

@@ -9,8 +9,8 @@ from ..models.dvae import load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
 from ..models.stylerdalle_train import PretrainSettings, StyleSettings, pretrain, train_style
-from . import comfy_glue
-from .checks import IMAGE_TOOLTIP, boundary
+from . import comfy_glue, specs
+from .checks import boundary
 from .images import loss_curve, pil_to_image
 
 DVAE_FOLDER, TRANSLATOR_FOLDER = "dalle", "stylerdalle"
@@ -95,8 +95,8 @@ class StyleKitStylerDALLEStylize:
     def INPUT_TYPES(cls):
         return {"required": {
             "stylerdalle": ("STYLEKIT_STYLERDALLE", {"tooltip": "From StyleKit StylerDALLE Load (or a Train node)."}),
-            "images": ("IMAGE", {"tooltip": "Content images (any size; squashed to 128 px)." + IMAGE_TOOLTIP}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Sampling seed; image i of the batch uses seed + i."}),
+            "images": specs.image("Content images (any size; squashed to 128 px)."),
+            "seed": specs.seed("Sampling seed; image i of the batch uses seed + i."),
             "sampling": (["sample", "argmax"], {"default": "sample", "tooltip": "sample: one draw per token (the paper); argmax: the most likely token."}),
             "official_dropout": ("BOOLEAN", {"default": False, "tooltip": "The official code keeps a p=0.5 dropout on the decoder output at inference; on reproduces that (random), off is deterministic."}),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Images translated at once (memory vs speed); results do not depend on it."}),
@@ -127,10 +127,10 @@ class StyleKitStylerDALLEPretrain:
             "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "tooltip": "AdamW peak learning rate (official 1e-4)."}),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Photos per step (official 32)."}),
             "warmup_steps": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Linear warm-up steps, then linear decay to 0 (official 5000 over 25 COCO epochs)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds the batch order."}),
-            "filename": ("STRING", {"default": "stylerdalle_pretrained", "tooltip": "Saved as models/stylerdalle/<filename>.safetensors (numbered, never overwritten)."}),
+            "seed": specs.seed("Seeds the batch order."),
+            "filename": specs.output_name("stylerdalle", "stylerdalle_pretrained"),
         }, "optional": {
-            "images": ("IMAGE", {"tooltip": "Photos to pre-train on." + IMAGE_TOOLTIP}),
+            "images": specs.image("Photos to pre-train on."),
             "folder": ("STRING", {"default": "", "tooltip": "Or/and a folder of photos (png/jpg/webp), read and squashed to 256 px."}),
         }}
 
@@ -165,7 +165,7 @@ class StyleKitStylerDALLETrainStyle:
     def INPUT_TYPES(cls):
         return {"required": {
             "stylerdalle": ("STYLEKIT_STYLERDALLE", {"tooltip": "A pre-trained translator (StyleKit StylerDALLE Pretrain or Load)."}),
-            "images": ("IMAGE", {"tooltip": "Content photos to stylise while training." + IMAGE_TOOLTIP}),
+            "images": specs.image("Content photos to stylise while training."),
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP vision model for the reward (the official code uses CLIP ViT-B/32)."}),
             "clip": ("CLIP", {"tooltip": "The text tower of the same CLIP as clip_vision, with its text projection (Load CLIP)."}),
             "style": ("STRING", {"default": "an oil painting", "tooltip": "The style text; the reward prompt is '{style} of {caption}'."}),
@@ -174,8 +174,8 @@ class StyleKitStylerDALLETrainStyle:
             "learning_rate": ("FLOAT", {"default": 1e-6, "min": 1e-9, "max": 1e-2, "step": 1e-7, "tooltip": "Adam learning rate (official 1e-6)."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (official 16)."}),
             "official_dropout": ("BOOLEAN", {"default": True, "tooltip": "Keep the official p=0.5 dropout on the decoder output while training (the official model trains with it)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seeds batch order and token sampling."}),
-            "filename": ("STRING", {"default": "stylerdalle_style", "tooltip": "Saved as models/stylerdalle/<filename>.safetensors (numbered, never overwritten)."}),
+            "seed": specs.seed("Seeds batch order and token sampling."),
+            "filename": specs.output_name("stylerdalle", "stylerdalle_style"),
         }}
 
     @boundary
@@ -223,7 +223,7 @@ class StyleKitStylerDALLEConvert:
         return {"required": {
             "encoder_pickle": (pickles, {"tooltip": "The official encoder.pkl in ComfyUI/models/dalle."}),
             "decoder_pickle": (pickles, {"tooltip": "The official decoder.pkl in ComfyUI/models/dalle."}),
-            "filename": ("STRING", {"default": "dalle_dvae", "tooltip": "Written as models/dalle/<filename>.safetensors (numbered, never overwritten)."}),
+            "filename": specs.output_name("dalle", "dalle_dvae"),
         }}
 
     @boundary

@@ -5,8 +5,8 @@ from ..attention.adapter_attention import FUSIONS
 from ..attention.layers import model_layers, parse_block_weights
 from ..models.ip_adapter import load_adapter
 from ..models.stylestudio import PRESETS, preset_keys, style_adapter_model, teacher_model
-from . import comfy_glue
-from .checks import IMAGE_TOOLTIP, MASK_TOOLTIP, boundary
+from . import comfy_glue, specs
+from .checks import boundary
 
 FOLDER = "ipadapter"
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
@@ -41,7 +41,7 @@ class StyleKitStyleAdapter:
                    "(StyleStudio's style-based CFG).")
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is untouched).",)
+    OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,)
     FUNCTION = "apply"
 
     @classmethod
@@ -50,17 +50,15 @@ class StyleKitStyleAdapter:
             "model": ("MODEL", {"tooltip": "SD1.5 or SDXL model matching the adapter."}),
             "adapter": ("STYLEKIT_ADAPTER", {"tooltip": "From StyleKit Adapter Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP vision model the adapter was trained with (Load CLIP Vision)."}),
-            "image": ("IMAGE", {"tooltip": "Style reference image(s); several images give one longer set of image tokens." + IMAGE_TOOLTIP}),
+            "image": specs.image("Style reference image(s); several images give one longer set of image tokens."),
             "fusion": (list(FUSIONS), {"default": FUSIONS[0], "tooltip": "cross-modal AdaIN: StyleStudio's fusion (weight 1 = the paper); add: text + weight x image attention (IP-Adapter)."}),
             "preset": (list(PRESETS), {"default": PRESETS[0], "tooltip": "Which cross-attention blocks get the style: all up blocks (StyleStudio), InstantStyle's style block(s), every layer, or custom (the blocks named in block_weights)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Style strength; 0 leaves the model plain."}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "The style acts from this fraction of sampling."}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "The style acts until this fraction of sampling."}),
-            "block_weights": ("STRING", {"default": "", "tooltip": "Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."}),
+            **specs.percent_window("The style"),
+            "block_weights": specs.block_weights("Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."),
         }, "optional": {
-            "negative_style_image": ("IMAGE", {"tooltip": "Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch." + IMAGE_TOOLTIP}),
-            "mask": ("MASK", {"tooltip": "Where the style acts: 1 (white) = styled, 0 = untouched; resized to every block." + MASK_TOOLTIP}),
-            "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."}),
+            "negative_style_image": specs.image("Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch."),
+            **specs.region_mask("Where the style acts: 1 (white) = styled, 0 = untouched; resized to every block."),
         }}
 
     @boundary

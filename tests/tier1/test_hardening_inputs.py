@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stylekit.errors import InputError
-from stylekit.nodes import checks
+from stylekit.nodes import checks, specs
 
 
 def test_image_channels_are_converted_as_the_tooltips_say():
@@ -15,7 +15,7 @@ def test_image_channels_are_converted_as_the_tooltips_say():
     assert torch.equal(checks.images(rgba), rgb)  # alpha ignored
     gray = rgb[..., :1]
     assert torch.equal(checks.images(gray), gray.expand(2, 16, 12, 3))  # used as RGB
-    assert "alpha" in checks.IMAGE_TOOLTIP and "grayscale" in checks.IMAGE_TOOLTIP
+    assert "alpha" in specs.IMAGE_TOOLTIP and "grayscale" in specs.IMAGE_TOOLTIP
 
 
 @pytest.mark.parametrize("image,match", [

@@ -127,3 +127,33 @@ def test_every_mask_input_says_the_one_meaning():
              for section in ("required", "optional") for name, decl in cls.INPUT_TYPES().get(section, {}).items()
              if decl[0] == "MASK"]
     assert len(masks) >= 4 and all("1 (white)" in tip for _, _, tip in masks), masks
+
+
+def test_no_input_declaration_is_written_twice_across_node_modules():
+    """A widget that recurs (a percent window, a mask, a seed, an output name) comes from nodes/specs.py:
+    no input with the same name, type and options (tooltip aside; two options or more, as a lone default
+    is no boilerplate) is declared in two node modules. Before specs.py the percent windows were."""
+    import ast
+    from pathlib import Path
+
+    import stylekit.nodes
+    folder = Path(stylekit.nodes.__file__).parent
+    seen: dict = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name in ("specs.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Dict):
+                continue
+            for k, v in zip(node.keys, node.values):
+                if not (isinstance(k, ast.Constant) and isinstance(v, ast.Tuple) and len(v.elts) == 2
+                        and isinstance(v.elts[1], ast.Dict)):
+                    continue
+                opts = {ast.unparse(a): ast.unparse(b) for a, b in zip(v.elts[1].keys, v.elts[1].values)
+                        if ast.unparse(a) != "'tooltip'"}
+                if len(opts) < 2:  # a bare type with a tooltip is not boilerplate
+                    continue
+                sig = (k.value, ast.unparse(v.elts[0]), tuple(sorted(opts.items())))
+                seen.setdefault(sig, set()).add(path.name)
+    twice = {sig: files for sig, files in seen.items() if len(files) > 1}
+    assert not twice, twice

@@ -1,0 +1,44 @@
+"""Input declarations the nodes share: one definition for each widget that recurs, in ComfyUI's V1 form
+(``(TYPE, {options})``), so every node spells a recurring input the same way."""
+from __future__ import annotations
+
+IMAGE_TOOLTIP = " RGBA images are used without their alpha channel, grayscale ones as RGB."
+MASK_TOOLTIP = " Values 0..1; one mask for all images or one per image."
+PATCHED_MODEL = "The patched model (a clone; the input model is untouched)."
+SEED_MAX = 2 ** 31 - 1
+
+
+def image(tooltip: str) -> tuple:
+    return ("IMAGE", {"tooltip": tooltip + IMAGE_TOOLTIP})
+
+
+def mask(tooltip: str) -> tuple:
+    return ("MASK", {"tooltip": tooltip + MASK_TOOLTIP})
+
+
+def region_mask(tooltip: str) -> dict:
+    """The optional ``mask`` and ``invert_mask`` of a node whose effect a MASK can limit."""
+    return {"mask": mask(tooltip),
+            "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Use 1 - mask: style everything but the white region."})}
+
+
+def percent_window(what: str) -> dict:
+    """``start_percent`` / ``end_percent``: the fraction of sampling during which ``what`` acts."""
+    return {"start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": f"{what} starts at this fraction of sampling."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": f"{what} ends at this fraction of sampling."})}
+
+
+def block_weights(tooltip: str) -> tuple:
+    return ("STRING", {"default": "", "tooltip": tooltip})
+
+
+def seed(tooltip: str, maximum: int = SEED_MAX) -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": maximum, "tooltip": tooltip})
+
+
+def output_name(folder: str, default: str) -> tuple:
+    """The ``filename`` a node writes under ComfyUI's ``models/<folder>``."""
+    return ("STRING", {"default": default, "tooltip": f"Saved as models/{folder}/<filename>.safetensors "
+                                                      "(numbered, never overwritten)."})
