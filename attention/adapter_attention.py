@@ -31,10 +31,10 @@ from ..errors import InputError
 from .functional import host_attention
 from .image_kv import expand_rows
 from .masks import blend, mask_tokens
+from .options import TEACHER_CHUNKS
 from .router import Contribution, block_key, movable
 
 FUSIONS = ("cross-modal AdaIN", "add")
-TEACHER_CHUNKS = "stylekit_teacher_chunks"  # set by the teacher wrapper: chunks [n:] are teacher rows
 
 
 def std_mean_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

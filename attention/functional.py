@@ -10,6 +10,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .options import DEFAULT_ATTENTION
+
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, c = t.shape
@@ -43,7 +45,7 @@ def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = Non
     """The host's own attention for a block, on unsplit heads; every attention StyleKit computes or
     passes on goes through here, so the user's backend and overrides apply to patched blocks too.
 
-    * diffusers bridge: the function named in ``extra_options['stylekit_default_attention']``;
+    * diffusers bridge: the function named in ``extra_options[DEFAULT_ATTENTION]`` (:mod:`.options`);
     * ComfyUI: the active ``optimized_attention`` (``optimized_attention_masked`` with a mask) with the
       block's options as ``transformer_options`` (``extra_options`` is ComfyUI's copy of them), so an
       ``optimized_attention_override`` (``ModelPatcher.set_model_optimized_attention``, other packs'
@@ -55,7 +57,7 @@ def host_attention(q, k, v, extra_options: dict, mask: torch.Tensor | None = Non
     ``skip_reshape``: q, k, v come with heads split, ``(batch, heads, tokens, dim_head)`` (DiT blocks);
     the result is ``(batch, tokens, heads * dim_head)`` either way, as ComfyUI returns it.
     """
-    fn = extra_options.get("stylekit_default_attention")
+    fn = extra_options.get(DEFAULT_ATTENTION)
     heads = q.shape[1] if skip_reshape else extra_options["n_heads"]
     if fn is not None:
         return fn(q, k, v, heads, mask)

@@ -31,10 +31,10 @@ import torch
 
 from ..errors import InputError
 from .functional import host_attention
+from .options import JOINT_AFTER
 from .rope import host_rope, token_slice
 from .router import Contribution, active_chain, as_device, current_sigma
 
-AFTER = "stylekit_joint_after"  # extra_options key: fix-ups the output patch runs, per block call
 
 
 def dit_key(extra_options: dict) -> tuple:
@@ -71,7 +71,7 @@ class JointQKV:
 
     def after(self, fix: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Run ``fix(attn) -> attn`` on this call's attention output (before the output projection)."""
-        self.extra.setdefault(AFTER, []).append(fix)
+        self.extra.setdefault(JOINT_AFTER, []).append(fix)
 
     def keep_text_plain(self, rows: int | None = None) -> None:
         """Give the text queries of batch rows ``[0, rows)`` (all by default) their plain attention after
@@ -145,7 +145,7 @@ class JointOutput:
     stylekit_joint_output = True
 
     def __call__(self, attn, extra_options):
-        for fix in reversed(extra_options.pop(AFTER, [])):
+        for fix in reversed(extra_options.pop(JOINT_AFTER, [])):
             attn = fix(attn)
         return attn
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .adapter_attention import TEACHER_CHUNKS
+from .options import TEACHER_CHUNKS
 from .joint import JointQKV
 from .router import Contribution
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .adapter_attention import TEACHER_CHUNKS
+from .options import TEACHER_CHUNKS
 from .router import Contribution, moved_patch, patch_models
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.functional import split_sdpa_attention as split_attention
+from ..attention.options import DEFAULT_ATTENTION
 from ..attention.rope import apply_rope, embed_ids
 from .patcher import BridgePatcher, Cond
 from .schedule import FlowSchedule
@@ -65,7 +66,7 @@ class JointProcessor:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, tokens, dim): ComfyUI's layout
         extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
         extra.update(block_type=self.block_type, block_index=self.index, total_blocks=self.total,
-                     img_slice=[self.state["txt_len"], q.shape[2]], stylekit_default_attention=split_attention)
+                     img_slice=[self.state["txt_len"], q.shape[2]], **{DEFAULT_ATTENTION: split_attention})
         pe, mask, changed = self.state["pe"], attention_mask, False
         for p in pre:
             out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)

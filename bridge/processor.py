@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..attention.functional import sdpa_attention
+from ..attention.options import DEFAULT_ATTENTION
 
 
 class RouterAttnProcessor:
@@ -45,7 +46,7 @@ class RouterAttnProcessor:
         extra = {k_: v_ for k_, v_ in to.items() if k_ not in ("patches", "patches_replace")}
         extra.update(block=self.key[:2], block_index=self.key[2], n_heads=attn.heads,
                      dim_head=attn.to_q.out_features // attn.heads, attn_precision=None,
-                     stylekit_default_attention=sdpa_attention)
+                     **{DEFAULT_ATTENTION: sdpa_attention})
         if "original_shape" in to:  # latent (b, c, H, W): recover this block's (h, w) from its token count
             b, _, H, W = to["original_shape"]
             s = round((H * W / hidden_states.shape[1]) ** 0.5)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.adapter_attention import TEACHER_CHUNKS
+from ..attention.options import TEACHER_CHUNKS
 from ..attention.feature_fusion import (
     FusionSettings,
     feature_fusion_contribution,

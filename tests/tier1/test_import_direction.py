@@ -70,3 +70,23 @@ def test_the_check_finds_back_and_cross_edges(tmp_path):
         "attention/router.py:1 (attention) imports nodes.comfy_glue (nodes)",
         "bridge/patcher.py:1 (bridge) imports nodes (nodes)",
         "nodes/comfy_glue.py:1 (nodes) imports bridge.patcher (bridge)"]
+
+
+def test_stylekit_options_keys_are_named_in_one_place():
+    """Every key StyleKit puts in ComfyUI's transformer_options is a constant of attention/options.py: no
+    other module spells one (as a subscript, a get/pop/setdefault key or a keyword argument)."""
+    spelled = []
+    for rel in modules(ROOT):
+        if rel.as_posix() == "attention/options.py":
+            continue
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            keys = []
+            if isinstance(node, ast.Subscript):
+                keys = [node.slice]
+            elif isinstance(node, ast.Call):
+                if isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop", "setdefault") and node.args:
+                    keys = [node.args[0]]
+                spelled += [(str(rel), kw.arg) for kw in node.keywords if (kw.arg or "").startswith("stylekit_")]
+            spelled += [(str(rel), k.value) for k in keys
+                        if isinstance(k, ast.Constant) and isinstance(k.value, str) and k.value.startswith("stylekit_")]
+    assert not spelled, spelled

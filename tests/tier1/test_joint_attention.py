@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from stylekit.attention.adapter_attention import TEACHER_CHUNKS
+from stylekit.attention.options import TEACHER_CHUNKS
 from stylekit.attention.feature_fusion import PRESETS, FusionSettings
 from stylekit.attention.masks import mask_tokens
 from stylekit.attention.joint import (

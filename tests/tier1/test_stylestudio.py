@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from stylekit.attention.adapter_attention import TEACHER_CHUNKS, adain, adapter_contribution
+from stylekit.attention.adapter_attention import adain, adapter_contribution
+from stylekit.attention.options import TEACHER_CHUNKS
 from references import explicit_attention
 from stylekit.attention.layers import LayerInfo, ModelLayers, UnsupportedModelError
 from stylekit.attention.teacher import TeacherWrapper, duplicate_rows, teacher_layout_contribution

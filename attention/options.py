@@ -1,0 +1,15 @@
+"""The keys StyleKit adds to ComfyUI's ``transformer_options`` (a block's ``extra_options``): each name is
+defined here once, with the one module that writes it and the ones that read it."""
+
+DEFAULT_ATTENTION = "stylekit_default_attention"
+"""The attention function a bridge block runs when it has no ComfyUI ``optimized_attention``. Written by the
+bridge's processors (``bridge/processor.py``, ``bridge/flux.py``); read by :func:`.functional.host_attention`."""
+
+TEACHER_CHUNKS = "stylekit_teacher_chunks"
+"""How many cond/uncond chunks of the batch are the stylised sample's; the chunks after them are the teacher's.
+Written by the teacher wrapper (:mod:`.teacher`); read by :mod:`.adapter_attention` and :mod:`.joint_teacher`;
+removed by ``models/magicstyle.py`` for the references' own pass."""
+
+JOINT_AFTER = "stylekit_joint_after"
+"""Output fix-ups a joint-attention call registers for the block's output patch. Written and read by
+:mod:`.joint` only (``JointQKV.after``, ``JointOutput``)."""
