@@ -9,8 +9,9 @@ ComfyUI's Flux blocks (double and single) offer two hooks per attention, shared 
 * ``attn1_output_patch(attn, extra_options) -> attn`` after it (``attn`` is ``(batch, tokens, heads
   * dim_head)``); ``extra_options`` is the same dict object the first hook saw, per block call.
 
-One :class:`JointRouter` (``attn1_patch``) and one :class:`JointOutput` (``attn1_output_patch``) are installed. Its contributions (the same
-:class:`~.router.Contribution` as on UNets: weight, sigma window, per-block weights) see a
+One :class:`JointRouter` (``attn1_patch``) and one :class:`JointOutput` (``attn1_output_patch``) are installed.
+Its contributions (:class:`JointContribution`: a :class:`~.router.Contribution` with the same weight,
+sigma window and per-block weights, of its own kind so neither installer takes the other's) see a
 :class:`JointQKV`: q and k already rotated (RoPE applied by the host's own function), the text and
 image token ranges, and the additive mask. They return a new JointQKV, which the host's attention
 then computes (``pe=None``: RoPE is done), so an added key (a reference's) carries its own
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
 
@@ -36,9 +37,15 @@ from .rope import host_rope, token_slice
 from .router import Contribution, active_chain, as_device, current_sigma
 
 
-
 def dit_key(extra_options: dict) -> tuple:
     return (extra_options["block_type"], extra_options.get("block_index", 0), 0)
+
+
+@dataclass(frozen=True, eq=False)
+class JointContribution(Contribution):
+    """A contribution on DiT joint attention: ``apply(call: JointQKV, call_next, weight) -> JointQKV``."""
+
+    joint: ClassVar[bool] = True
 
 
 @dataclass
@@ -101,7 +108,10 @@ class JointRouter:
     def __init__(self, entries: tuple = ()):
         self.entries = tuple(entries)  # (Contribution, frozenset of block keys)
 
-    def with_contribution(self, contribution: Contribution, keys: Iterable[tuple]) -> "JointRouter":
+    def with_contribution(self, contribution: "JointContribution", keys: Iterable[tuple]) -> "JointRouter":
+        if not type(contribution).joint:
+            raise TypeError(f"{contribution.name} is a UNet attention contribution (apply(q, k, v, extra_options, "
+                            "call_next, weight)); a DiT block takes a JointContribution")
         return JointRouter(self.entries + ((contribution, frozenset(tuple(k) for k in keys)),))
 
     def __deepcopy__(self, memo):
@@ -160,7 +170,7 @@ def is_joint_router(obj) -> bool:
     return getattr(obj, "stylekit_joint_router", False) is True
 
 
-def add_joint_contribution(patcher, contribution: Contribution, keys: Iterable[tuple]):
+def add_joint_contribution(patcher, contribution: "JointContribution", keys: Iterable[tuple]):
     """Install ``contribution`` on the DiT block ``keys`` of ``patcher`` (already a clone).
 
     The patcher keeps one router (copy-on-write: a new router replaces the old one in the clone's own

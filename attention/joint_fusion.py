@@ -25,9 +25,9 @@ import torch
 
 from ..errors import InputError
 from .feature_fusion import FeatureRecorder, FusionSettings
-from .joint import JointQKV, dit_key
+from .joint import JointContribution, JointQKV, dit_key
 from .masks import blend, mask_tokens
-from .router import Contribution, current_sigma, movable
+from .router import current_sigma, movable
 
 
 class ReferencesDone(Exception):
@@ -98,7 +98,7 @@ def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.
 
 @movable("store", "mask")
 def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1.0, mask=None, grid=None,
-                              sigma_start=math.inf, sigma_end=0.0, name="feature_fusion", block_weights=None) -> Contribution:
+                              sigma_start=math.inf, sigma_end=0.0, name="feature_fusion", block_weights=None) -> JointContribution:
     """DiT contribution reading the references' features of the block from ``store`` (see :class:`DiTRecorder`).
 
     ``mask`` (H, W) with ``grid`` (the image-token rows and columns) spares where it is 0.
@@ -117,7 +117,7 @@ def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1
         tokens = None if mask is None else mask_tokens(mask.to(call.q.device), grid)
         return call_next(fuse_joint(call, refs, settings, w, tokens))
 
-    return Contribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
+    return JointContribution(name, apply, weight=weight, sigma_start=sigma_start, sigma_end=sigma_end,
                         block_weights=dict(block_weights or {}), info={"store": store, "settings": settings})
 
 

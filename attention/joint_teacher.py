@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from .options import TEACHER_CHUNKS
-from .joint import JointQKV
-from .router import Contribution
+from .joint import JointContribution, JointQKV
 
 
 def teacher_call(call: JointQKV, styled_rows: int, prompt_tokens: int | None = None) -> JointQKV:
@@ -34,7 +33,7 @@ def teacher_call(call: JointQKV, styled_rows: int, prompt_tokens: int | None = N
     return main
 
 
-def joint_teacher_contribution(prompt_tokens: int | None = None, name: str = "teacher_layout") -> Contribution:
+def joint_teacher_contribution(prompt_tokens: int | None = None, name: str = "teacher_layout") -> JointContribution:
     def apply(call: JointQKV, call_next, w):
         styled = call.extra.get(TEACHER_CHUNKS)
         if styled is None:
@@ -42,4 +41,4 @@ def joint_teacher_contribution(prompt_tokens: int | None = None, name: str = "te
         rows = call.q.shape[0] // len(call.extra["cond_or_uncond"]) * styled
         return call_next(teacher_call(call, rows, prompt_tokens))
 
-    return Contribution(name, apply, info={"prompt_tokens": prompt_tokens})
+    return JointContribution(name, apply, info={"prompt_tokens": prompt_tokens})

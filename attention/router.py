@@ -29,7 +29,7 @@ import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, ClassVar, Iterable, Mapping
 
 import torch
 
@@ -42,7 +42,9 @@ ApplyFn = Callable[..., "object"]
 
 @dataclass(frozen=True, eq=False)
 class Contribution:
-    """One method's patch for a set of blocks.
+    """One method's patch for a set of UNet attention blocks: ``apply(q, k, v, extra_options, call_next,
+    weight)`` inside ComfyUI's attn1 / attn2 replace (DiT joint attention has its own kind,
+    :class:`~.joint.JointContribution`, and each installer takes only its own kind).
 
     ``sigma_start`` >= ``sigma_end``: the contribution acts while ``sigma_end <= sigma <= sigma_start``
     (ComfyUI's ``percent_to_sigma(start_percent)`` and ``percent_to_sigma(end_percent)``).
@@ -60,6 +62,7 @@ class Contribution:
     rebuild: Callable[[Mapping], "Contribution"] | None = None  # state on a device -> new contribution
     origin: Callable[[], "Contribution | None"] | None = None  # a moved copy: weak reference to its source
     serial: int = field(default_factory=lambda: next(_SERIALS))  # a moved copy keeps its source's
+    joint: ClassVar[bool] = False  # the kind of block it patches: a UNet's attention (False) or a DiT's joint one
 
     def __deepcopy__(self, memo):  # immutable; share tensors held by ``apply`` across clones
         return self
@@ -275,6 +278,9 @@ def add_contribution(patcher, contribution: Contribution, keys: Iterable[BlockKe
     """
     if attn not in ("attn1", "attn2"):
         raise InputError(f"attn must be 'attn1' or 'attn2', got {attn!r}")
+    if type(contribution).joint:
+        raise TypeError(f"{contribution.name} is a DiT joint-attention contribution; install it with "
+                        "attention.joint.add_joint_contribution")
     for key in keys:
         key = tuple(key)
         if len(key) != 3:

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-from stylekit.attention.options import TEACHER_CHUNKS
 from stylekit.attention.feature_fusion import PRESETS, FusionSettings
-from stylekit.attention.masks import mask_tokens
 from stylekit.attention.joint import (
+    JointContribution,
     JointOutput,
     JointRouter,
     add_joint_contribution,
@@ -21,8 +20,10 @@ from stylekit.attention.joint_fusion import (
     joint_fusion_contribution,
 )
 from stylekit.attention.joint_teacher import joint_teacher_contribution
+from stylekit.attention.masks import mask_tokens
+from stylekit.attention.options import JOINT_AFTER, TEACHER_CHUNKS
 from stylekit.attention.rope import apply_rope, embed_ids
-from stylekit.attention.router import Contribution
+from stylekit.attention.router import Contribution, add_contribution
 
 H, D, TXT, GH, GW = 2, 8, 3, 3, 4
 THETA = 10000
@@ -175,7 +176,7 @@ def test_router_is_idle_outside_window_weight_zero_and_other_blocks():
     def apply(call, call_next, w):
         calls.append(dit_key(call.extra))
         return call_next(call)
-    c = Contribution("probe", apply, sigma_start=0.8, sigma_end=0.2, block_weights={("double", 1): 0.0})
+    c = JointContribution("probe", apply, sigma_start=0.8, sigma_end=0.2, block_weights={("double", 1): 0.0})
     router = JointRouter().with_contribution(c, [("double", 0, 0), ("double", 1, 0)])
     q = k = v = torch.zeros(1, H, L, D)
     pe = embed_ids(ids()[None], AXES, THETA)
@@ -213,15 +214,19 @@ def test_add_joint_contribution_keeps_one_router_copy_on_write_and_foreign_patch
     foreign = lambda q, k, v, pe=None, attn_mask=None, extra_options=None: {}  # noqa: E731
     base.set_model_patch(foreign, "attn1_patch")
     a = base.clone()
-    add_joint_contribution(a, Contribution("one", None), [("double", 0, 0)])
+    add_joint_contribution(a, JointContribution("one", None), [("double", 0, 0)])
     b = a.clone()
-    add_joint_contribution(b, Contribution("two", None), [("single", 0, 0)])
+    add_joint_contribution(b, JointContribution("two", None), [("single", 0, 0)])
     la, lb = (m.model_options["transformer_options"]["patches"]["attn1_patch"] for m in (a, b))
     assert la[0] is foreign and lb[0] is foreign and len(la) == len(lb) == 2
     assert [c.name for c, _ in la[1].entries] == ["one"] and [c.name for c, _ in lb[1].entries] == ["one", "two"]
     assert len(b.model_options["transformer_options"]["patches"]["attn1_output_patch"]) == 1
+    with pytest.raises(TypeError, match="UNet attention contribution"):  # each installer takes its own kind
+        add_joint_contribution(b, Contribution("unet kind", None), [("double", 0, 0)])
+    with pytest.raises(TypeError, match="joint-attention contribution"):
+        add_contribution(base.clone(), JointContribution("joint kind", None), [("output", 3, 0)], "attn1")
     with pytest.raises(ValueError, match="DiT block keys"):
-        add_joint_contribution(b, Contribution("bad", None), [("output", 3, 0)])
+        add_joint_contribution(b, JointContribution("bad", None), [("output", 3, 0)])
 
 
 def test_fuse_joint_without_text_tokens_needs_no_fix_up():
@@ -232,4 +237,4 @@ def test_fuse_joint_without_text_tokens_needs_no_fix_up():
     extra = {"img_slice": [0, IMG]}
     call = JointQKV(q, k, v, None, 0, (0, IMG), pe, extra)
     fuse_joint(call, random_refs(g), PRESETS["StyleID"])
-    assert "stylekit_joint_after" not in extra
+    assert JOINT_AFTER not in extra

@@ -57,9 +57,8 @@ def test_an_old_comfyui_flux_is_refused_with_the_version_to_update_to(hooks):
 
 def test_every_installed_patch_is_called_and_the_input_model_is_untouched(needs_hooks):
     from comfy_host import comfy_flux_tiny
-    from stylekit.attention.joint import add_joint_contribution
+    from stylekit.attention.joint import JointContribution, add_joint_contribution
     from stylekit.attention.layers import model_layers
-    from stylekit.attention.router import Contribution
     from stylekit.nodes.magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
     from stylekit.nodes.stylestudio import StyleKitTeacherLayout
     model = comfy_flux_tiny()
@@ -75,7 +74,7 @@ def test_every_installed_patch_is_called_and_the_input_model_is_untouched(needs_
         seen.append((call.extra["block_type"], call.extra["block_index"], float(call.extra["sigmas"][0])))
         return call_next(call)
     probed = fused.clone()
-    add_joint_contribution(probed, Contribution("probe", probe), keys)
+    add_joint_contribution(probed, JointContribution("probe", probe), keys)
     teacher = StyleKitTeacherLayout().apply(probed, 0.5)[0]
     out = sample_advanced(teacher, noise, sigmas, conds(1), content)
     assert torch.isfinite(out).all() and out.shape == (1, 16, 16, 16)
