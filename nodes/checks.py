@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from .comfy_glue import FileList
+from .specs import Choices
 
 MIN_SIDE = 8
 
@@ -119,6 +120,8 @@ def check_input(typ, opts: dict, value, name: str):
         return text(value, name)
     if isinstance(typ, (list, tuple)):  # a combo: a fixed choice, or a model file (see comfy_glue.FileList)
         text(value, name)
+        if isinstance(typ, Choices):  # an old name runs as its current one
+            value = typ.resolve(value)
         if not isinstance(typ, FileList) and value not in typ:
             raise InputError(f"{name} is {value!r}; choose one of {list(typ)}")
         return value

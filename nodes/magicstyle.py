@@ -38,9 +38,9 @@ BLOCK_SETS = {  # name -> (UNet blocks, DiT blocks); None: not for that kind of 
     "double (Flux)": (None, "double"),
     "single (Flux)": (None, "single"),
     "all": ("all", "all"),
-    # auto's old name, kept so that saved workflows load
-    "auto (SD: output 6-11, Flux: late double)": (unet_default_blocks, dit_default_blocks),
 }
+# store_blocks as the widget offers it; auto's old name (before SDXL had its own default) stays accepted
+STORE_BLOCKS = specs.Choices(BLOCK_SETS, {"auto (SD: output 6-11, Flux: late double)": AUTO_BLOCKS})
 MODES = {"auto (SD: store, Flux: recompute)": ("store", "recompute"), "store": ("store", "store"),
          "recompute": ("recompute", "recompute")}
 
@@ -97,13 +97,18 @@ class StyleKitDDIMInvert:
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
             "steps": ("INT", {"default": 50, "min": 2, "max": 1000, "tooltip": "Inversion steps (StyleID: 50). Sample on the sigmas output as it is: with StyleID's convention it has one step fewer (the top timestep is skipped). Flux-dev is usually sampled in 20-30."}),
-            "store_blocks": (list(BLOCK_SETS), {"default": AUTO_BLOCKS, "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. auto: StyleID's output 6-11 on SD1.5, the finest decoder attention level (output 3-5) on SDXL, late double blocks on Flux. The '(Flux)' sets are for Flux only, the 'output' sets for SD only (output 6-11 exists on SD1.5 only). The last entry is auto's old name, kept so that saved workflows load."}),
+            "store_blocks": (STORE_BLOCKS, {"default": AUTO_BLOCKS, "tooltip": "Attention layers whose features are stored and fused. SD: self-attention inputs (q/k/v are their projections); Flux: the image tokens' q/k/v of joint attention. auto: StyleID's output 6-11 on SD1.5, the finest decoder attention level (output 3-5) on SDXL, late double blocks on Flux. The '(Flux)' sets are for Flux only, the 'output' sets for SD only (output 6-11 exists on SD1.5 only)."}),
             "store_dtype": (["fp16", "fp32"], {"default": "fp16", "tooltip": "Precision of stored features (fp16 halves memory)."}),
             "store_device": (["model device", "cpu"], {"default": "model device", "tooltip": "Keep features on the GPU or offload them to CPU memory."}),
             "mode": (list(MODES), {"default": "auto (SD: store, Flux: recompute)", "tooltip": "store: keep features of every step; recompute: keep only latents and recompute features each step (one step of memory; each step also runs the two references). Flux stores are large (13 blocks x 28 steps at 1024 px: 46 GB), hence recompute there by default."}),
         }, "optional": {
             "convention": (list(CONVENTIONS), {"default": STYLEID_DDIM, "tooltip": "SD only. StyleID's official pipeline: eps read at each timestep from t = 1 up to t = 999, sampling skips the top timestep and ends at t = 0 (reproduces the official code). every step: eps read at the next sigma from sigma 0, sampling runs every step to 0 (reconstructs and keeps the palette better at few steps; README). Flux always uses the flow's Euler inversion, which is the second kind."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, store_blocks):
+        """ComfyUI leaves store_blocks to this check, which also takes the names saved workflows hold."""
+        return STORE_BLOCKS.accepts(store_blocks) or f"store_blocks {store_blocks!r} is not one of {list(STORE_BLOCKS)}"
 
     @boundary
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode,

@@ -8,6 +8,23 @@ PATCHED_MODEL = "The patched model (a clone; the input model is untouched)."
 SEED_MAX = 2 ** 31 - 1
 
 
+class Choices(list):
+    """A combo's visible choices, with hidden ``aliases`` (an old name -> its current one): a saved workflow or
+    API prompt holding an old name still validates (the node's ``VALIDATE_INPUTS`` names the input, so
+    ComfyUI leaves the check to :meth:`accepts`) and runs as the current name, which the node boundary
+    substitutes; no user sees the old name as a choice."""
+
+    def __init__(self, choices, aliases: dict | None = None):
+        super().__init__(choices)
+        self.aliases = dict(aliases or {})
+
+    def accepts(self, value) -> bool:
+        return value in self or value in self.aliases
+
+    def resolve(self, value):
+        return self.aliases.get(value, value)
+
+
 def image(tooltip: str) -> tuple:
     return ("IMAGE", {"tooltip": tooltip + IMAGE_TOOLTIP})
 

@@ -35,14 +35,19 @@ def spec_from_node_class(cls) -> dict:
     for section in ("required", "optional"):
         for name, decl in it.get(section, {}).items():
             typ, opts = decl[0], dict(decl[1]) if len(decl) > 1 and decl[1] else {}
-            if isinstance(typ, (list, tuple)):
-                spec[section][name] = ["COMBO", dict(opts, choices=list(typ))]
+            if isinstance(typ, (list, tuple)):  # StyleKit's combos may hold hidden old names (nodes/specs.Choices)
+                spec[section][name] = ["COMBO", dict(opts, choices=list(typ), **_aliases(typ))]
             elif typ == "COMBO" and "options" in opts:
                 choices = list(opts.pop("options"))
                 spec[section][name] = ["COMBO", dict(opts, choices=choices)]
             else:
                 spec[section][name] = [str(getattr(typ, "value", typ)), opts]
     return spec
+
+
+def _aliases(choices) -> dict:
+    aliases = getattr(choices, "aliases", None)
+    return {"aliases": sorted(aliases)} if aliases else {}
 
 
 def _inputs(spec):
@@ -70,7 +75,7 @@ def _check_value(where, name, decl, value) -> list[str]:
         # a model-file list of a folder this machine has nothing in is empty, or holds only a
         # "(placeholder)" choice such as "(new, untrained)": a file name in it is not checkable
         files_only = [c for c in choices if not (isinstance(c, str) and c.startswith("(") and c.endswith(")"))]
-        if value not in choices and (files_only or (isinstance(value, str) and value.startswith("("))):
+        if value not in choices and value not in opts.get("aliases", ()) and (files_only or (isinstance(value, str) and value.startswith("("))):
             return [f"{where}: {name}={value!r} is not one of {choices}"]
         return []
     else:

@@ -73,6 +73,11 @@ def test_the_auto_block_set_fits_each_family(sd15, sdxl):
             stored = {key for key, _ in inv.store.features}
             assert {k[:2] for k in stored} == blocks
             assert stored == {k for k in model_layers(model).keys if k[:2] in blocks}  # every layer of them
+    old = "auto (SD: output 6-11, Flux: late double)"
+    choices = StyleKitDDIMInvert.INPUT_TYPES()["required"]["store_blocks"][0]
+    assert old not in choices and AUTO_BLOCKS in choices  # a hidden alias, no visible choice
+    assert StyleKitDDIMInvert.VALIDATE_INPUTS(old) is True and StyleKitDDIMInvert.VALIDATE_INPUTS(AUTO_BLOCKS) is True
+    assert "not one of" in StyleKitDDIMInvert.VALIDATE_INPUTS("auto (something else)")
 
 
 def test_the_every_step_convention_samples_all_of_ddim_uniform(sd15):

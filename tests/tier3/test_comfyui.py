@@ -256,3 +256,21 @@ def test_test_folders_come_before_a_users_real_files(comfy_nodes, tmp_path):
     folder_paths.add_model_folder_path("deadiff", str(ours), is_default=True)  # how the tests register theirs
     path = folder_paths.get_full_path("deadiff", "deadiff_v1.safetensors")
     assert open(path, "rb").read() == b"the test's tiny weights"
+
+
+def test_comfyui_validates_a_saved_prompt_holding_an_old_choice_name(comfy_nodes):
+    """DDIM Invert's store_blocks no longer shows auto's old name, yet ComfyUI's own validation passes an API
+    prompt that holds it (and still refuses a name that never existed)."""
+    import execution
+    wf = json.loads((ROOT / "example_workflows" / "api" / "styleid_reproduction.json").read_text())
+    invert = next(k for k, n in wf.items() if n["class_type"] == "StyleKitDDIMInvert")
+
+    def store_blocks_errors(value):
+        wf[invert]["inputs"]["store_blocks"] = value
+        result = asyncio.run(execution.validate_prompt("old-name", wf, None))
+        errors = result[3].get(invert, {}).get("errors", [])
+        return [e for e in errors if "store_blocks" in str(e.get("details", "")) + str(e.get("extra_info", {}))]
+
+    assert store_blocks_errors("auto (SD: output 6-11, Flux: late double)") == []
+    assert store_blocks_errors("auto (SD1.5: output 6-11, SDXL: output 3-5, Flux: late double)") == []
+    assert store_blocks_errors("auto (no such set)") != []
