@@ -83,14 +83,34 @@ def _candidates(target: OutputTarget):
             yield f"{stem}_{n:05d}{ext}"
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux: /proc), else by the
+    set-and-restore dance."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_new(target: OutputTarget, write: Callable[[str], None]) -> str:
     """Call ``write(temporary path)``, then give the file its name without overwriting anything (or,
-    with ``force``, replace atomically); returns the final path. Nothing is left behind on failure."""
+    with ``force``, replace atomically); returns the final path. Nothing is left behind on failure.
+
+    The file gets the mode any new file of the process gets (0666 less the umask), as ComfyUI's own
+    outputs do: writers such as safetensors create their files 0600, which other accounts serving the
+    same ComfyUI could not read."""
     tmp = os.path.join(target.folder, f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         write(tmp)
         if not os.path.isfile(tmp):
             raise OutputFileError(f"nothing was written for {target.name}")
+        os.chmod(tmp, 0o666 & ~process_umask())
         if target.force:
             os.replace(tmp, target.path)
             return target.path

@@ -135,3 +135,16 @@ def test_training_nodes_refuse_the_filename_before_training(sd15, monkeypatch, t
     with pytest.raises(StyleKitError, match="filename"):
         stylerdalle.StyleKitStylerDALLETrainStyle().train(model, images, None, None, "oil", "", 2, 1e-6, 1, False, 0, name)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_processes_new_file_mode(tmp_path, umask):
+    """safetensors creates its files 0600; the pack's files get 0666 less the umask, as ComfyUI's outputs do
+    (another account serving the same ComfyUI reads them where the umask allows)."""
+    from safetensors.torch import save_file
+    old = os.umask(umask)
+    try:
+        path = write_new(output_target(str(tmp_path), "m", ".safetensors"), lambda tmp: save_file({"x": torch.zeros(1)}, tmp))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~umask)
