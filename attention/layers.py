@@ -230,6 +230,9 @@ def attention_modules(model, attn: str = "attn1") -> dict:
     return {key: getattr(tb, attn) for key, tb in _transformer_blocks(model) if getattr(tb, attn, None) is not None}
 
 
+MAX_BLOCK_WEIGHT = 10.0  # a block multiplier beyond this turns outputs non-finite, not stronger
+
+
 def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
     """``"output 5=0.5, input 1.0=0"`` -> {("output", 5): 0.5, ("input", 1, 0): 0.0} (2- or 3-part keys);
     on a DiT ``"double 3=0.5, single 10=0"``.
@@ -249,6 +252,9 @@ def parse_block_weights(text: str, layers: "ModelLayers | None" = None) -> dict:
                              "(on Flux: 'double 3=0.5' or 'single 10=0')") from None
         if not math.isfinite(weight):
             raise InputError(f"block_weights: {item!r} is not a finite number")
+        if abs(weight) > MAX_BLOCK_WEIGHT:
+            raise InputError(f"block_weights: {item!r} is beyond +-{MAX_BLOCK_WEIGHT:g}, where attention outputs "
+                             "overflow instead of styling; the node's own weight goes to 3 at most")
         out[(name, *parts)] = weight
     if layers is not None:
         blocks = {k[:2] for k in layers.keys}

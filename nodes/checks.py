@@ -10,7 +10,8 @@ input and the fix.
   pixels; C = 3 as is, C = 4 (RGBA) with its alpha channel ignored, C = 1 (grayscale) used as RGB.
 * MASK: (B, H, W) or one (H, W) mask, at least one, values finite and within 0..1.
 * LATENT: ``{"samples": (B, C, H, W)}``, at least one, finite.
-* CONDITIONING: a non-empty list of ``[tensor (B, T, C), dict]``.
+* CONDITIONING: a non-empty list of ``[tensor (B, T, C), dict]``, finite, with finite tensors and numbers
+  in the dict (``pooled_output``, ``guidance``, ...).
 """
 from __future__ import annotations
 
@@ -107,6 +108,13 @@ def conditioning(value, name: str = "conditioning") -> list:
             raise InputError(f"{name} is not a CONDITIONING ([tensor (B, T, C), options] entries)")
         if entry[0].shape[0] == 0 or entry[0].shape[1] == 0:
             raise InputError(f"{name} holds an empty tensor {tuple(entry[0].shape)}")
+        if not torch.isfinite(entry[0]).all():
+            raise InputError(f"{name} holds NaN or infinite values; check the node that made it")
+        for key, extra in entry[1].items():  # pooled_output, guidance, ... : what the model reads besides the prompt
+            if isinstance(extra, torch.Tensor) and extra.is_floating_point() and not torch.isfinite(extra).all():
+                raise InputError(f"{name}: its {key} holds NaN or infinite values; check the node that made it")
+            if isinstance(extra, float) and not math.isfinite(extra):
+                raise InputError(f"{name}: its {key} is {extra}; give a finite number")
     return value
 
 

@@ -53,6 +53,11 @@ def test_numbers_strings_conditioning_latents():
         checks.conditioning([], "conditioning")
     with pytest.raises(InputError, match="empty tensor"):
         checks.conditioning([[torch.zeros(1, 0, 8), {}]], "conditioning")
+    for bad in ([[torch.full((1, 2, 8), math.nan), {}]], [[torch.zeros(1, 2, 8), {"pooled_output": torch.full((1, 8), math.inf)}]],
+                [[torch.zeros(1, 2, 8), {"guidance": math.nan}]]):  # no silent non-finite image
+        with pytest.raises(InputError, match="NaN or infinite|finite number"):
+            checks.conditioning(bad, "conditioning")
+    assert checks.conditioning([[torch.zeros(1, 2, 8), {"guidance": 3.5, "pooled_output": torch.zeros(1, 8)}]], "c")
     with pytest.raises(InputError, match="empty batch"):
         checks.latent({"samples": torch.zeros(0, 4, 8, 8)}, "latent")
     with pytest.raises(InputError, match="NaN"):
@@ -68,6 +73,9 @@ def test_block_weights_must_name_blocks_the_model_has():
         parse_block_weights("output 40=1, middle 0.3=1", layers)
     with pytest.raises(InputError, match="not a finite number"):
         parse_block_weights("output 6=nan", layers)
+    with pytest.raises(InputError, match="beyond"):  # 1e30 passed and sampled non-finite images
+        parse_block_weights("output 6=1e30", layers)
+    assert parse_block_weights("output 6=-2.5", layers) == {("output", 6): -2.5}
     with pytest.raises(InputError, match="cannot read 'output six=1'"):
         parse_block_weights("output six=1", layers)
 
