@@ -104,7 +104,7 @@ class StyleKitCatVersionTrain:
         if model_layers(model).family != "sd15":
             raise InputError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
         target = comfy_glue.output_target(FOLDER, filename)  # checked before training, written after
-        chosen = comfy_glue.number_list(layers, int, "layers")
+        chosen = comfy_glue.number_list(layers, int, "layers", max_items=64, unique=True)
         if not chosen:
             raise InputError("layers is empty; name the text-encoder layers that get a prefix, e.g. '9, 10, 11'")
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)

@@ -15,8 +15,16 @@ import torch
 from ..errors import InputError, UnsupportedModelError
 
 
-def number_list(text: str, cast=float, field: str = "list") -> list:
-    """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped; anything else refused naming ``field``."""
+MAX_LIST_TEXT = 4096  # characters of a typed list: far beyond any real one, refused before it is split
+
+
+def number_list(text: str, cast=float, field: str = "list", max_items: int = 256, unique: bool = False) -> list:
+    """'1, 0.5' (or ';'-separated) -> [1.0, 0.5]; blanks skipped; anything else refused naming ``field``.
+
+    At most ``max_items`` numbers (and :data:`MAX_LIST_TEXT` characters, checked first); with ``unique``
+    a number given twice is refused (a set of layers, not a sequence of weights)."""
+    if len(text) > MAX_LIST_TEXT:
+        raise InputError(f"{field} is {len(text)} characters long; a list here is a few numbers, e.g. '1, 0.5'")
     out = []
     for item in (x.strip() for x in text.replace(";", ",").split(",")):
         if not item:
@@ -28,7 +36,11 @@ def number_list(text: str, cast=float, field: str = "list") -> list:
                              "write e.g. '1, 0.5'") from None
         if not math.isfinite(value):
             raise InputError(f"{field}: {item!r} is not a finite number")
+        if unique and value in out:
+            raise InputError(f"{field} names {item} twice; give each once")
         out.append(value)
+    if len(out) > max_items:
+        raise InputError(f"{field} lists {len(out)} numbers; at most {max_items}")
     return out
 
 

@@ -97,3 +97,15 @@ def test_the_boundary_decorator_checks_by_declared_type():
                           (dict(image=torch.rand(0, 8, 8, 3)), "image is an empty batch")]:
         with pytest.raises(InputError, match=match):
             Node().run(**dict(dict(image=torch.rand(1, 8, 8, 3), weight=0.5, mode="a"), **kwargs))
+
+
+def test_typed_lists_are_bounded_and_sets_have_no_repeats():
+    from stylekit.nodes.comfy_glue import MAX_LIST_TEXT, number_list
+    assert number_list("9, 10; 11", int, "layers", unique=True) == [9, 10, 11]
+    assert number_list("1, 1, 0.5", float, "mix_weights") == [1.0, 1.0, 0.5]  # weights may repeat
+    with pytest.raises(InputError, match="names 10 twice"):
+        number_list("9, 10, 10", int, "layers", unique=True)
+    with pytest.raises(InputError, match="characters long"):  # refused before splitting a megabyte of repeats
+        number_list("9, " * (MAX_LIST_TEXT // 3 + 1), int, "layers")
+    with pytest.raises(InputError, match="at most 4"):
+        number_list("1, 2, 3, 4, 5", int, "layers", max_items=4)
