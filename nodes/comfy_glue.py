@@ -195,6 +195,29 @@ def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     return out[1].float()
 
 
+def input_folder(name: str, field: str = "folder") -> tuple[str, str]:
+    """A folder inside ComfyUI's input directory (outside ComfyUI: the current folder), named relative to it:
+    returns (its real path, its name as messages show it, ``input/<name>``). A name that is absolute or
+    leads out of the input directory (``..``, a symlink) is refused; messages never show server paths."""
+    import os
+    try:
+        import folder_paths
+        base = folder_paths.get_input_directory()
+    except ImportError:
+        base = os.getcwd()
+    rel = name.strip().replace("\\", "/").strip("/")
+    shown = f"input/{rel}"
+    if os.path.isabs(name.strip()) or rel.startswith("~") or ":" in rel:
+        raise InputError(f"{field} is a path on the server; give a folder inside ComfyUI's input folder, e.g. 'photos'")
+    root = os.path.realpath(base)
+    path = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([path, root]) != root:
+        raise InputError(f"{field} {rel!r} leads out of ComfyUI's input folder; give a folder inside it, e.g. 'photos'")
+    if not os.path.isdir(path):
+        raise InputError(f"{field}: {shown} is not a folder; make it inside ComfyUI's input folder and put the photos there")
+    return path, shown
+
+
 def output_target(name: str, filename: str, extension: str = ".safetensors", field: str = "filename"):
     """Where a node will write ``filename``: ComfyUI's ``models/<name>`` (outside ComfyUI, the current
     folder), checked now, before the node's work (see :mod:`stylekit.files`); a taken name is numbered."""

@@ -35,16 +35,29 @@ def _callback(total):
     return cb
 
 
+MAX_FOLDER_IMAGES = 512  # 256 px RGB float: 0.4 GB at most
+MAX_PHOTO_PIXELS = 50_000_000  # a photo's size, read from its header before it is decoded
+
+
 def folder_images(folder: str) -> torch.Tensor:
-    """Every image file in ``folder`` squashed to 256 px, as one IMAGE batch."""
+    """Every image file in ``folder`` (a folder in ComfyUI's input folder) squashed to 256 px, as one IMAGE
+    batch; a folder of more than :data:`MAX_FOLDER_IMAGES` images, or a photo over :data:`MAX_PHOTO_PIXELS`,
+    is refused before the images are decoded."""
     from PIL import Image
-    if not os.path.isdir(folder):
-        raise InputError(f"photo folder {folder!r} does not exist")
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    path, shown = comfy_glue.input_folder(folder, "folder")
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS))
     if not names:
-        raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
-    return torch.cat([square_pixels(pil_to_image(Image.open(os.path.join(folder, n))), OUTPUT_PX).movedim(1, -1)
-                      for n in names])
+        raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in {shown}")
+    if len(names) > MAX_FOLDER_IMAGES:
+        raise InputError(f"{shown} holds {len(names)} images; pre-training takes at most {MAX_FOLDER_IMAGES}")
+    out = []
+    for n in names:
+        with Image.open(os.path.join(path, n)) as im:
+            if im.width * im.height > MAX_PHOTO_PIXELS:
+                raise InputError(f"{shown}/{n} is {im.width}x{im.height} px; photos over {MAX_PHOTO_PIXELS // 1_000_000} MP "
+                                 "are refused (scale it down)")
+            out.append(square_pixels(pil_to_image(im), OUTPUT_PX).movedim(1, -1))
+    return torch.cat(out)
 
 
 class StyleKitStylerDALLELoad:
@@ -131,7 +144,7 @@ class StyleKitStylerDALLEPretrain:
             "filename": specs.output_name("stylerdalle", "stylerdalle_pretrained"),
         }, "optional": {
             "images": specs.image("Photos to pre-train on."),
-            "folder": ("STRING", {"default": "", "tooltip": "Or/and a folder of photos (png/jpg/webp), read and squashed to 256 px."}),
+            "folder": ("STRING", {"default": "", "tooltip": "Or/and a folder of photos (png/jpg/webp) inside ComfyUI's input folder, e.g. 'photos' for input/photos; read and squashed to 256 px (at most 512 photos)."}),
         }}
 
     @boundary

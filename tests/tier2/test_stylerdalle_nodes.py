@@ -73,13 +73,25 @@ def test_pretrain_then_train_style_nodes(files):
         StyleKitStylerDALLETrainStyle().train(pre, images(2), cv, tiny_bridge_clip(width=64), "x", "a", 1, 1e-3, 2, False, 0, "z")
 
 
-def test_pretrain_reads_a_folder(files):
+def test_pretrain_reads_a_folder_inside_the_input_folder_only(files, tmp_path_factory):
     from PIL import Image
+    # outside ComfyUI the current folder (the fixture's, files) stands for ComfyUI's input folder
     (files / "photos").mkdir()
     for i in range(2):
         Image.new("RGB", (70 + i, 50), (i * 100, 50, 200)).save(files / "photos" / f"p{i}.png")
     model = StyleKitStylerDALLELoad().load(str(files / "dvae.safetensors"), str(files / "tiny.safetensors"))[0]
-    out = StyleKitStylerDALLEPretrain().train(model, 1, 1e-3, 2, 0, 0, "folder", None, str(files / "photos"))
+    out = StyleKitStylerDALLEPretrain().train(model, 1, 1e-3, 2, 0, 0, "folder", None, "photos")
     assert out["result"][1].shape[-1] == 3
+    outside = tmp_path_factory.mktemp("elsewhere")
+    (files / "link").symlink_to(outside)
+    for folder, match in ((str(files / "photos"), "a path on the server"), ("../photos", "leads out"),
+                          ("link", "leads out"), ("nothing_here", "input/nothing_here is not a folder")):
+        with pytest.raises(ValueError, match=match) as err:
+            StyleKitStylerDALLEPretrain().train(model, 1, 1e-3, 2, 0, 0, "folder", None, folder)
+        assert str(files) not in str(err.value) and str(outside) not in str(err.value)  # no server paths
+    (files / "big").mkdir()
+    Image.new("1", (8000, 8000)).save(files / "big" / "huge.png")  # 64 MP, a few KB on disk
+    with pytest.raises(ValueError, match="8000x8000 px"):
+        StyleKitStylerDALLEPretrain().train(model, 1, 1e-3, 2, 0, 0, "folder", None, "big")
     with pytest.raises(ValueError, match="give photos"):
         StyleKitStylerDALLEPretrain().train(model, 1, 1e-3, 2, 0, 0, "none")
