@@ -34,7 +34,9 @@ class OutputTarget:
         return os.path.join(self.folder, self.name)
 
 
-def _plain_name(filename: str, extension: str, field: str) -> str:
+def plain_name(filename: str, extension: str = "", field: str = "filename") -> str:
+    """``filename`` checked as a plain file name (step 1's name rules) with ``extension`` added; no file
+    system access, so a node can refuse a bad name when ComfyUI validates the prompt."""
     if not isinstance(filename, str) or not filename.strip():
         raise OutputFileError(f"{field} is empty: give a file name such as 'my_style'")
     name = filename.strip()
@@ -55,7 +57,7 @@ def _plain_name(filename: str, extension: str, field: str) -> str:
 def output_target(folder: str, filename: str, extension: str = "", numbered: bool = True, force: bool = False,
                   field: str = "filename") -> OutputTarget:
     """Check where ``filename`` would be written in ``folder``; see the module docstring."""
-    name = _plain_name(filename, extension, field)
+    name = plain_name(filename, extension, field)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:

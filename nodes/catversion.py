@@ -80,6 +80,7 @@ class StyleKitCatVersionTrain:
     OUTPUT_TOOLTIPS = ("The trained prefix (also saved); feed StyleKit CatVersion Apply.",
                        "Loss per step (grey) and its running mean (blue).")
     FUNCTION = "train"
+    VALIDATE_INPUTS = checks.validation(filename=checks.file_name, layers=checks.layer_list)
     OUTPUT_NODE = True
 
     @classmethod

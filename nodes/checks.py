@@ -152,3 +152,65 @@ def boundary(method):
                 bound.arguments[name] = check_input(decl[0], decl[1] if len(decl) > 1 else {}, value, name)
         return method(*bound.args, **bound.kwargs)
     return run
+
+
+def validation(**fields):
+    """A node's ``VALIDATE_INPUTS`` from checks that need no tensor: ``field=check`` where ``check(value)``
+    raises :class:`InputError` (or any StyleKitError) for a bad value. ComfyUI runs it when it validates a
+    prompt, before any node executes, and leaves only these fields' checks to it; a field fed by a link
+    arrives as None and is checked when the node runs (the boundary checks everything again there).
+    Give only fields ComfyUI does not check itself (text fields), so none of its checks is lost."""
+    from ..errors import StyleKitError
+
+    def VALIDATE_INPUTS(cls, **values):
+        for name, check in fields.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            try:
+                check(value)
+            except StyleKitError as e:
+                return str(e)
+        return True
+    names = [inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    names += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in fields]
+    VALIDATE_INPUTS.__signature__ = inspect.Signature(names)
+    return classmethod(VALIDATE_INPUTS)
+
+
+def file_name(value) -> None:
+    """An output ``filename``: a plain name (nodes write .safetensors into their model folder)."""
+    from ..files import plain_name
+    plain_name(value, ".safetensors", "filename")
+
+
+def block_weights_text(value) -> None:
+    """``block_weights`` readable and within bounds (which blocks the model has is checked when it runs)."""
+    from ..attention.layers import parse_block_weights
+    parse_block_weights(value)
+
+
+def layer_list(value) -> None:
+    from .comfy_glue import number_list
+    if not number_list(value, int, "layers", max_items=64, unique=True):
+        raise InputError("layers is empty; name the text-encoder layers that get a prefix, e.g. '9, 10, 11'")
+
+
+def weight_list(value) -> None:
+    from .comfy_glue import number_list
+    number_list(value, float, "mix_weights")
+
+
+def input_subfolder(value) -> None:
+    if value.strip():
+        from .comfy_glue import input_folder
+        input_folder(value, "folder")
+
+
+def one_of(choices, field: str):
+    """A combo's check when its node validates it itself: a visible choice or a hidden alias (specs.Choices)."""
+    def check(value) -> None:
+        accepts = choices.accepts(value) if isinstance(choices, Choices) else value in choices
+        if not accepts:
+            raise InputError(f"{field} {value!r} is not one of {list(choices)}")
+    return check

@@ -9,7 +9,7 @@ from ..errors import InputError
 from ..models.clip_preprocess import deadiff_pixels
 from ..models.deadiff import BRANCHES, load_deadiff
 from ..models.deadiff_inject import SPLITS, DEADiffTokens, deadiff_model, mix
-from . import comfy_glue, specs
+from . import checks, comfy_glue, specs
 from .checks import boundary
 
 FOLDER = "deadiff"
@@ -26,6 +26,7 @@ class StyleKitDEADiffExtract:
     RETURN_NAMES = ("report",)
     OUTPUT_TOOLTIPS = ("What was written: the file, its tensor count and size.",)
     FUNCTION = "extract"
+    VALIDATE_INPUTS = checks.validation(filename=checks.file_name)
     OUTPUT_NODE = True
 
     @classmethod
@@ -76,6 +77,7 @@ class StyleKitDEADiffEncode:
     RETURN_NAMES = ("tokens",)
     OUTPUT_TOOLTIPS = ("Style/content tokens; feed StyleKit DEADiff Apply (or another Encode's add_to).",)
     FUNCTION = "encode"
+    VALIDATE_INPUTS = checks.validation(mix_weights=checks.weight_list)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -115,6 +117,7 @@ class StyleKitDEADiffApply:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,)
     FUNCTION = "apply"
+    VALIDATE_INPUTS = checks.validation(block_weights=checks.block_weights_text)
 
     @classmethod
     def INPUT_TYPES(cls):

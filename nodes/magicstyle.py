@@ -88,6 +88,7 @@ class StyleKitDDIMInvert:
                        "without the top one (StyleID skips it), ending at t = 0; every step: ddim_uniform's sigmas; "
                        "Flux: the simple sigmas inverted over.")
     FUNCTION = "invert"
+    VALIDATE_INPUTS = checks.validation(store_blocks=checks.one_of(STORE_BLOCKS, "store_blocks"))
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -104,11 +105,6 @@ class StyleKitDDIMInvert:
         }, "optional": {
             "convention": (list(CONVENTIONS), {"default": STYLEID_DDIM, "tooltip": "SD only. StyleID's official pipeline: eps read at each timestep from t = 1 up to t = 999, sampling skips the top timestep and ends at t = 0 (reproduces the official code). every step: eps read at the next sigma from sigma 0, sampling runs every step to 0 (reconstructs and keeps the palette better at few steps; README). Flux always uses the flow's Euler inversion, which is the second kind."}),
         }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, store_blocks):
-        """ComfyUI leaves store_blocks to this check, which also takes the names saved workflows hold."""
-        return STORE_BLOCKS.accepts(store_blocks) or f"store_blocks {store_blocks!r} is not one of {list(STORE_BLOCKS)}"
 
     @boundary
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode,
@@ -146,6 +142,7 @@ class StyleKitFeatureFusion:
                        "on the inversion's sigmas. Flux needs this one: a flow sampler's add_noise-off start "
                        "multiplies the latent by 1 - sigma, which is 0 at Flux's first sigma.")
     FUNCTION = "apply"
+    VALIDATE_INPUTS = checks.validation(block_weights=checks.block_weights_text)
 
     @classmethod
     def INPUT_TYPES(cls):

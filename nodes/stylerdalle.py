@@ -9,7 +9,7 @@ from ..models.dvae import load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
 from ..models.stylerdalle_train import PretrainSettings, StyleSettings, pretrain, train_style
-from . import comfy_glue, specs
+from . import checks, comfy_glue, specs
 from .checks import boundary
 from .images import loss_curve, pil_to_image
 
@@ -130,6 +130,7 @@ class StyleKitStylerDALLEPretrain:
     RETURN_NAMES = ("stylerdalle", "loss_curve")
     OUTPUT_TOOLTIPS = ("The pre-trained translator with the same dVAE.", "NLL per step.")
     FUNCTION = "train"
+    VALIDATE_INPUTS = checks.validation(filename=checks.file_name, folder=checks.input_subfolder)
     OUTPUT_NODE = True
 
     @classmethod
@@ -172,6 +173,7 @@ class StyleKitStylerDALLETrainStyle:
     RETURN_NAMES = ("stylerdalle", "reward_curve")
     OUTPUT_TOOLTIPS = ("The style's translator with the same dVAE.", "Mean CLIP reward per step.")
     FUNCTION = "train"
+    VALIDATE_INPUTS = checks.validation(filename=checks.file_name)
     OUTPUT_NODE = True
 
     @classmethod
@@ -228,6 +230,7 @@ class StyleKitStylerDALLEConvert:
     RETURN_NAMES = ("report",)
     OUTPUT_TOOLTIPS = ("Where the file was written and what it holds.",)
     FUNCTION = "convert"
+    VALIDATE_INPUTS = checks.validation(filename=checks.file_name)
     OUTPUT_NODE = True
 
     @classmethod

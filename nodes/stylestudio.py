@@ -5,7 +5,7 @@ from ..attention.adapter_attention import FUSIONS
 from ..attention.layers import model_layers, parse_block_weights
 from ..models.ip_adapter import load_adapter
 from ..models.stylestudio import PRESETS, preset_keys, style_adapter_model, teacher_model
-from . import comfy_glue, specs
+from . import checks, comfy_glue, specs
 from .checks import boundary
 
 FOLDER = "ipadapter"
@@ -43,6 +43,7 @@ class StyleKitStyleAdapter:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,)
     FUNCTION = "apply"
+    VALIDATE_INPUTS = checks.validation(block_weights=checks.block_weights_text)
 
     @classmethod
     def INPUT_TYPES(cls):

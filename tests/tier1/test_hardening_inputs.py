@@ -109,3 +109,40 @@ def test_typed_lists_are_bounded_and_sets_have_no_repeats():
         number_list("9, " * (MAX_LIST_TEXT // 3 + 1), int, "layers")
     with pytest.raises(InputError, match="at most 4"):
         number_list("1, 2, 3, 4, 5", int, "layers", max_items=4)
+
+
+BAD_AT_VALIDATION = {  # field -> (a bad value, words of its message), for every node that validates the field
+    "filename": ("../escape", "is a path"),
+    "layers": ("9, 9", "twice"),
+    "mix_weights": ("1, x", "cannot read"),
+    "block_weights": ("output 5=1e30", "beyond"),
+    "folder": ("/etc", "path on the server"),
+    "store_blocks": ("auto (no such set)", "not one of"),
+}
+
+
+def test_cheap_checks_refuse_at_validation_and_pass_links_and_good_values():
+    """Each node's VALIDATE_INPUTS (what ComfyUI runs before any node executes) refuses a bad value of each
+    field it names, passes a linked field (None) and the node's own defaults, and names only text or combo
+    inputs the node declares (ComfyUI leaves those fields' checks to it, and checks nothing in text fields)."""
+    import inspect
+
+    from stylekit.nodes import NODE_CLASS_MAPPINGS
+    tried = 0
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        validate = getattr(cls, "VALIDATE_INPUTS", None)
+        if validate is None:
+            continue
+        declared = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+        fields = [n for n in inspect.getfullargspec(validate).args if n != "cls"]
+        assert fields, node_id
+        for name in fields:
+            typ, opts = declared[name][0], declared[name][1]
+            assert typ == "STRING" or isinstance(typ, list), (node_id, name, typ)
+            bad, words = BAD_AT_VALIDATION[name]
+            msg = validate(**{name: bad})
+            assert isinstance(msg, str) and words in msg, (node_id, name, msg)
+            assert validate(**{name: None}) is True
+            assert validate(**{name: opts.get("default", "x")}) is True, (node_id, name)
+            tried += 1
+    assert tried >= 11

@@ -76,8 +76,9 @@ def test_the_auto_block_set_fits_each_family(sd15, sdxl):
     old = "auto (SD: output 6-11, Flux: late double)"
     choices = StyleKitDDIMInvert.INPUT_TYPES()["required"]["store_blocks"][0]
     assert old not in choices and AUTO_BLOCKS in choices  # a hidden alias, no visible choice
-    assert StyleKitDDIMInvert.VALIDATE_INPUTS(old) is True and StyleKitDDIMInvert.VALIDATE_INPUTS(AUTO_BLOCKS) is True
-    assert "not one of" in StyleKitDDIMInvert.VALIDATE_INPUTS("auto (something else)")
+    assert StyleKitDDIMInvert.VALIDATE_INPUTS(store_blocks=old) is True
+    assert StyleKitDDIMInvert.VALIDATE_INPUTS(store_blocks=AUTO_BLOCKS) is True
+    assert "not one of" in StyleKitDDIMInvert.VALIDATE_INPUTS(store_blocks="auto (something else)")
 
 
 def test_the_every_step_convention_samples_all_of_ddim_uniform(sd15):

@@ -274,3 +274,14 @@ def test_comfyui_validates_a_saved_prompt_holding_an_old_choice_name(comfy_nodes
     assert store_blocks_errors("auto (SD: output 6-11, Flux: late double)") == []
     assert store_blocks_errors("auto (SD1.5: output 6-11, SDXL: output 3-5, Flux: late double)") == []
     assert store_blocks_errors("auto (no such set)") != []
+
+
+def test_comfyui_refuses_a_bad_file_name_when_it_validates_the_prompt(comfy_nodes):
+    """A path typed as CatVersion Train's filename is refused by ComfyUI's validate_prompt, before any node runs
+    (it used to be refused only when the node executed, after the loaders and encoders before it)."""
+    import execution
+    wf = json.loads((ROOT / "example_workflows" / "api" / "catversion_train.json").read_text())
+    train = next(k for k, n in wf.items() if n["class_type"] == "StyleKitCatVersionTrain")
+    wf[train]["inputs"]["filename"] = "../../escape"
+    errors = asyncio.run(execution.validate_prompt("bad-name", wf, None))[3].get(train, {}).get("errors", [])
+    assert any(e["type"] == "custom_validation_failed" and "is a path" in e["details"] for e in errors), errors
