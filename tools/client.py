@@ -52,13 +52,19 @@ EXIT = {WorkflowRejected: 2, WorkflowFailed: 3, BadInput: 5, MalformedReply: 6}
 
 
 def format_rejection(body: dict) -> str:
+    """ComfyUI's validation errors as lines; a reply not shaped as ComfyUI's raises MalformedReply."""
     lines = []
     err = body.get("error", {})
     if isinstance(err, dict):
         lines.append(f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details', '')}".rstrip())
     else:
         lines.append(str(err))
-    for nid, ne in (body.get("node_errors") or {}).items():
+    node_errors = body.get("node_errors") or {}
+    if not isinstance(node_errors, dict) or not all(isinstance(ne, dict) and isinstance(ne.get("errors", []), list)
+                                                    and all(isinstance(e, dict) for e in ne.get("errors", []))
+                                                    for ne in node_errors.values()):
+        raise MalformedReply("the server refused the workflow with node_errors not shaped as ComfyUI's")
+    for nid, ne in node_errors.items():
         for e in ne.get("errors", []):
             name = (e.get("extra_info") or {}).get("input_name")
             lines.append(f"  node {nid} ({ne.get('class_type', '?')}){' input ' + name if name else ''}: "
@@ -85,8 +91,12 @@ def apply_overrides(workflow: dict, sets: list[str]) -> dict:
 
 def check_server(server: str) -> str:
     from urllib.parse import urlparse
-    url = urlparse(server)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:
+        url = urlparse(server)
+        host = url.hostname
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket: http://[::1
+        raise BadInput(f"--server {server!r}: not an address ({e}); expected one like http://127.0.0.1:8188") from None
+    if url.scheme not in ("http", "https") or not host:
         raise BadInput(f"--server {server!r}: expected an address like http://127.0.0.1:8188")
     try:
         url.port  # noqa: B018  (raises on a port that is not a number)

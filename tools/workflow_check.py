@@ -305,9 +305,25 @@ def _no_duplicate_keys(pairs):
     return seen
 
 
+MAX_WORKFLOW_BYTES = 64 * 2 ** 20  # a workflow is a few hundred KB; the limit keeps a huge file out of memory
+
+
 def load_workflow(path: Path):
     """The parsed workflow file; a file that cannot be read or parsed (or repeats a key) raises
-    ValueError with the reason."""
+    ValueError with the reason. Only a regular file is opened (a FIFO or device would block or never
+    end), and only up to :data:`MAX_WORKFLOW_BYTES`."""
+    import stat
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        raise ValueError("not found") from None
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("is not a file (a folder, pipe or device); give a workflow .json file")
+    if st.st_size > MAX_WORKFLOW_BYTES:
+        raise ValueError(f"is {st.st_size / 2 ** 20:.0f} MB; a workflow is far smaller (at most "
+                         f"{MAX_WORKFLOW_BYTES // 2 ** 20} MB are read)")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -115,6 +115,8 @@ def test_client_exit_codes_for_bad_input(tmp_path, capsys):
         ([ROOT / "example_workflows" / "patch_map.json"], "UI-format"),
         ([good, "--server", "127.0.0.1:8188"], "expected an address"),
         ([good, "--server", "http://host:port"], "port is not a number"),
+        ([good, "--server", "http://[::1"], "not an address"),
+        ([tmp_path], "is not a file"),
         ([good, "--set", "noequals"], "NODE_ID.INPUT=VALUE"),
         ([good, "--set", "99.x=1"], "NODE_ID.INPUT=VALUE"),
     ]
@@ -143,6 +145,8 @@ def fake_server(free_port):
             return web.Response(text="<html>not comfy</html>", content_type="text/html")
         if kind == "list":
             return web.json_response([1, 2])
+        if kind == "odd refusal":  # a 400 whose node_errors is not ComfyUI's mapping
+            return web.json_response({"error": "bad", "node_errors": ["x"]}, status=400)
         return web.json_response({"error": {"type": "invalid_prompt", "message": "bad"}, "node_errors": {}}, status=400)
 
     async def ws(request):
@@ -167,7 +171,7 @@ def fake_server(free_port):
 
 
 @pytest.mark.parametrize("reply,code,match", [("html", 6, "not JSON"), ("list", 6, "not an object"),
-                                              ("refusal", 2, "invalid_prompt")])
+                                              ("odd refusal", 6, "node_errors"), ("refusal", 2, "invalid_prompt")])
 def test_client_on_malformed_or_refusing_servers(fake_server, capsys, reply, code, match):
     url, replies = fake_server
     replies["prompt"] = reply
@@ -181,3 +185,18 @@ def test_client_on_an_unreachable_server(capsys, free_port):
     good = ROOT / "example_workflows" / "api" / "patch_map.json"
     assert run_client(good, "--server", f"http://127.0.0.1:{free_port()}", "--timeout", "5") == 4
     assert "could not talk to ComfyUI" in capsys.readouterr().err
+
+
+def test_tools_do_not_block_on_a_fifo(tmp_path):
+    """The client and the UI converter read a workflow only from a regular file: a FIFO would block forever.
+    Run in a child process with a time limit, so a regression fails instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+    fifo = tmp_path / "wf.json"
+    os.mkfifo(fifo)
+    for tool in ("client", "ui_workflow"):
+        args = [str(fifo)] if tool == "client" else [str(fifo), str(tmp_path / "out.json")]
+        p = subprocess.run([sys.executable, "-m", f"stylekit.tools.{tool}", *args], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode != 0 and "is not a file" in p.stderr and "Traceback" not in p.stderr, (tool, p.stderr)
