@@ -243,7 +243,8 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
             f"checkpoint with the StyleKit DEADiff Extract node, or: python tools/deadiff_extract.py {path.name} "
             "models/deadiff/deadiff_v1.safetensors")
     sd, meta = read_safetensors(str(path), f"DEADiff weights extracted by StyleKit ({ARCHITECTURE})",
-                                "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError)
+                                "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError,
+                                max_bytes=4 * 2 ** 30)
     require_finite(sd, path, DEADiffWeightsError)
     heads = positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
     return adapter_from_state_dict(sd, heads=heads, source=path.name)

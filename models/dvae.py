@@ -170,7 +170,8 @@ def load_dvae(path: str) -> tuple[DVAEEncoder | None, DVAEDecoder | None]:
     """A StyleKit dVAE file (safetensors, keys ``encoder.*`` and/or ``decoder.*``)."""
     sd, _ = read_safetensors(path, "a StyleKit dVAE file (.safetensors with encoder.* / decoder.* tensors)",
                              "Convert the official encoder.pkl / decoder.pkl with StyleKit StylerDALLE Convert.",
-                             DVAEWeightsError)
+                             DVAEWeightsError, names=lambda k: k.startswith(("encoder.", "decoder.")),
+                             max_bytes=2 ** 30)  # the official dVAE: about 0.4 GB in fp32
     require_finite(sd, path, DVAEWeightsError)
     parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("encoder", "decoder")}
     if not any(parts.values()):

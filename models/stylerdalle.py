@@ -237,10 +237,11 @@ def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslato
     name = os.path.basename(path)
     what = "StylerDALLE translator (StyleKit .safetensors or the official model.state_dict() .pt)"
     if path.endswith(".safetensors"):
-        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError)
+        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=2 * 2 ** 30)
         heads = heads or positive_int(meta.get("heads", 8), "metadata heads", name, StylerDALLEWeightsError)
     else:
-        sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.")
+        sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.",
+                              max_bytes=2 * 2 ** 30)
     require_finite(sd, path, StylerDALLEWeightsError)
     return load_translator_state(sd, heads or 8, name)
 

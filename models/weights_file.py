@@ -43,15 +43,45 @@ def _first_line(e: Exception) -> str:
     return lines[0][:200] if lines else type(e).__name__
 
 
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_WEIGHT_BYTES = 8 * 2 ** 30  # what a format that names no bound of its own may declare
+
+
+class _Refused(Exception):
+    """A header refused before any tensor is read (re-raised with the file's name)."""
+
+
 def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFileError] = WeightFileError,
-                     keep=None) -> tuple[dict, dict]:
-    """(tensors, metadata) of a ``.safetensors`` file; ``keep(name)`` selects the tensors to read."""
+                     keep=None, names=None, max_bytes: int = MAX_WEIGHT_BYTES) -> tuple[dict, dict]:
+    """(tensors, metadata) of a ``.safetensors`` file; ``keep(name)`` selects the tensors to read.
+
+    The header is checked before any tensor is read, so a file costs memory only for what passes:
+    a tensor whose name ``names(name)`` refuses, or kept tensors declaring more than ``max_bytes`` in
+    all (their shapes and dtypes, read from the header), refuse the file. Tensors are read lazily
+    (memory-mapped) one by one."""
     path = check_file(path, what, error)
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
+            chosen = [k for k in f.keys() if keep is None or keep(k)]
+            strange = [k for k in f.keys() if names is not None and not names(k)]
+            if strange:
+                raise _Refused(f"tensors {strange[:4]} are not part of {what}")
+            declared = 0
+            for k in chosen:
+                sl = f.get_slice(k)
+                n = 1
+                for d in sl.get_shape():
+                    n *= int(d)
+                declared += n * DTYPE_BYTES.get(sl.get_dtype(), 8)
+            if declared > max_bytes:
+                raise _Refused(f"its tensors declare {declared / 2 ** 20:,.0f} MB, more than {what} ever holds "
+                               f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
+            tensors = {k: f.get_tensor(k) for k in chosen}
+    except _Refused as e:
+        raise error(f"{path}: {e}.{' ' + hint if hint else ''}") from None
     except Exception as e:  # safetensors raises its own header / I/O errors without the file's name
         raise error(f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated, corrupt "
                     f"or another format; expected {what}.{' ' + hint if hint else ''}") from None
@@ -80,11 +110,24 @@ def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError,
 
 
 def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
-                     hint: str = "") -> dict:
-    """A ``.bin`` / ``.pt`` dict of tensors, read weights-only; anything else raises ``error``."""
-    obj = load_weights_only(path, error, what, hint)
+                     hint: str = "", max_bytes: int = MAX_WEIGHT_BYTES) -> dict:
+    """A ``.bin`` / ``.pt`` dict of tensors, read weights-only and memory-mapped (a zip-format file), its
+    tensors' declared sizes checked against ``max_bytes`` before any of them is read; anything else
+    raises ``error``."""
+    obj = load_weights_only(path, error, what, hint, mmap=True)
     if not isinstance(obj, dict):
         raise error(f"{path} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
+
+    def leaves(o):
+        if isinstance(o, torch.Tensor):
+            yield o
+        elif isinstance(o, dict):
+            for v in o.values():
+                yield from leaves(v)
+    declared = sum(t.numel() * t.element_size() for t in leaves(obj))
+    if declared > max_bytes:
+        raise error(f"{path}: its tensors declare {declared / 2 ** 20:,.0f} MB, more than a {what} ever holds "
+                    f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
     return obj
 
 

@@ -178,3 +178,50 @@ def test_errors_read_as_stylekit_in_comfyui():
     from stylekit.models.ip_adapter import AdapterWeightsError
     for cls in (StyleKitError, WeightFileError, InputError, OutputFileError, UnsupportedModelError, AdapterWeightsError):
         assert cls.__module__ == "StyleKit" and issubclass(cls, StyleKitError)
+
+
+def sparse_safetensors(path, tensors: dict, metadata: dict | None = None):
+    """A .safetensors file whose header declares ``tensors`` ({name: (dtype, shape)}) over a sparse body: a few
+    KB on disk (and nothing in memory) however large it says it is."""
+    import struct
+    sizes = {"F32": 4, "F16": 2}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+BOMBS = {  # loader -> a header declaring 1-3 GB in names the format accepts
+    "catversion": ("load_prefix", "stylekit.models.catversion", {"catversion.control_trans": ("F32", (1, 2 ** 28))}),
+    "dvae": ("load_dvae", "stylekit.models.dvae", {"encoder.blocks.input.w": ("F32", (2 ** 29,))}),
+    "translator": ("load_translator", "stylekit.models.stylerdalle", {"x": ("F32", (3 * 2 ** 28,))}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BOMBS))
+def test_a_file_declaring_gigabytes_is_refused_from_its_header(tmp_path, kind):
+    """Run in a child process: the refusal must come before the tensors are read, so the child's peak memory
+    grows by far less than the gigabyte(s) the header declares (read, they would cost all of it)."""
+    import subprocess
+    import sys
+    func, module, tensors = BOMBS[kind]
+    path = tmp_path / f"{kind}.safetensors"
+    sparse_safetensors(path, tensors)
+    code = (f"import resource, sys; from {module} import {func}\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"try:\n    {func}({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = p.stdout
+    assert "WeightsError" in out and "declare" in out, out + p.stderr
+    assert int(out.rsplit("grew_mb", 1)[1]) < 200, out
