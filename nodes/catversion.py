@@ -154,8 +154,8 @@ class StyleKitCatVersionScore:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP image tower to score with (the paper: ViT-L/14)."}),
-            "reference": specs.image("The concept's reference images."),
-            "generated": specs.image("The generated images to score."),
+            "reference": specs.image("The concept's reference images (at most 512)."),
+            "generated": specs.image("The generated images to score (at most 512)."),
             "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
         }, "optional": {
             "reference_mask": specs.mask("Where the score looks: 1 (white) = the references' foreground, 0 = background (filled)."),
@@ -171,9 +171,11 @@ class StyleKitCatVersionScore:
             checks.mask_for(reference_mask, reference.shape[0], "reference_mask")
         if generated_mask is not None:
             checks.mask_for(generated_mask, generated.shape[0], "generated_mask")
+        for images, field in ((reference, "reference"), (generated, "generated")):
+            checks.at_most(images, 512, field, "each is compared with every image of the other batch")
         with torch.no_grad():
-            ref = comfy_glue.image_embeds(clip_vision, remove_background(reference, reference_mask, background))
-            gen = comfy_glue.image_embeds(clip_vision, remove_background(generated, generated_mask, background))
+            ref = comfy_glue.image_embeds(clip_vision, remove_background(reference, reference_mask, background), "reference")
+            gen = comfy_glue.image_embeds(clip_vision, remove_background(generated, generated_mask, background), "generated")
             clip_i = mean_pairwise_cosine(ref, gen)
             clip_t = float("nan")
             if clip is not None and prompt.strip():

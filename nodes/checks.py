@@ -214,3 +214,10 @@ def one_of(choices, field: str):
         if not accepts:
             raise InputError(f"{field} {value!r} is not one of {list(choices)}")
     return check
+
+
+def at_most(images: torch.Tensor, limit: int, field: str, why: str) -> torch.Tensor:
+    """Refuse a batch of more than ``limit`` images in ``field`` (what the method does with each: ``why``)."""
+    if images.shape[0] > limit:
+        raise InputError(f"{field} holds {images.shape[0]} images; this node takes at most {limit} ({why})")
+    return images

@@ -277,12 +277,22 @@ def text_embeds(clip, text: str) -> torch.Tensor:
     return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
 
 
-def vision_features(clip_vision, images: torch.Tensor, feature: str = "image_embeds") -> torch.Tensor:
+CLIP_CHUNK = 16  # images preprocessed and encoded at once: CLIP's 224 px batch stays small whatever B is
+MAX_ASPECT = 16  # CLIP resizes the shortest side to 224: a 1:16 image is 224 x 3584 on the way, a 1:12500 strip 2 GB
+
+
+def vision_features(clip_vision, images: torch.Tensor, feature: str = "image_embeds", field: str = "image") -> torch.Tensor:
     """``image_embeds`` or ``penultimate_hidden_states`` of CLIP vision for IMAGE (B, H, W, C), by the
-    CLIP_VISION's own ``encode_image`` (ComfyUI's: shortest side to 224, centre crop)."""
-    return clip_vision.encode_image(images[..., :3], crop=True)[feature].float()
+    CLIP_VISION's own ``encode_image`` (ComfyUI's: shortest side to 224, centre crop), :data:`CLIP_CHUNK`
+    images at a time; an image longer than :data:`MAX_ASPECT` times its width (or the reverse) is refused
+    naming ``field``, as its resize alone would cost memory out of proportion."""
+    h, w = images.shape[1:3]
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise InputError(f"{field} is {w}x{h} px; CLIP vision takes images up to {MAX_ASPECT}:1 (crop it first)")
+    return torch.cat([clip_vision.encode_image(images[i:i + CLIP_CHUNK, ..., :3], crop=True)[feature].float()
+                      for i in range(0, images.shape[0], CLIP_CHUNK)])
 
 
-def image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
+def image_embeds(clip_vision, images: torch.Tensor, field: str = "images") -> torch.Tensor:
     """CLIP image embeddings (projected where the model has a projection)."""
-    return vision_features(clip_vision, images, "image_embeds")
+    return vision_features(clip_vision, images, "image_embeds", field)

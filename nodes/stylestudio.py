@@ -12,6 +12,8 @@ FOLDER = "ipadapter"
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
 
 
+MAX_STYLE_IMAGES = 16  # each reference image lengthens every cross-attention by its tokens
+
 class StyleKitAdapterLoader:
     CATEGORY = "StyleKit/StyleStudio"
     DESCRIPTION = ("Loads an IP-Adapter (SD1.5 or SDXL; plain or 'plus') or CSGO's style branch (csgo_4_32.bin) "
@@ -51,7 +53,7 @@ class StyleKitStyleAdapter:
             "model": ("MODEL", {"tooltip": "SD1.5 or SDXL model matching the adapter."}),
             "adapter": ("STYLEKIT_ADAPTER", {"tooltip": "From StyleKit Adapter Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP vision model the adapter was trained with (Load CLIP Vision)."}),
-            "image": specs.image("Style reference image(s); several images give one longer set of image tokens."),
+            "image": specs.image("Style reference image(s), at most 16; several images give one longer set of image tokens."),
             "fusion": (list(FUSIONS), {"default": FUSIONS[0], "tooltip": "cross-modal AdaIN: StyleStudio's fusion (weight 1 = the paper); add: text + weight x image attention (IP-Adapter)."}),
             "preset": (list(PRESETS), {"default": PRESETS[0], "tooltip": "Which cross-attention blocks get the style: all up blocks (StyleStudio), InstantStyle's style block(s), every layer, or custom (the blocks named in block_weights)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Style strength; 0 leaves the model plain."}),
@@ -70,10 +72,14 @@ class StyleKitStyleAdapter:
         layers = model_layers(model)
         weights = parse_block_weights(block_weights, layers)
         preset_keys(layers, preset, weights, adapter.bind(layers))
+        why = "each image adds its tokens to every cross-attention"
+        checks.at_most(image, MAX_STYLE_IMAGES, "image", why)
+        if negative_style_image is not None:
+            checks.at_most(negative_style_image, MAX_STYLE_IMAGES, "negative_style_image", why)
         with torch.no_grad():
             style = comfy_glue.vision_features(clip_vision, image, adapter.feature)
             negative = None if negative_style_image is None else \
-                comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature)
+                comfy_glue.vision_features(clip_vision, negative_style_image, adapter.feature, "negative_style_image")
         if mask is not None and invert_mask:
             mask = 1 - mask
         return (style_adapter_model(model, adapter, style, negative, fusion, preset, weight, hi, lo, weights, mask),)

@@ -146,3 +146,10 @@ def test_cheap_checks_refuse_at_validation_and_pass_links_and_good_values():
             assert validate(**{name: opts.get("default", "x")}) is True, (node_id, name)
             tried += 1
     assert tried >= 11
+
+
+def test_batches_beyond_a_nodes_bound_are_refused_by_name():
+    images = torch.zeros(17, 8, 8, 3)
+    assert checks.at_most(images, 17, "image", "x") is images
+    with pytest.raises(InputError, match="image holds 17 images; this node takes at most 16 \\(each adds tokens\\)"):
+        checks.at_most(images, 16, "image", "each adds tokens")

@@ -134,3 +134,20 @@ def test_the_bridge_vae_and_clip_vision_compute_what_comfyui_does():
     torch.testing.assert_close(out["penultimate_hidden_states"], ref.hidden_states[-2])
     torch.testing.assert_close(out["image_embeds"], ref.pooler_output)
     torch.testing.assert_close(out["last_hidden_state"], ref.last_hidden_state)
+
+
+def test_clip_vision_runs_in_chunks_and_refuses_strips():
+    """vision_features encodes CLIP_CHUNK images at a time (the same features as one by one) and refuses an
+    image beyond 16:1 before CLIP's resize (shortest side to 224) would blow it up."""
+    import pytest
+
+    from stylekit.bridge.tiny import tiny_bridge_clip_vision
+    from stylekit.errors import InputError
+    from stylekit.nodes.comfy_glue import CLIP_CHUNK, vision_features
+    cv = tiny_bridge_clip_vision()
+    images = torch.rand(CLIP_CHUNK + 3, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+    got = vision_features(cv, images, "penultimate_hidden_states")
+    one_by_one = torch.cat([cv.encode_image(images[i:i + 1])["penultimate_hidden_states"] for i in range(len(images))])
+    torch.testing.assert_close(got, one_by_one, atol=1e-5, rtol=1e-5)  # batch size changes only the reduction order
+    with pytest.raises(InputError, match="up to 16:1"):
+        vision_features(cv, torch.rand(1, 8, 200, 3), field="image")
