@@ -113,6 +113,9 @@ class FluxBridgePatcher(BridgePatcher):
                 procs[f"{prefix}.{i}.attn.processor"] = JointProcessor(state, kind, i, len(blocks))
         return procs
 
+    def _latent_channels(self) -> int:
+        return int(self.unet.config.in_channels) // 4  # the transformer takes 2x2 patches of the latent
+
     def _extra_conds(self, options: dict) -> dict:
         """Flux takes the pooled CLIP vector (``y``) and Flux-dev's ``guidance`` (3.5 unless given), as
         ComfyUI's Flux model builds them from a CONDITIONING's options."""

@@ -17,15 +17,24 @@ class Cond:
         self.cond = cond
 
 
+class LatentFormat:
+    """The part of ComfyUI's ``latent_format`` the pack reads: how many channels the network's latents have."""
+
+    def __init__(self, latent_channels: int):
+        self.latent_channels = latent_channels
+
+
 class BridgeModel:
     """ComfyUI's ``BaseModel`` surface (``patcher.model``) over the bridge's network: ``apply_model`` with
     explicit ``transformer_options`` (none: no patches), ``model_sampling``, ``process_latent_in/out``
-    (identity: the bridge's VAE returns latents already scaled) and ``extra_conds`` (the inputs the
-    network takes besides the noisy latent, as ``Cond``s). Clones of a patcher share it, as in ComfyUI."""
+    (identity: the bridge's VAE returns latents already scaled), ``extra_conds`` (the inputs the
+    network takes besides the noisy latent, as ``Cond``s) and ``latent_format.latent_channels``. Clones of
+    a patcher share it, as in ComfyUI."""
 
     def __init__(self, patcher: "BridgePatcher"):
         self._run, self._conds = patcher._run, patcher._extra_conds
         self.model_sampling, self.diffusion_model = patcher.model_sampling, patcher.unet
+        self.latent_format = LatentFormat(patcher._latent_channels())
 
     def apply_model(self, x, t, c_crossattn=None, transformer_options=None, **kwargs):
         """Denoised x0 at sigma ``t`` (ComfyUI's argument name), running the patches in ``transformer_options``."""
@@ -132,6 +141,9 @@ class BridgePatcher:
     def _extra_conds(self, options: dict) -> dict:
         """A diffusers UNet takes the prompt's context only."""
         return {}
+
+    def _latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
 
     def _run(self, x, sigma, context, to: dict, **unused):
         to.setdefault("sigmas", sigma)

@@ -115,7 +115,8 @@ class StyleKitCatVersionTrain:
             prefixed_layers(prefix, clip)
             pool = torch.cat([images, images.flip(2)]) if hflip else images
             with torch.no_grad():
-                latents = comfy_glue.latent_in(model, comfy_glue.vae_encode(vae, pool.clone())).float().clone()
+                encoded = checks.latent_for(model, {"samples": comfy_glue.vae_encode(vae, pool.clone())}, "vae's latents")
+                latents = comfy_glue.latent_in(model, encoded["samples"]).float().clone()
             unet, text = comfy_glue.trainable(model), comfy_glue.trainable_clip(catversion_clip(clip, prefix, trainable=True))
             device = comfy_glue.load(unet)
             prefix.to(device)

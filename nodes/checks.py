@@ -221,3 +221,26 @@ def at_most(images: torch.Tensor, limit: int, field: str, why: str) -> torch.Ten
     if images.shape[0] > limit:
         raise InputError(f"{field} holds {images.shape[0]} images; this node takes at most {limit} ({why})")
     return images
+
+
+def latent_for(model, value: dict, field: str) -> dict:
+    """A LATENT ``field`` whose channels are the model's (an SD latent on Flux, or the reverse, is refused
+    naming both instead of failing inside the network)."""
+    from .comfy_glue import latent_channels
+    want, got = latent_channels(model), value["samples"].shape[1]
+    if got != want:
+        raise InputError(f"{field} has {got}-channel latents; this model works on {want}-channel ones: encode the "
+                         "image with this model's VAE")
+    return value
+
+
+def conditioning_for(layers, value: list, field: str) -> list:
+    """A CONDITIONING whose width is the one a UNet's cross-attention takes (``layers``: the model's; SD1.5
+    768, SDXL 2048); a DiT's text width is not in its layers and is left to the model."""
+    if layers.is_dit or not layers.layers:
+        return value
+    want, got = layers.layers[0].context_dim, value[0][0].shape[-1]
+    if got != want:
+        raise InputError(f"{field} is {got} wide; this {layers.family} model's cross-attention takes {want}: encode "
+                         "the prompt with this model's CLIP")
+    return value

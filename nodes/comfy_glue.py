@@ -99,6 +99,11 @@ def latent_out(model, x: torch.Tensor) -> torch.Tensor:
     return model.model.process_latent_out(x)
 
 
+def latent_channels(model) -> int:
+    """How many channels the model's latents have (SD1.5 / SDXL 4, Flux.1 16), from its latent format."""
+    return int(model.model.latent_format.latent_channels)
+
+
 def model_sampling(model):
     return model.get_model_object("model_sampling")
 

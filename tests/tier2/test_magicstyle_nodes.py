@@ -94,3 +94,20 @@ def test_the_every_step_convention_samples_all_of_ddim_uniform(sd15):
     official = StyleKitDDIMInvert().invert(sd15, content, style, cond, 4, "output 6-11 (StyleID)", "fp32", "cpu",
                                            "store")[1]
     assert (official["samples"] - inverted["samples"]).abs().max() > 1e-2  # a different start
+
+
+def test_invert_refuses_latents_and_prompts_of_another_family_by_name(sd15, sdxl):
+    """A 16-channel (Flux) latent on SD1.5, or an SDXL-wide prompt on SD1.5, is refused naming both sides
+    before the model runs (it ended in a raw conv / matmul error)."""
+    import pytest
+    from stylekit.errors import InputError
+    g = torch.Generator().manual_seed(0)
+    sd_latent = {"samples": torch.randn(1, 4, 16, 16, generator=g)}
+    flux_latent = {"samples": torch.randn(1, 16, 16, 16, generator=g)}
+    cond = [[torch.randn(1, 77, 64, generator=g), {}]]
+    wide = [[torch.randn(1, 77, 80, generator=g), {}]]
+    node = StyleKitDDIMInvert()
+    with pytest.raises(InputError, match="style has 16-channel latents; this model works on 4-channel"):
+        node.invert(sd15, sd_latent, flux_latent, cond, 2, "output 6-11 (StyleID)", "fp16", "cpu", "store")
+    with pytest.raises(InputError, match="conditioning is 80 wide; this sd15 model's cross-attention takes 64"):
+        node.invert(sd15, sd_latent, sd_latent, wide, 2, "output 6-11 (StyleID)", "fp16", "cpu", "store")
