@@ -61,20 +61,36 @@ def output_target(folder: str, filename: str, extension: str = "", numbered: boo
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise OutputFileError(f"cannot make the folder {folder} ({e.strerror}); create it or choose another") from None
+        raise OutputFileError(f"cannot make the folder {shown(folder)} ({e.strerror}); create it or choose another") from None
     real = os.path.realpath(folder)
     if not os.path.isdir(real):
-        raise OutputFileError(f"{folder} is not a folder; the file cannot be written there")
+        raise OutputFileError(f"{shown(folder)} is not a folder; the file cannot be written there")
     if not os.access(real, os.W_OK | os.X_OK):
-        raise OutputFileError(f"the folder {folder} is not writable; fix its permissions or choose another")
+        raise OutputFileError(f"the folder {shown(folder)} is not writable; fix its permissions or choose another")
     path = os.path.realpath(os.path.join(real, name))
     if os.path.dirname(path) != real:  # e.g. the name is a symlink that points elsewhere
-        raise OutputFileError(f"{field} {name!r} in {folder} resolves to {path}, outside the folder; refusing")
+        raise OutputFileError(f"{field} {name!r} in {shown(folder)} resolves to {shown(path)}, outside the folder; refusing")
     target = OutputTarget(real, name, numbered, force)
     if os.path.lexists(target.path) and not numbered and not force:
-        raise OutputFileError(f"{target.path} exists; StyleKit never overwrites a file. Choose another name, or pass "
+        raise OutputFileError(f"{shown(target.path)} exists; StyleKit never overwrites a file. Choose another name, or pass "
                               "--force to replace it")
     return target
+
+
+def shown(path) -> str:
+    """How a message names a file. Inside ComfyUI: relative to its base folder (``models/deadiff/x.safetensors``)
+    when the file is under it, else the file's name alone, so a remote caller of the server never learns
+    its layout. Outside ComfyUI (command lines, tests): the path as given."""
+    path = os.fspath(path)
+    try:
+        import folder_paths
+    except ImportError:
+        return path
+    base = os.path.realpath(folder_paths.base_path)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, base]) == base:
+        return os.path.relpath(real, base)
+    return os.path.basename(path)
 
 
 def _candidates(target: OutputTarget):
@@ -128,7 +144,7 @@ def write_new(target: OutputTarget, write: Callable[[str], None]) -> str:
                     continue
                 os.rename(tmp, path)
                 return path
-        raise OutputFileError(f"{target.path} exists{' and so do its numbered variants' if target.numbered else ''}; "
+        raise OutputFileError(f"{shown(target.path)} exists{' and so do its numbered variants' if target.numbered else ''}; "
                               "StyleKit never overwrites a file: choose another name")
     finally:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ import torch
 from ..attention.layers import UnsupportedModelError
 from ..attention.prefix import prefix_attention, strength_bias
 from ..errors import InputError, WeightFileError
+from ..files import shown
 from .weights_file import load_tensor_dict, positive_int, read_json_config, read_safetensors, require_finite
 
 ENCODER = "clip_l.transformer.text_model.encoder"
@@ -92,7 +93,7 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
         first = next(iter(flat.values()))
         for k, v in flat.items():
             if v.shape != first.shape or not torch.equal(v, first):
-                raise CatVersionWeightsError(f"{path}: the control_trans tensors differ ({next(iter(flat))} vs {k}); "
+                raise CatVersionWeightsError(f"{shown(path)}: the control_trans tensors differ ({next(iter(flat))} vs {k}); "
                                  "the file holds more than one prefix, which CatVersion never writes")
         return first
     # Unflattened (reparameterised) prefix tuning: wte -> Linear -> tanh -> Linear.
@@ -104,8 +105,8 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
             h = torch.tanh(emb.float() @ sd[p + "control_trans.0.weight"].float().T + sd[p + "control_trans.0.bias"].float())
             return (h @ sd[p + "control_trans.2.weight"].float().T + sd[p + "control_trans.2.bias"].float()).reshape(-1)
         except KeyError as e:
-            raise CatVersionWeightsError(f"{path}: reparameterised prefix without {e.args[0]!r}") from None
-    raise CatVersionWeightsError(f"{path}: no key ending in 'control_trans' (found {sorted(sd)[:6]}...); expected an "
+            raise CatVersionWeightsError(f"{shown(path)}: reparameterised prefix without {e.args[0]!r}") from None
+    raise CatVersionWeightsError(f"{shown(path)}: no key ending in 'control_trans' (found {sorted(sd)[:6]}...); expected an "
                      "adapter-transformers prefix-tuning file (CatVersion's pytorch_adapter.bin)")
 
 
@@ -141,7 +142,7 @@ def load_ours(path: str) -> CatVersionPrefix:
                                 f"Its one tensor is {OUR_KEY!r}.", CatVersionWeightsError, names=lambda k: k == OUR_KEY,
                                 max_bytes=64 * 2 ** 20)  # a prefix of 12 layers at width 2048 is 10 MB
     if OUR_KEY not in sd:
-        raise CatVersionWeightsError(f"{path}: no {OUR_KEY!r} tensor (found {list(sd)[:6]}); expected a StyleKit "
+        raise CatVersionWeightsError(f"{shown(path)}: no {OUR_KEY!r} tensor (found {list(sd)[:6]}); expected a StyleKit "
                                      "CatVersion file (StyleKit CatVersion Train writes them)")
     flat = require_finite(sd, path, CatVersionWeightsError)[OUR_KEY]
     name = os.path.basename(path)
@@ -165,7 +166,7 @@ def load_prefix(path: str) -> CatVersionPrefix:
         return load_ours(path)
     if path.endswith((".bin", ".pt", ".pth")):
         return load_official(path)
-    raise CatVersionWeightsError(f"{path}: expected .safetensors (StyleKit) or .bin (official pytorch_adapter.bin)")
+    raise CatVersionWeightsError(f"{shown(path)}: expected .safetensors (StyleKit) or .bin (official pytorch_adapter.bin)")
 
 
 # --- applying -----------------------------------------------------------------------------------

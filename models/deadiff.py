@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightFileError
-from ..files import OutputTarget, output_target, write_new
+from ..files import OutputTarget, output_target, shown, write_new
 from .weights_file import load_weights_only, positive_int, read_safetensors, require_finite
 
 BRANCHES = ("style", "content")
@@ -254,7 +254,7 @@ def read_checkpoint(path: Path) -> dict:
     obj = load_weights_only(str(path), DEADiffWeightsError, "DEADiff checkpoint (deadiff_v1.ckpt, tensors only)",
                             "The official deadiff_v1.ckpt holds only tensors and plain containers.", mmap=True)
     if not isinstance(obj, dict):
-        raise DEADiffWeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise DEADiffWeightsError(f"{shown(path)} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightFileError
-from ..files import OutputTarget, output_target, write_new
+from ..files import OutputTarget, output_target, shown, write_new
 from .weights_file import load_into, load_weights_only, read_safetensors, require_finite
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -195,7 +195,7 @@ def convert_dalle_pickle(path: str) -> tuple[str, dict]:
                             allowed, safe_globals=[*stand_ins, *TORCH_LAYERS])
     kind = type(obj).__module__ + "." + type(obj).__qualname__
     if kind not in ("dall_e.encoder.Encoder", "dall_e.decoder.Decoder"):
-        raise DVAEWeightsError(f"{path} holds a {kind}, not a DALL-E dVAE Encoder or Decoder")
+        raise DVAEWeightsError(f"{shown(path)} holds a {kind}, not a DALL-E dVAE Encoder or Decoder")
     part = "encoder" if kind.endswith("Encoder") else "decoder"
     sd = require_finite({k: v.detach().float().contiguous() for k, v in obj.state_dict().items()}, path,
                         DVAEWeightsError)
@@ -214,7 +214,7 @@ def convert_files(encoder_pkl: str, decoder_pkl: str, out, force: bool = False) 
     for path, want in ((encoder_pkl, "encoder"), (decoder_pkl, "decoder")):
         part, sd = convert_dalle_pickle(path)
         if part != want:
-            raise DVAEWeightsError(f"{path} holds the dVAE {part}, given as the {want}")
+            raise DVAEWeightsError(f"{shown(path)} holds the dVAE {part}, given as the {want}")
         merged.update({f"{part}.{k}": v for k, v in sd.items()})
     enc = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("encoder.")}, "encoder")
     dec = dvae_from_state_dict({k[8:]: v for k, v in merged.items() if k.startswith("decoder.")}, "decoder")
@@ -223,4 +223,4 @@ def convert_files(encoder_pkl: str, decoder_pkl: str, out, force: bool = False) 
     path = write_new(out, lambda tmp: save_file(
         merged, tmp, metadata={"source": "DALL-E dVAE (openai/DALL-E encoder.pkl, decoder.pkl)"}))
     n = sum(v.numel() for v in merged.values())
-    return f"wrote {path}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"
+    return f"wrote {shown(path)}: dVAE encoder + decoder, vocabulary {enc.vocab}, {n / 1e6:.1f} M parameters"

@@ -16,6 +16,7 @@ import re
 import torch
 
 from ..errors import WeightFileError
+from ..files import shown
 
 
 def refused_global(error: Exception) -> str | None:
@@ -28,13 +29,13 @@ def check_file(path: str, what: str, error: type[WeightFileError] = WeightFileEr
     """``path`` as a string once it names a readable, non-empty file; else ``error`` saying which."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise error(f"{path}: not found; expected {what}. Check the name and the folder it is in.")
+        raise error(f"{shown(path)}: not found; expected {what}. Check the name and the folder it is in.")
     if os.path.isdir(path):
-        raise error(f"{path} is a folder; expected {what} (a file).")
+        raise error(f"{shown(path)} is a folder; expected {what} (a file).")
     if not os.access(path, os.R_OK):
-        raise error(f"{path}: not readable (permissions); expected {what}.")
+        raise error(f"{shown(path)}: not readable (permissions); expected {what}.")
     if os.path.getsize(path) == 0:
-        raise error(f"{path} is empty (0 bytes); expected {what}. Download or convert it again.")
+        raise error(f"{shown(path)} is empty (0 bytes); expected {what}. Download or convert it again.")
     return path
 
 
@@ -81,9 +82,9 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
                                f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
             tensors = {k: f.get_tensor(k) for k in chosen}
     except _Refused as e:
-        raise error(f"{path}: {e}.{' ' + hint if hint else ''}") from None
+        raise error(f"{shown(path)}: {e}.{' ' + hint if hint else ''}") from None
     except Exception as e:  # safetensors raises its own header / I/O errors without the file's name
-        raise error(f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated, corrupt "
+        raise error(f"{shown(path)} is not a readable .safetensors file ({_first_line(e)}): it is truncated, corrupt "
                     f"or another format; expected {what}.{' ' + hint if hint else ''}") from None
     return tensors, meta
 
@@ -106,7 +107,7 @@ def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError,
         refused = refused_global(e)
         why = (f"it holds a pickled object ({refused}), which StyleKit does not unpickle" if refused else
                "it is truncated, corrupt or not a torch file")
-        raise error(f"{path} cannot be read as a plain {what}: {why}.{' ' + hint if hint else ''}") from None
+        raise error(f"{shown(path)} cannot be read as a plain {what}: {why}.{' ' + hint if hint else ''}") from None
 
 
 def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
@@ -116,7 +117,7 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
     raises ``error``."""
     obj = load_weights_only(path, error, what, hint, mmap=True)
     if not isinstance(obj, dict):
-        raise error(f"{path} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
+        raise error(f"{shown(path)} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
 
     def leaves(o):
         if isinstance(o, torch.Tensor):
@@ -126,7 +127,7 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
                 yield from leaves(v)
     declared = sum(t.numel() * t.element_size() for t in leaves(obj))
     if declared > max_bytes:
-        raise error(f"{path}: its tensors declare {declared / 2 ** 20:,.0f} MB, more than a {what} ever holds "
+        raise error(f"{shown(path)}: its tensors declare {declared / 2 ** 20:,.0f} MB, more than a {what} ever holds "
                     f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
     return obj
 
@@ -158,9 +159,9 @@ def read_json_config(path: str, what: str, error: type[WeightFileError] = Weight
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise error(f"{path} is not valid JSON ({_first_line(e)}); expected {what}") from None
+        raise error(f"{shown(path)} is not valid JSON ({_first_line(e)}); expected {what}") from None
     if not isinstance(cfg, dict):
-        raise error(f"{path} holds a JSON {type(cfg).__name__}, not an object; expected {what}")
+        raise error(f"{shown(path)} holds a JSON {type(cfg).__name__}, not an object; expected {what}")
     return cfg
 
 

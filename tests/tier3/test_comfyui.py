@@ -285,3 +285,21 @@ def test_comfyui_refuses_a_bad_file_name_when_it_validates_the_prompt(comfy_node
     wf[train]["inputs"]["filename"] = "../../escape"
     errors = asyncio.run(execution.validate_prompt("bad-name", wf, None))[3].get(train, {}).get("errors", [])
     assert any(e["type"] == "custom_validation_failed" and "is a path" in e["details"] for e in errors), errors
+
+
+def test_messages_name_files_relative_to_comfyui_never_by_server_path(comfy_nodes, tmp_path):
+    """Inside ComfyUI a refusal names a weight file as models/<folder>/<name> (or by its name, outside the base
+    folder), so a remote caller of the server does not learn its layout."""
+    import folder_paths
+    from stylekit.errors import StyleKitError
+    from stylekit.files import shown
+    from stylekit.models.catversion import load_prefix
+    inside = os.path.join(folder_paths.models_dir, "catversion", "x.safetensors")
+    assert shown(inside) == os.path.join("models", "catversion", "x.safetensors")
+    outside = tmp_path / "elsewhere" / "y.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"not a safetensors file at all")
+    assert shown(outside) == "y.safetensors"
+    with pytest.raises(StyleKitError) as err:
+        load_prefix(str(outside))
+    assert str(tmp_path) not in str(err.value) and "y.safetensors" in str(err.value)
