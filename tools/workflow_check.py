@@ -346,12 +346,20 @@ def check_file(path: Path, specs: dict) -> list[str]:
     return [f"{Path(path).name}: {e}" for e in errs]
 
 
+def known_specs(repo: Path, version: str | None = None) -> dict:
+    """StyleKit's node specs and ComfyUI's core ones of ``version`` (default: the oldest committed)."""
+    from ..nodes import NODE_CLASS_MAPPINGS
+    by_version = core_specs(repo / "tests" / "data" / "core_nodes")
+    specs = dict(by_version[version] if version else next(iter(by_version.values())))
+    specs.update({k: spec_from_node_class(c) for k, c in NODE_CLASS_MAPPINGS.items()})
+    return specs
+
+
 def main(argv=None) -> int:
     """``python tools/workflow_check.py FILE... [--comfyui VERSION]``: exit 0 when every file is valid, 1 when
     any has a problem (each printed), 2 on bad arguments or no core node specs."""
     import argparse
 
-    from .ui_workflow import known_specs
     repo = Path(__file__).resolve().parents[1]
     versions = sorted(core_specs(repo / "tests" / "data" / "core_nodes"), key=version_key)
     ap = argparse.ArgumentParser(

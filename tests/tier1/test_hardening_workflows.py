@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from stylekit.tools.client import main as client_main
-from stylekit.tools.ui_workflow import api_to_ui, known_specs
+from stylekit.tools.dev.ui_workflow import api_to_ui
+from stylekit.tools.workflow_check import known_specs
 from stylekit.tools.workflow_check import WorkflowError, check_api, check_file, check_ui
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +196,7 @@ def test_tools_do_not_block_on_a_fifo(tmp_path):
     import sys
     fifo = tmp_path / "wf.json"
     os.mkfifo(fifo)
-    for tool in ("client", "ui_workflow"):
+    for tool in ("client", "dev.ui_workflow"):
         args = [str(fifo)] if tool == "client" else [str(fifo), str(tmp_path / "out.json")]
         p = subprocess.run([sys.executable, "-m", f"stylekit.tools.{tool}", *args], capture_output=True, text=True,
                            timeout=120)

@@ -68,9 +68,9 @@ def test_client_formats_comfyui_rejections_and_overrides():
 
 def test_every_node_has_a_help_page_that_matches_its_definition():
     """web/docs/<NodeId>.md is what ComfyUI's frontend shows in its node help panel; the pages are made
-    from the node definitions by tools/node_docs.py and must not drift from them."""
+    from the node definitions by tools/dev/node_docs.py and must not drift from them."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("node_docs", ROOT / "tools" / "node_docs.py")
+    spec = importlib.util.spec_from_file_location("node_docs", ROOT / "tools" / "dev" / "node_docs.py")
     node_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(node_docs)
     import stylekit
@@ -78,11 +78,11 @@ def test_every_node_has_a_help_page_that_matches_its_definition():
     assert set(want) == {f"{nid}.md" for nid in NODE_CLASS_MAPPINGS}
     for name, text in want.items():
         path = ROOT / "web" / "docs" / name
-        assert path.exists() and path.read_text() == text, f"{name} is stale: run python tools/node_docs.py"
+        assert path.exists() and path.read_text() == text, f"{name} is stale: run python tools/dev/node_docs.py"
     assert stylekit.WEB_DIRECTORY == "./web"
     readme = (ROOT / "README.md").read_text()
     assert node_docs.with_table(readme, node_docs.readme_table(stylekit)) == readme, \
-        "README.md's node table is stale: run python tools/node_docs.py"
+        "README.md's node table is stale: run python tools/dev/node_docs.py"
     for nid in NODE_CLASS_MAPPINGS:  # one row per node, the table made from the definitions
         assert readme.count(f"(`{nid}`) |") == 1, nid
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = sorted(p for p in (ROOT / "tools").glob("*.py") if not p.name.startswith("_"))
+TOOLS = sorted(p for p in [*(ROOT / "tools").glob("*.py"), *(ROOT / "tools" / "dev").glob("*.py")]
+               if not p.name.startswith("_"))
 
 
 def snapshot():

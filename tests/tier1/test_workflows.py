@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from stylekit.tools.ui_workflow import api_to_ui, known_specs
+from stylekit.tools.dev.ui_workflow import api_to_ui
+from stylekit.tools.workflow_check import known_specs
 from stylekit.tools.workflow_check import check_api, check_file, check_ui, core_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +110,7 @@ def test_ui_outputs_a_newer_comfyui_added_are_optional_but_extra_ones_are_errors
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
 def test_every_template_has_a_small_jpeg_thumbnail(path):
     thumb = path.with_suffix(".jpg")  # ComfyUI's template browser shows <name>.jpg beside <name>.json
-    assert thumb.exists(), f"{thumb.name} missing: run python tools/thumbnails.py"
+    assert thumb.exists(), f"{thumb.name} missing: run python tools/dev/thumbnails.py"
     data = thumb.read_bytes()
     assert data[:3] == b"\xff\xd8\xff" and len(data) < 16 * 1024
 

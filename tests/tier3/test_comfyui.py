@@ -43,7 +43,7 @@ def test_core_node_specs_match_real_comfyui(comfy_nodes):
     path = ROOT / "tests" / "data" / "core_nodes" / f"{version}.json"
     if not path.exists():
         pytest.skip(f"no core node specs committed for ComfyUI {version}: write them with "
-                    f"COMFYUI_PATH=... python tools/dump_core_specs.py tests/data/core_nodes")
+                    f"COMFYUI_PATH=... python tools/dev/dump_core_specs.py tests/data/core_nodes")
     ours = json.loads(path.read_text())
     for ct, spec in ours.items():
         real = spec_from_node_class(nodes.NODE_CLASS_MAPPINGS[ct])

@@ -1,6 +1,6 @@
 """Build the UI-format twin of an API-format workflow (what ComfyUI's template browser loads).
 
-    python -m stylekit.tools.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
+    python -m stylekit.tools.dev.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
 Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
@@ -8,17 +8,17 @@ ComfyUI adds the outputs it gave a node since, so the template loads in every su
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run by path: python tools/ui_workflow.py (any install)
+if __name__ == "__main__" and not __package__:  # run by path: python tools/dev/ui_workflow.py (any install)
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
     from _pack import run_tool
-    sys.exit(run_tool("ui_workflow"))
+    sys.exit(run_tool("dev.ui_workflow"))
 
 import json
 from pathlib import Path
 
-from .workflow_check import WorkflowError, _inputs, _is_link, check_api, load_workflow, widget_names
+from ..workflow_check import WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow, widget_names
 
 
 def api_to_ui(api: dict, specs: dict) -> dict:
@@ -87,28 +87,18 @@ def api_to_ui(api: dict, specs: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def known_specs(repo: Path, version: str | None = None) -> dict:
-    """StyleKit's node specs and ComfyUI's core ones of ``version`` (default: the oldest committed)."""
-    from ..nodes import NODE_CLASS_MAPPINGS
-    from .workflow_check import core_specs, spec_from_node_class
-    by_version = core_specs(repo / "tests" / "data" / "core_nodes")
-    specs = dict(by_version[version] if version else next(iter(by_version.values())))
-    specs.update({k: spec_from_node_class(c) for k, c in NODE_CLASS_MAPPINGS.items()})
-    return specs
-
-
 def main(argv=None):
     import argparse
 
-    from ..errors import StyleKitError
-    from ..files import output_target, write_new
+    from ...errors import StyleKitError
+    from ...files import output_target, write_new
     ap = argparse.ArgumentParser(description="Build the UI-format twin of an API-format workflow.")
     ap.add_argument("api", type=Path, help="API-format workflow JSON")
     ap.add_argument("ui", type=Path, help="UI-format file to write")
     ap.add_argument("--force", action="store_true", help="replace UI if it exists (never done otherwise)")
     a = ap.parse_args(argv)
     src, dst = a.api, a.ui
-    specs = known_specs(Path(__file__).resolve().parents[1])
+    specs = known_specs(Path(__file__).resolve().parents[2])
     try:
         api = load_workflow(src)
     except ValueError as e:

@@ -1,6 +1,6 @@
 """Write the core node specs of a real ComfyUI checkout (run with that ComfyUI's own Python).
 
-    COMFYUI_PATH=/path/to/ComfyUI python tools/dump_core_specs.py tests/data/core_nodes
+    COMFYUI_PATH=/path/to/ComfyUI python tools/dev/dump_core_specs.py tests/data/core_nodes
 
 writes ``tests/data/core_nodes/<ComfyUI version>.json``. The workflow checker validates the shipped
 workflows against every committed version, and the UI converter builds from the oldest, so CI checks
@@ -37,7 +37,7 @@ def dump(comfyui_path: str) -> tuple[str, dict]:
 
     import nodes
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
     from _pack import pack_module
     spec_from_node_class = pack_module("tools.workflow_check").spec_from_node_class
     asyncio.run(nodes.init_builtin_extra_nodes())

@@ -1,7 +1,7 @@
 """Write the help page of every StyleKit node: web/docs/<NodeId>.md, which ComfyUI's frontend shows
 in its node help panel (the pack's WEB_DIRECTORY is web/), and the README's node table.
 
-    python tools/node_docs.py            (from the pack's folder, with ComfyUI's or the dev venv's Python)
+    python tools/dev/node_docs.py            (from the pack's folder, with ComfyUI's or the dev venv's Python)
 
 Each page is made from the node's own definition (description, inputs with their types, defaults,
 ranges and tooltips, outputs with theirs), so the pages and the table cannot drift from the nodes: a
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACK = Path(__file__).resolve().parents[1]
+PACK = Path(__file__).resolve().parents[2]
 
 
 def _input_line(name: str, decl: tuple, required: bool) -> str:
@@ -50,7 +50,7 @@ def node_page(node_id: str, cls, display_name: str) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN, README_END = "<!-- node table: made by tools/node_docs.py -->", "<!-- end of node table -->"
+README_BEGIN, README_END = "<!-- node table: made by tools/dev/node_docs.py -->", "<!-- end of node table -->"
 
 
 def _cell(text: str) -> str:
@@ -95,8 +95,14 @@ def with_table(readme: str, table: str) -> str:
     return head + table + tail
 
 
+def _on_path():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
+
+
 def _load():
-    from _pack import load_pack  # run as a script: tools/ is on the path
+    _on_path()
+    from _pack import load_pack
     return load_pack()
 
 
@@ -123,7 +129,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pack = _load()
     written = pages(pack)
-    from _pack import pack_module  # run as a script: tools/ is on the path
+    from _pack import pack_module  # _load put tools/ on the path
     files = pack_module("files")
     for name, text in written.items():  # regenerated pages replace the old ones
         target = files.output_target(str(out), name, "", numbered=False, force=True)

@@ -2,7 +2,7 @@
 example_workflows/<name>.jpg, a small picture of the graph (its nodes where the workflow places them,
 coloured by pack, and its links).
 
-    python tools/thumbnails.py        (needs Pillow, which ComfyUI and the dev venv have)
+    python tools/dev/thumbnails.py        (needs Pillow, which ComfyUI and the dev venv have)
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-PACK = Path(__file__).resolve().parents[1]
+PACK = Path(__file__).resolve().parents[2]
 SIZE = (320, 200)
 COLOURS = {"StyleKit": (242, 165, 65), "core": (108, 196, 224)}
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         prog="thumbnails", description="Draw example_workflows/<name>.jpg, the template browser's picture of each "
         "example workflow's graph (the pictures are replaced).").parse_args(argv)
     folder = PACK / "example_workflows"
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
     from _pack import pack_module
     files = pack_module("files")
     for path in sorted(folder.glob("*.json")):
