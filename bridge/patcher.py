@@ -34,7 +34,11 @@ class BridgeModel:
     def __init__(self, patcher: "BridgePatcher"):
         self._run, self._conds = patcher._run, patcher._extra_conds
         self.model_sampling, self.diffusion_model = patcher.model_sampling, patcher.unet
-        self.latent_format = LatentFormat(patcher._latent_channels())
+        self._latent_channels = patcher._latent_channels
+
+    @property
+    def latent_format(self) -> LatentFormat:
+        return LatentFormat(self._latent_channels())  # read when asked: a bare test network has no config
 
     def apply_model(self, x, t, c_crossattn=None, transformer_options=None, **kwargs):
         """Denoised x0 at sigma ``t`` (ComfyUI's argument name), running the patches in ``transformer_options``."""
