@@ -128,7 +128,8 @@ class FluxBridgePatcher(BridgePatcher):
         t = self.unet
         to.setdefault("sigmas", sigma)
         b, c, h, w = x.shape
-        img_ids = image_ids(h // 2, w // 2, x.device)
+        xp = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")  # odd sides: as ComfyUI's Flux pads
+        img_ids = image_ids(xp.shape[2] // 2, xp.shape[3] // 2, x.device)
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
         pe = embed_ids(torch.cat([txt_ids, img_ids])[None], t.config.axes_dims_rope, 10000)
         state = {"transformer_options": to, "pe": pe, "txt_len": context.shape[1]}
@@ -138,11 +139,14 @@ class FluxBridgePatcher(BridgePatcher):
             dtype = t.dtype
             if y is None:
                 y = torch.zeros(b, t.config.pooled_projection_dim, device=x.device)
-            if guidance is None and t.config.guidance_embeds:
+            if not t.config.guidance_embeds:
+                guidance = None  # schnell takes none (ComfyUI's Flux ignores it there too)
+            elif guidance is None:
                 guidance = torch.full((b,), 3.5, device=x.device)
-            v = t(hidden_states=patchify(x).to(dtype), encoder_hidden_states=context.to(dtype),
+            v = t(hidden_states=patchify(xp).to(dtype), encoder_hidden_states=context.to(dtype),
                   pooled_projections=y.to(dtype), timestep=self.model_sampling.timestep(sigma).to(dtype),
                   img_ids=img_ids, txt_ids=txt_ids, guidance=None if guidance is None else guidance.to(dtype)).sample
         finally:
             t.set_attn_processor(saved)
-        return self.model_sampling.calculate_denoised(sigma, unpatchify(v.float(), x.shape), x)
+        v = unpatchify(v.float(), xp.shape)[..., :h, :w]
+        return self.model_sampling.calculate_denoised(sigma, v, x)

@@ -258,3 +258,21 @@ def test_flux_extra_conds_are_the_pooled_vector_and_guidance(flux, data):
         via_model = flux.model.apply_model(data["content"], sigma, c_crossattn=ctx, **extra)
         direct = flux.apply_model(data["content"], sigma, ctx, {}, y=pooled, guidance=torch.tensor([2.0]))
     assert torch.equal(via_model, direct)
+
+
+def test_schnell_and_odd_latent_sizes_run_as_comfyui_runs_them():
+    """A guidance-less Flux (schnell) takes no guidance (the bridge passed 3.5 and diffusers refused it); an
+    odd latent side is padded circularly to the 2x2 patches and the output cropped back, as ComfyUI's Flux
+    does: the crop's top-left block equals the same sampling of the padded latent."""
+    from stylekit.bridge.tiny import tiny_flux
+    schnell = FluxBridgePatcher(tiny_flux(seed=3, guidance=False))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 9, 7, generator=g)
+    ctx = torch.randn(1, 5, 32, generator=g)
+    sigma = torch.tensor([0.7])
+    with torch.no_grad():
+        out = schnell.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options={})
+        padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="circular")
+        full = schnell.model.apply_model(padded, sigma, c_crossattn=ctx, transformer_options={})
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out, full[..., :9, :7])
