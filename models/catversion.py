@@ -30,6 +30,7 @@ class CatVersionWeightsError(WeightFileError):
 
 
 OUR_KEY = "catversion.control_trans"
+MAX_BYTES = 64 * 2 ** 20  # what a prefix file may declare: one of 12 layers at width 2048 is 10 MB
 
 
 class CatVersionPrefix(torch.nn.Module):
@@ -112,7 +113,7 @@ def _official_flat(sd: dict, path: str) -> torch.Tensor:
 
 def load_official(path: str) -> CatVersionPrefix:
     """CatVersion's ``pytorch_adapter.bin``; sizes from the ``adapter_config.json`` beside it, else CLIP-L."""
-    sd = load_tensor_dict(path, CatVersionWeightsError, OFFICIAL_WHAT, max_bytes=64 * 2 ** 20)
+    sd = load_tensor_dict(path, CatVersionWeightsError, OFFICIAL_WHAT, max_bytes=MAX_BYTES)
     sd = require_finite(sd, path, CatVersionWeightsError)
     hidden = 768
     cfg_path = os.path.join(os.path.dirname(path), "adapter_config.json")
@@ -140,7 +141,7 @@ def save_prefix(prefix: CatVersionPrefix, path: str) -> None:
 def load_ours(path: str) -> CatVersionPrefix:
     sd, meta = read_safetensors(path, "a StyleKit CatVersion file (StyleKit CatVersion Train writes them)",
                                 f"Its one tensor is {OUR_KEY!r}.", CatVersionWeightsError, names=lambda k: k == OUR_KEY,
-                                max_bytes=64 * 2 ** 20)  # a prefix of 12 layers at width 2048 is 10 MB
+                                max_bytes=MAX_BYTES)
     if OUR_KEY not in sd:
         raise CatVersionWeightsError(f"{shown(path)}: no {OUR_KEY!r} tensor (found {list(sd)[:6]}); expected a StyleKit "
                                      "CatVersion file (StyleKit CatVersion Train writes them)")

@@ -218,18 +218,19 @@ def processor_order(layers: ModelLayers) -> list[tuple]:
 
 WHAT = "IP-Adapter (image_proj + ip_adapter) or CSGO (style_image_proj + ip_adapter) weights"
 ADAPTER_GROUPS = ("image_proj", "style_image_proj", "ip_adapter")
+MAX_BYTES = 4 * 2 ** 30  # what an adapter file may declare
 
 
 def _read(path: str) -> dict:
     if path.endswith(".safetensors"):
-        flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError, max_bytes=4 * 2 ** 30,
+        flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError, max_bytes=MAX_BYTES,
                                    keep=lambda k: k.split(".", 1)[0] in ADAPTER_GROUPS)  # CSGO's other groups stay unread
         groups: dict = {}
         for k, v in flat.items():
             head, _, rest = k.partition(".")
             groups.setdefault(head, {})[rest] = v
     else:
-        groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.", max_bytes=4 * 2 ** 30)
+        groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.", max_bytes=MAX_BYTES)
     name = os.path.basename(path)
     for head, group in groups.items():
         if not isinstance(group, dict) or not all(isinstance(t, torch.Tensor) for t in group.values()):

@@ -231,17 +231,20 @@ def translator_config(sd: dict) -> dict:
         raise StylerDALLEWeightsError(f"not a StylerDALLE translator: key {e} missing") from None
 
 
+MAX_BYTES = 2 * 2 ** 30  # what a translator file may declare
+
+
 def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslator:
     """A translator checkpoint: ours (.safetensors, heads in the metadata) or the official
     ``model.state_dict()`` saved with torch.save (.pt, read with weights_only; 8 heads)."""
     name = os.path.basename(path)
     what = "StylerDALLE translator (StyleKit .safetensors or the official model.state_dict() .pt)"
     if path.endswith(".safetensors"):
-        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=2 * 2 ** 30)
+        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=MAX_BYTES)
         heads = heads or positive_int(meta.get("heads", 8), "metadata heads", name, StylerDALLEWeightsError)
     else:
         sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.",
-                              max_bytes=2 * 2 ** 30)
+                              max_bytes=MAX_BYTES)
     require_finite(sd, path, StylerDALLEWeightsError)
     return load_translator_state(sd, heads or 8, name)
 

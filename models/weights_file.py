@@ -53,6 +53,13 @@ class _Refused(Exception):
     """A header refused before any tensor is read (re-raised with the file's name)."""
 
 
+def _declared_within(declared: int, max_bytes: int, what: str) -> None:
+    """Refuse tensors declaring more bytes than ``what`` ever holds, before any of them is read."""
+    if declared > max_bytes:
+        raise _Refused(f"its tensors declare {declared / 2 ** 20:,.0f} MB, more than {what} ever holds "
+                       f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
+
+
 def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFileError] = WeightFileError,
                      keep=None, names=None, max_bytes: int = MAX_WEIGHT_BYTES) -> tuple[dict, dict]:
     """(tensors, metadata) of a ``.safetensors`` file; ``keep(name)`` selects the tensors to read.
@@ -77,9 +84,7 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
                 for d in sl.get_shape():
                     n *= int(d)
                 declared += n * DTYPE_BYTES.get(sl.get_dtype(), 8)
-            if declared > max_bytes:
-                raise _Refused(f"its tensors declare {declared / 2 ** 20:,.0f} MB, more than {what} ever holds "
-                               f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
+            _declared_within(declared, max_bytes, what)
             tensors = {k: f.get_tensor(k) for k in chosen}
     except _Refused as e:
         raise error(f"{shown(path)}: {e}.{' ' + hint if hint else ''}") from None
@@ -125,10 +130,10 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
         elif isinstance(o, dict):
             for v in o.values():
                 yield from leaves(v)
-    declared = sum(t.numel() * t.element_size() for t in leaves(obj))
-    if declared > max_bytes:
-        raise error(f"{shown(path)}: its tensors declare {declared / 2 ** 20:,.0f} MB, more than a {what} ever holds "
-                    f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
+    try:
+        _declared_within(sum(t.numel() * t.element_size() for t in leaves(obj)), max_bytes, f"a {what}")
+    except _Refused as e:
+        raise error(f"{shown(path)}: {e}") from None
     return obj
 
 

@@ -105,9 +105,7 @@ class StyleKitCatVersionTrain:
         if model_layers(model).family != "sd15":
             raise InputError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
         target = comfy_glue.output_target(FOLDER, filename)  # checked before training, written after
-        chosen = comfy_glue.number_list(layers, int, "layers", max_items=64, unique=True)
-        if not chosen:
-            raise InputError("layers is empty; name the text-encoder layers that get a prefix, e.g. '9, 10, 11'")
+        chosen = checks.layer_list(layers)
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)
         # ComfyUI runs nodes under inference_mode: the prefix (and every tensor autograd keeps) is made outside it
         with torch.inference_mode(False), torch.enable_grad():
@@ -115,8 +113,8 @@ class StyleKitCatVersionTrain:
             prefixed_layers(prefix, clip)
             pool = torch.cat([images, images.flip(2)]) if hflip else images
             with torch.no_grad():
-                encoded = checks.latent_for(model, {"samples": comfy_glue.vae_encode(vae, pool.clone())}, "vae's latents")
-                latents = comfy_glue.latent_in(model, encoded["samples"]).float().clone()
+                encoded = checks.latent_for(model, comfy_glue.vae_encode(vae, pool.clone()), "vae's latents")
+                latents = comfy_glue.latent_in(model, encoded).float().clone()
             unet, text = comfy_glue.trainable(model), comfy_glue.trainable_clip(catversion_clip(clip, prefix, trainable=True))
             device = comfy_glue.load(unet)
             prefix.to(device)

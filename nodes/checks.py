@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, StyleKitError
 from .comfy_glue import FileList
 from .specs import Choices
 
@@ -160,8 +160,6 @@ def validation(**fields):
     prompt, before any node executes, and leaves only these fields' checks to it; a field fed by a link
     arrives as None and is checked when the node runs (the boundary checks everything again there).
     Give only fields ComfyUI does not check itself (text fields), so none of its checks is lost."""
-    from ..errors import StyleKitError
-
     def VALIDATE_INPUTS(cls, **values):
         for name, check in fields.items():
             value = values.get(name)
@@ -190,10 +188,13 @@ def block_weights_text(value) -> None:
     parse_block_weights(value)
 
 
-def layer_list(value) -> None:
+def layer_list(value) -> list[int]:
+    """CatVersion's ``layers``: at least one, at most 64, each once."""
     from .comfy_glue import number_list
-    if not number_list(value, int, "layers", max_items=64, unique=True):
+    chosen = number_list(value, int, "layers", max_items=64, unique=True)
+    if not chosen:
         raise InputError("layers is empty; name the text-encoder layers that get a prefix, e.g. '9, 10, 11'")
+    return chosen
 
 
 def weight_list(value) -> None:
@@ -207,11 +208,10 @@ def input_subfolder(value) -> None:
         input_folder(value, "folder")
 
 
-def one_of(choices, field: str):
-    """A combo's check when its node validates it itself: a visible choice or a hidden alias (specs.Choices)."""
+def one_of(choices: Choices, field: str):
+    """A combo's check when its node validates it itself: a visible choice or a hidden alias."""
     def check(value) -> None:
-        accepts = choices.accepts(value) if isinstance(choices, Choices) else value in choices
-        if not accepts:
+        if not choices.accepts(value):
             raise InputError(f"{field} {value!r} is not one of {list(choices)}")
     return check
 
@@ -223,15 +223,15 @@ def at_most(images: torch.Tensor, limit: int, field: str, why: str) -> torch.Ten
     return images
 
 
-def latent_for(model, value: dict, field: str) -> dict:
-    """A LATENT ``field`` whose channels are the model's (an SD latent on Flux, or the reverse, is refused
-    naming both instead of failing inside the network)."""
+def latent_for(model, samples: torch.Tensor, field: str) -> torch.Tensor:
+    """Latents (B, C, H, W) of ``field`` whose channels are the model's (an SD latent on Flux, or the
+    reverse, is refused naming both instead of failing inside the network)."""
     from .comfy_glue import latent_channels
-    want, got = latent_channels(model), value["samples"].shape[1]
+    want, got = latent_channels(model), samples.shape[1]
     if got != want:
         raise InputError(f"{field} has {got}-channel latents; this model works on {want}-channel ones: encode the "
                          "image with this model's VAE")
-    return value
+    return samples
 
 
 def conditioning_for(layers, value: list, field: str) -> list:
