@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import WeightFileError
 from ..files import OutputTarget, output_target, shown, write_new
-from .weights_file import load_weights_only, positive_int, read_safetensors, require_finite
+from .weights_file import floating, load_weights_only, positive_int, read_safetensors, require_finite
 
 BRANCHES = ("style", "content")
 # bert-base-uncased ids of "[CLS] <word> [SEP]"; LAVIS adds [DEC] as id 30522 (unused here)
@@ -235,6 +235,9 @@ def extract_deadiff(official_sd: dict, progress=None) -> dict:
     return out
 
 
+MAX_BYTES = 4 * 2 ** 30  # what an extracted DEADiff file may declare (its two Q-Formers at fp32 stay well under it)
+
+
 def load_deadiff(path: str | Path) -> DEADiffAdapter:
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -242,12 +245,19 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
             f"{path.name}: StyleKit reads DEADiff weights as .safetensors. Extract them once from the official "
             f"checkpoint with the StyleKit DEADiff Extract node, or: python tools/deadiff_extract.py {path.name} "
             "models/deadiff/deadiff_v1.safetensors")
+    def heads(meta):
+        return positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
+
+    def structure(tensors, meta):  # every name and shape, on meta tensors, before a byte of them is read
+        with torch.device("meta"):
+            adapter_from_state_dict(tensors, heads=heads(meta), source=path.name)
+
     sd, meta = read_safetensors(str(path), f"DEADiff weights extracted by StyleKit ({ARCHITECTURE})",
                                 "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError,
-                                max_bytes=4 * 2 ** 30)
+                                names=lambda k: bool(_module_name(k) or attn2_key(k) or _is_buffer(k)), max_bytes=MAX_BYTES,
+                                dtypes=lambda k, dtype: _is_buffer(k) or floating(k, dtype), structure=structure)
     require_finite(sd, path, DEADiffWeightsError)
-    heads = positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
-    return adapter_from_state_dict(sd, heads=heads, source=path.name)
+    return adapter_from_state_dict(sd, heads=heads(meta), source=path.name)
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -22,6 +22,7 @@ two dicts, read with ``torch.load(weights_only=True)`` (no arbitrary objects are
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..attention.layers import ModelLayers, UnsupportedModelError
 from ..errors import WeightFileError
-from .weights_file import load_into, load_tensor_dict, read_safetensors, require_finite
+from .weights_file import floating, load_into, load_tensor_dict, read_safetensors, require_finite
 
 DIM_HEAD = 64  # the Resampler's head width in every published IP-Adapter / CSGO file
 EMBEDS_WIDTH = {768: "CLIP ViT-L/14", 1024: "CLIP ViT-H/14", 1280: "CLIP ViT-bigG/14"}
@@ -217,21 +218,35 @@ def processor_order(layers: ModelLayers) -> list[tuple]:
 
 
 WHAT = "IP-Adapter (image_proj + ip_adapter) or CSGO (style_image_proj + ip_adapter) weights"
-ADAPTER_GROUPS = ("image_proj", "style_image_proj", "ip_adapter")
+PROJECTIONS = ("image_proj", "style_image_proj")
 MAX_BYTES = 4 * 2 ** 30  # what an adapter file may declare
+_IP_KV = re.compile(r"ip_adapter\.\d+\.to_[kv]_ip\.weight")
+
+
+def _kept(name: str) -> bool:
+    """The tensors an adapter file's loader reads: the image projection and the image K/V per layer."""
+    return name.split(".", 1)[0] in PROJECTIONS or bool(_IP_KV.fullmatch(name))
+
+
+def _grouped(flat: dict) -> dict:
+    groups: dict = {}
+    for k, v in flat.items():
+        head, _, rest = k.partition(".")
+        groups.setdefault(head, {})[rest] = v
+    return groups
 
 
 def _read(path: str) -> dict:
+    name = os.path.basename(path)
     if path.endswith(".safetensors"):
-        flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError, max_bytes=MAX_BYTES,
-                                   keep=lambda k: k.split(".", 1)[0] in ADAPTER_GROUPS)  # CSGO's other groups stay unread
-        groups: dict = {}
-        for k, v in flat.items():
-            head, _, rest = k.partition(".")
-            groups.setdefault(head, {})[rest] = v
+        def structure(tensors, _meta):  # names and shapes on meta tensors, before a byte of them is read
+            with torch.device("meta"):
+                _from_groups(_grouped(tensors), name)
+        flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError, keep=_kept, max_bytes=MAX_BYTES,
+                                   dtypes=floating, structure=structure)  # CSGO's other groups stay unread
+        groups = _grouped(flat)
     else:
         groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.", max_bytes=MAX_BYTES)
-    name = os.path.basename(path)
     for head, group in groups.items():
         if not isinstance(group, dict) or not all(isinstance(t, torch.Tensor) for t in group.values()):
             raise AdapterWeightsError(f"{name}: {head!r} is a {type(group).__name__}, not a dict of tensors; expected {WHAT}")
@@ -241,8 +256,11 @@ def _read(path: str) -> dict:
 
 def load_adapter(path: str) -> StyleAdapter:
     """Read an IP-Adapter (plain / plus, SD1.5 / SDXL) or CSGO file; see the module docstring."""
-    groups = _read(path)
-    name = os.path.basename(path)
+    return _from_groups(_read(path), os.path.basename(path))
+
+
+def _from_groups(groups: dict, name: str) -> StyleAdapter:
+    """The adapter the file's groups form; every name and shape checked, errors naming the file ``name``."""
     if "style_image_proj" in groups:
         proj_sd, source, blocks = groups["style_image_proj"], "CSGO style branch", ("output",)
     elif "image_proj" in groups:

@@ -60,13 +60,24 @@ def _declared_within(declared: int, max_bytes: int, what: str) -> None:
                        f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
 
 
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def floating(name: str, dtype: str) -> bool:
+    """The ``dtypes`` rule of a file of weights: every tensor is floating-point."""
+    return dtype in FLOAT_DTYPES
+
+
 def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFileError] = WeightFileError,
-                     keep=None, names=None, max_bytes: int = MAX_WEIGHT_BYTES) -> tuple[dict, dict]:
+                     keep=None, names=None, max_bytes: int = MAX_WEIGHT_BYTES, dtypes=None,
+                     structure=None) -> tuple[dict, dict]:
     """(tensors, metadata) of a ``.safetensors`` file; ``keep(name)`` selects the tensors to read.
 
     The header is checked before any tensor is read, so a file costs memory only for what passes:
-    a tensor whose name ``names(name)`` refuses, or kept tensors declaring more than ``max_bytes`` in
-    all (their shapes and dtypes, read from the header), refuse the file. Tensors are read lazily
+    a tensor whose name ``names(name)`` refuses, a kept tensor whose header dtype ``dtypes(name, dtype)``
+    refuses, or kept tensors declaring more than ``max_bytes`` in all refuse the file; then
+    ``structure(meta_tensors, metadata)`` checks the format's names and shapes on meta tensors (shape and
+    dtype, no data) and raises ``error`` if they do not form it. Only then are the tensors read, lazily
     (memory-mapped) one by one."""
     path = check_file(path, what, error)
     from safetensors import safe_open
@@ -77,15 +88,24 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
             strange = [k for k in f.keys() if names is not None and not names(k)]
             if strange:
                 raise _Refused(f"tensors {strange[:4]} are not part of {what}")
-            declared = 0
+            declared, shapes = 0, {}
             for k in chosen:
                 sl = f.get_slice(k)
+                shape, dtype = [int(d) for d in sl.get_shape()], sl.get_dtype()
+                if dtypes is not None and not dtypes(k, dtype):
+                    raise _Refused(f"tensor {k!r} is {dtype}, which {what} never holds there")
                 n = 1
-                for d in sl.get_shape():
-                    n *= int(d)
-                declared += n * DTYPE_BYTES.get(sl.get_dtype(), 8)
+                for d in shape:
+                    n *= d
+                declared += n * DTYPE_BYTES.get(dtype, 8)
+                shapes[k] = (shape, dtype)
             _declared_within(declared, max_bytes, what)
+            if structure is not None:
+                structure({k: torch.empty(s, dtype=FLOAT_DTYPES.get(d, torch.float32), device="meta")
+                           for k, (s, d) in shapes.items()}, meta)
             tensors = {k: f.get_tensor(k) for k in chosen}
+    except WeightFileError:
+        raise
     except _Refused as e:
         raise error(f"{shown(path)}: {e}.{' ' + hint if hint else ''}") from None
     except Exception as e:  # safetensors raises its own header / I/O errors without the file's name

@@ -184,7 +184,7 @@ def sparse_safetensors(path, tensors: dict, metadata: dict | None = None):
     """A .safetensors file whose header declares ``tensors`` ({name: (dtype, shape)}) over a sparse body: a few
     KB on disk (and nothing in memory) however large it says it is."""
     import struct
-    sizes = {"F32": 4, "F16": 2}
+    sizes = {"F32": 4, "F16": 2, "I64": 8}
     header, offset = {}, 0
     for name, (dtype, shape) in tensors.items():
         n = sizes[dtype]
@@ -208,20 +208,72 @@ BOMBS = {  # loader -> a header declaring 1-3 GB in names the format accepts
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BOMBS))
-def test_a_file_declaring_gigabytes_is_refused_from_its_header(tmp_path, kind):
-    """Run in a child process: the refusal must come before the tensors are read, so the child's peak memory
-    grows by far less than the gigabyte(s) the header declares (read, they would cost all of it)."""
+def load_in_child(func: str, module: str, path) -> str:
+    """Run ``module.func(path)`` in a child process; its output: the error it raised and how many MB its peak
+    memory grew."""
     import subprocess
     import sys
-    func, module, tensors = BOMBS[kind]
-    path = tmp_path / f"{kind}.safetensors"
-    sparse_safetensors(path, tensors)
     code = (f"import resource, sys; from {module} import {func}\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"try:\n    {func}({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
             "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    out = p.stdout
-    assert "WeightsError" in out and "declare" in out, out + p.stderr
-    assert int(out.rsplit("grew_mb", 1)[1]) < 200, out
+    return p.stdout + p.stderr
+
+
+def grew_mb(out: str) -> int:
+    return int(out.rsplit("grew_mb", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("kind", sorted(BOMBS))
+def test_a_file_declaring_gigabytes_is_refused_from_its_header(tmp_path, kind):
+    """Run in a child process: the refusal must come before the tensors are read, so the child's peak memory
+    grows by far less than the gigabyte(s) the header declares (read, they would cost all of it)."""
+    func, module, tensors = BOMBS[kind]
+    path = tmp_path / f"{kind}.safetensors"
+    sparse_safetensors(path, tensors)
+    out = load_in_child(func, module, path)
+    assert "WeightsError" in out and "declare" in out, out
+    assert grew_mb(out) < 200, out
+
+
+def header_of(path) -> tuple[dict, dict]:
+    """{name: (dtype, shape)} and the metadata of a .safetensors file."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}, f.metadata()
+
+
+SHAPE_BOMBS = {  # loader -> (function, module, tensor grown to 3 GB in a header that is otherwise the good file's)
+    "deadiff": ("load_deadiff", "stylekit.models.deadiff", "style_blip.Qformer.bert.embeddings.word_embeddings.weight"),
+    "ip-adapter safetensors": ("load_adapter", "stylekit.models.ip_adapter", "image_proj.proj.weight"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHAPE_BOMBS))
+def test_a_file_whose_shapes_do_not_fit_is_refused_before_reading(tmp_path, sd15_layers, kind):
+    """The names are the format's and the total is under its bound, but one tensor is 3 GB and fits nothing
+    else: the loader checks every shape on the header (meta tensors) and refuses before reading, so the
+    child's memory grows by far less than 3 GB."""
+    func, module, key = SHAPE_BOMBS[kind]
+    _, good = good_files(str(tmp_path / "good"), sd15_layers)[kind]
+    tensors, meta = header_of(good)
+    dtype, shape = tensors[key]
+    tensors[key] = ("F32", (3 * 2 ** 18, 2 ** 10)) if len(shape) == 2 else ("F32", (3 * 2 ** 28,))
+    path = tmp_path / "bomb.safetensors"
+    sparse_safetensors(path, tensors, meta)
+    out = load_in_child(func, module, path)
+    assert "WeightsError" in out and "shape" in out and "bomb.safetensors" in out, out
+    assert grew_mb(out) < 200, out
+
+
+@pytest.mark.parametrize("kind,key", [("deadiff", "style_proj_layer.dense1.weight"),
+                                      ("ip-adapter safetensors", "ip_adapter.1.to_k_ip.weight")])
+def test_integer_weights_are_refused_from_the_header(tmp_path, sd15_layers, kind, key):
+    load, path = good_files(str(tmp_path), sd15_layers)[kind]
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    sd[key] = sd[key].to(torch.int32)
+    save_file(sd, path, metadata=meta)
+    refused(load, path, rf"{key}.*I32")
