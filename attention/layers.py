@@ -31,7 +31,7 @@ class LayerInfo:
     key: tuple
     channels: int      # query dim of the block's attention (inner dim)
     heads: int
-    context_dim: int   # cross-attention context dim
+    context_dim: int   # width of the text context it reads (UNet: attn2's; DiT: the text input's)
 
 
 UNET_GROUPS = ("input", "middle", "output")
@@ -163,11 +163,9 @@ def _comfy_flux(dm) -> list[LayerInfo]:
     if not has_joint_hooks(dm.double_blocks[0]):
         raise UnsupportedModelError("this ComfyUI's Flux blocks have no attention hooks (attn1_patch), which StyleKit's "
                                     "Flux support patches through: update ComfyUI to 0.16.4 (March 2026) or later")
-    out = []
-    for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)):
-        for i, b in enumerate(blocks):
-            out.append(LayerInfo((kind, i, 0), b.hidden_size, b.num_heads, b.hidden_size))
-    return out
+    text = dm.txt_in.in_features  # the text encoder's width, the context every joint attention reads
+    return [LayerInfo((kind, i, 0), b.hidden_size, b.num_heads, text)
+            for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)) for i, b in enumerate(blocks)]
 
 
 # DiT families: (family, test on the diffusion model, reader -> [LayerInfo]). Flux.2, Qwen-Image, ... go here

@@ -56,7 +56,7 @@ def is_flux(dm) -> bool:
 
 def flux_layers(dm) -> list[LayerInfo]:
     """diffusers' ``FluxTransformer2DModel``: one joint attention per double and single block."""
-    return [LayerInfo((kind, i, 0), b.attn.inner_dim, b.attn.heads, b.attn.inner_dim)
+    return [LayerInfo((kind, i, 0), b.attn.inner_dim, b.attn.heads, dm.context_embedder.in_features)
             for kind, blocks in (("double", dm.transformer_blocks), ("single", dm.single_transformer_blocks))
             for i, b in enumerate(blocks)]
 

@@ -235,12 +235,14 @@ def latent_for(model, samples: torch.Tensor, field: str) -> torch.Tensor:
 
 
 def conditioning_for(layers, value: list, field: str) -> list:
-    """A CONDITIONING whose width is the one a UNet's cross-attention takes (``layers``: the model's; SD1.5
-    768, SDXL 2048); a DiT's text width is not in its layers and is left to the model."""
-    if layers.is_dit or not layers.layers:
+    """A CONDITIONING whose width is the one the model reads (``layers``: the model's; SD1.5 768, SDXL 2048,
+    Flux.1 4096): a prompt encoded for another family is refused naming both widths."""
+    if not layers.layers:
         return value
-    want, got = layers.layers[0].context_dim, value[0][0].shape[-1]
-    if got != want:
-        raise InputError(f"{field} is {got} wide; this {layers.family} model's cross-attention takes {want}: encode "
-                         "the prompt with this model's CLIP")
+    want = layers.layers[0].context_dim
+    for i, (tensor, _) in enumerate(value):
+        if tensor.shape[-1] != want:
+            where = "text input" if layers.is_dit else "cross-attention"
+            raise InputError(f"{field} entry {i} is {tensor.shape[-1]} wide; this {layers.family} model's {where} takes "
+                             f"{want}: encode the prompt with this model's text encoder")
     return value

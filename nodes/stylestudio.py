@@ -110,5 +110,7 @@ class StyleKitTeacherLayout:
     @boundary
     def apply(self, model, teacher_fraction, unstyled_conditioning=None):
         fallback = float(comfy_glue.model_sampling(model).percent_to_sigma(teacher_fraction))
+        if unstyled_conditioning is not None:
+            checks.conditioning_for(model_layers(model), unstyled_conditioning, "unstyled_conditioning")
         prompt_tokens = None if unstyled_conditioning is None else int(unstyled_conditioning[0][0].shape[1])
         return (teacher_model(model, teacher_fraction, fallback, prompt_tokens),)

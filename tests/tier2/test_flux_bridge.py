@@ -224,6 +224,24 @@ def test_nodes_take_a_flux_model(flux, data):
         noise.generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
 
 
+def test_a_prompt_of_another_width_is_refused_on_flux(flux, data):
+    """An SD-wide prompt given to Flux (DDIM Invert, the teacher's unstyled prompt) is refused naming both
+    widths before the model runs (it ended in a raw matmul error in txt_in)."""
+    from stylekit.errors import InputError
+    from stylekit.nodes.magicstyle import AUTO_BLOCKS, StyleKitDDIMInvert
+    from stylekit.nodes.stylestudio import StyleKitTeacherLayout
+    good = data["cond"]["c_crossattn"]
+    width = good.shape[-1]
+    assert model_layers(flux).layers[0].context_dim == width
+    wrong = [[good, {}], [torch.zeros(*good.shape[:-1], width + 8), {}]]
+    latent = {"samples": data["content"]}
+    with pytest.raises(InputError, match=f"conditioning entry 1 is {width + 8} wide; this flux model's text input "
+                                         f"takes {width}"):
+        StyleKitDDIMInvert().invert(flux, latent, latent, wrong, 4, AUTO_BLOCKS, "fp16", "cpu", "store")
+    with pytest.raises(InputError, match=f"unstyled_conditioning entry 1 is {width + 8} wide"):
+        StyleKitTeacherLayout().apply(flux, 0.5, unstyled_conditioning=wrong)
+
+
 def test_start_noise_inverts_comfyuis_eps_noise_scaling(sd15):
     from stylekit.nodes.comfy_glue import StartNoise
     g = torch.Generator().manual_seed(0)

@@ -109,5 +109,5 @@ def test_invert_refuses_latents_and_prompts_of_another_family_by_name(sd15, sdxl
     node = StyleKitDDIMInvert()
     with pytest.raises(InputError, match="style has 16-channel latents; this model works on 4-channel"):
         node.invert(sd15, sd_latent, flux_latent, cond, 2, "output 6-11 (StyleID)", "fp16", "cpu", "store")
-    with pytest.raises(InputError, match="conditioning is 80 wide; this sd15 model's cross-attention takes 64"):
+    with pytest.raises(InputError, match="conditioning entry 0 is 80 wide; this sd15 model's cross-attention takes 64"):
         node.invert(sd15, sd_latent, sd_latent, wide, 2, "output 6-11 (StyleID)", "fp16", "cpu", "store")
