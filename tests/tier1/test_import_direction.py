@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RANK = {"errors": 0, "files": 1, "attention": 2, "models": 3, "bridge": 4, "nodes": 4, "toy": 5, "tools": 6,
+RANK = {"errors": 0, "model_sources": 0, "files": 1, "attention": 2, "models": 3, "bridge": 4, "nodes": 4, "toy": 5, "tools": 6,
         "demo": 7, "__init__": 7}
 SKIP = {"tests", "web", "docs", "example_workflows", "out", "toy_work", "build"}
 

@@ -83,6 +83,9 @@ def test_every_node_has_a_help_page_that_matches_its_definition():
     readme = (ROOT / "README.md").read_text()
     assert node_docs.with_table(readme, node_docs.readme_table(stylekit)) == readme, \
         "README.md's node table is stale: run python tools/dev/node_docs.py"
+    assert node_docs.with_table(readme, node_docs.models_table(stylekit), node_docs.MODELS_BEGIN,
+                                node_docs.MODELS_END) == readme, \
+        "README.md's model table is stale: run python tools/dev/node_docs.py"
     for nid in NODE_CLASS_MAPPINGS:  # one row per node, the table made from the definitions
         assert readme.count(f"(`{nid}`) |") == 1, nid
 

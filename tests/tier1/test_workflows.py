@@ -35,6 +35,27 @@ def test_ui_twin_is_the_same_graph(path):
     assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), SPECS)["nodes"]
 
 
+MODEL_FILE = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".pkl", ".sft")
+
+
+@pytest.mark.parametrize("path", API, ids=lambda p: p.name)
+def test_every_model_file_a_workflow_names_has_a_source(path):
+    """Each weight file a shipped workflow names is in stylekit.model_sources (README's model table: folder,
+    where it is published, size, licence), under the folder of the loader that reads it; the UI twin's
+    loader carries the direct downloads as properties.models, the list ComfyUI's frontend offers."""
+    from stylekit.model_sources import source_of
+    api = json.loads(path.read_text())
+    ui = {str(n["id"]): n for n in json.loads((ROOT / "example_workflows" / path.name).read_text())["nodes"]}
+    for nid, node in api.items():
+        files = [v for v in node["inputs"].values() if isinstance(v, str) and v.endswith(MODEL_FILE)]
+        for f in files:
+            s = source_of(f)
+            assert s is not None, f"{path.name} node {nid} names {f}, which model_sources.py does not list"
+            assert node["class_type"] in s.nodes, (f, node["class_type"], s.nodes)
+        want = [{"name": s.file, "url": s.url, "directory": s.folder} for s in map(source_of, files) if s.downloadable]
+        assert ui[nid]["properties"].get("models", []) == want, (path.name, nid)
+
+
 def test_validator_catches_broken_graphs():
     api = json.loads((ROOT / "example_workflows" / "api" / "patch_map.json").read_text())
     bad = copy.deepcopy(api)

@@ -33,7 +33,20 @@ def _input_line(name: str, decl: tuple, required: bool) -> str:
     return f"{head}: {opts.get('tooltip', '')}".rstrip(": ")
 
 
-def node_page(node_id: str, cls, display_name: str) -> str:
+def _sources_of(pack, node_id: str) -> list:
+    import importlib
+    sources = importlib.import_module(f"{pack.__name__}.model_sources").SOURCES
+    return [s for s in sources if node_id in s.nodes]
+
+
+def source_line(s) -> str:
+    """One weight file in a help page: its folder, where it is published, size and licence."""
+    how = f"{s.made} ({s.url})" if s.made and s.url != "—" else s.made or s.url
+    extra = f"; {s.saved_as}" if s.saved_as else ""
+    return f"- `{s.file}` in `models/{s.folder}`: {how}{extra}; {s.size}; licence: {s.licence}".replace("; —", "")
+
+
+def node_page(node_id: str, cls, display_name: str, sources=()) -> str:
     lines = [f"# {display_name}", "", cls.DESCRIPTION.strip(), "", f"Category: {cls.CATEGORY}", "", "## Inputs", ""]
     spec = cls.INPUT_TYPES()
     for section in ("required", "optional"):
@@ -46,11 +59,14 @@ def node_page(node_id: str, cls, display_name: str) -> str:
         lines.append(f"- **{name}** (`{typ}`): {tip}".rstrip(": "))
     if not cls.RETURN_TYPES:
         lines.append("None: the node saves or shows its result.")
+    if sources:
+        lines += ["", "## Weights (the files the example workflows use)", "", *map(source_line, sources)]
     lines += ["", f"Node id: `{node_id}`. More in the StyleKit README.", ""]
     return "\n".join(lines)
 
 
 README_BEGIN, README_END = "<!-- node table: made by tools/dev/node_docs.py -->", "<!-- end of node table -->"
+MODELS_BEGIN, MODELS_END = "<!-- model table: made by tools/dev/node_docs.py -->", "<!-- end of model table -->"
 
 
 def _cell(text: str) -> str:
@@ -86,12 +102,28 @@ def readme_table(pack=None) -> str:
     return "\n".join([README_BEGIN, "| node | inputs | outputs | what it does |", "|---|---|---|---|", *rows, README_END])
 
 
-def with_table(readme: str, table: str) -> str:
-    """``readme`` with the text between the table's markers replaced by ``table``."""
-    head, sep, rest = readme.partition(README_BEGIN)
-    _, sep2, tail = rest.partition(README_END)
+def models_table(pack=None) -> str:
+    """The README's model table: every weight a node or shipped workflow reads (stylekit.model_sources)."""
+    import importlib
+    pack = pack or _load()
+    rows = []
+    for s in importlib.import_module(f"{pack.__name__}.model_sources").SOURCES:
+        where = s.url if s.url == "—" else f"[{s.url.removeprefix('https://').split('/resolve/')[0]}]({s.url})" \
+            if s.url.startswith("https://") else s.url
+        how = "; ".join(x for x in (s.made, s.saved_as) if x)
+        cells = (f"`{s.file}`", f"`models/{s.folder}`", where + (f" ({how})" if how else ""), s.size, s.licence,
+                 ", ".join(s.nodes))
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join([MODELS_BEGIN, "| file | folder | where it comes from | size | licence | read by |",
+                      "|---|---|---|---|---|---|", *rows, MODELS_END])
+
+
+def with_table(readme: str, table: str, begin: str = README_BEGIN, end: str = README_END) -> str:
+    """``readme`` with the text between the table's markers (``begin`` ... ``end``) replaced by ``table``."""
+    head, sep, rest = readme.partition(begin)
+    _, sep2, tail = rest.partition(end)
     if not sep or not sep2:
-        raise SystemExit(f"README.md has no node-table markers ({README_BEGIN} ... {README_END})")
+        raise SystemExit(f"README.md has no table markers ({begin} ... {end})")
     return head + table + tail
 
 
@@ -114,7 +146,7 @@ def pages(pack=None) -> dict[str, str]:
     listed = nodes.comfy_glue.list_files
     nodes.comfy_glue.list_files = lambda name, extensions=(): []
     try:
-        return {f"{nid}.md": node_page(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid])
+        return {f"{nid}.md": node_page(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid], _sources_of(pack, nid))
                 for nid, cls in nodes.NODE_CLASS_MAPPINGS.items()}
     finally:
         nodes.comfy_glue.list_files = listed
@@ -124,7 +156,8 @@ def main(argv=None) -> int:
     import argparse
     argparse.ArgumentParser(
         prog="node_docs", description="Write web/docs/<NodeId>.md, the help page of every StyleKit node, and the "
-        "README's node table, from the node definitions (both are replaced; a test checks they match).").parse_args(argv)
+        "README's node and model tables, from the node definitions and stylekit.model_sources (all are replaced; a "
+        "test checks they match).").parse_args(argv)
     out = PACK / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     pack = _load()
@@ -136,9 +169,10 @@ def main(argv=None) -> int:
         files.write_new(target, lambda tmp, text=text: Path(tmp).write_text(text))
     readme = PACK / "README.md"
     text = with_table(readme.read_text(), readme_table(pack))
+    text = with_table(text, models_table(pack), MODELS_BEGIN, MODELS_END)
     files.write_new(files.output_target(str(PACK), "README.md", "", numbered=False, force=True),
                     lambda tmp: Path(tmp).write_text(text))
-    print(f"wrote {len(written)} node help pages to {out} and the node table in {readme}")
+    print(f"wrote {len(written)} node help pages to {out} and the node and model tables in {readme}")
     return 0
 
 

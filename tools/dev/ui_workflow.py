@@ -2,7 +2,9 @@
 
     python -m stylekit.tools.dev.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
-Nodes keep their API ids; they are laid out in columns by graph depth. Node definitions come from
+Nodes keep their API ids; they are laid out in columns by graph depth. A loader node naming a file that
+``stylekit.model_sources`` lists as a direct download carries it as ``properties.models`` (name, url,
+directory), which ComfyUI's frontend offers to download when the file is missing. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
 ComfyUI adds the outputs it gave a node since, so the template loads in every supported version).
 """
@@ -18,6 +20,7 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/dev/
 import json
 from pathlib import Path
 
+from ...model_sources import models_property
 from ..workflow_check import WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow, widget_names
 
 
@@ -71,10 +74,13 @@ def api_to_ui(api: dict, specs: dict) -> dict:
         col = d(nid)
         r = row.get(col, 0)
         row[col] = r + 1
+        properties = {"Node name for S&R": api[nid]["class_type"]}
+        models = models_property(v for v in values if isinstance(v, str))
+        if models:  # what the frontend offers to download when the file is missing
+            properties["models"] = models
         nodes.append({"id": ids[nid], "type": api[nid]["class_type"], "pos": [40 + 360 * col, 40 + 260 * r],
                       "size": [320, 200], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
-                      "outputs": [], "properties": {"Node name for S&R": api[nid]["class_type"]},
-                      "widgets_values": values})
+                      "outputs": [], "properties": properties, "widgets_values": values})
         meta = api[nid].get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("title"), str):
             nodes[-1]["title"] = meta["title"]
