@@ -320,3 +320,17 @@ def test_shipped_workflows_use_no_deprecated_node(comfy_nodes):
     assert deprecated <= set(DEPRECATED_ALLOWED), sorted(deprecated - set(DEPRECATED_ALLOWED))
     if "BatchImagesNode" in nodes.NODE_CLASS_MAPPINGS:  # the newer release: the allowance is what it says
         assert "ImageBatch" in deprecated
+
+
+FRONTEND_LABELS = ("Templates", "Browse Templates", "Info")  # what README's install section tells users to click
+
+
+def test_the_readme_names_menu_labels_the_installed_frontend_has():
+    """The README's directions name labels of ComfyUI's frontend; each is in the installed frontend's bundle
+    (as a label or an English locale string), so a frontend that renames one fails here."""
+    front = pytest.importorskip("comfyui_frontend_package")
+    bundle = "".join(p.read_text(errors="ignore") for p in (Path(front.__file__).parent / "static" / "assets").glob("*.js"))
+    readme = (ROOT / "README.md").read_text()
+    for label in FRONTEND_LABELS:
+        assert f"**{label}**" in readme, label
+        assert f"`{label}`" in bundle or f'"{label}"' in bundle, f"the frontend has no label {label!r}"
