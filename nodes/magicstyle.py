@@ -127,6 +127,12 @@ class StyleKitDDIMInvert:
         return (inv, {"samples": comfy_glue.latent_out(model, inv.result.latent).cpu()}, schedule.sample_sigmas)
 
 
+def preset_values() -> str:
+    """Each preset's gamma / temperature / content_kv, as its tooltip states them."""
+    return "; ".join(f"{name}: gamma {p.gamma:g}, temperature {p.temperature:g}, content_kv {p.content_kv:g}"
+                     for name, p in PRESETS.items())
+
+
 class StyleKitFeatureFusion:
     CATEGORY = "StyleKit/MagicStyle"
     DESCRIPTION = ("Feature Fusion Attention on the inverted layers: q' = gamma*q_content + (1-gamma)*q, "
@@ -152,7 +158,7 @@ class StyleKitFeatureFusion:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL or Flux.1)."}),
             "inversion": ("STYLEKIT_INVERSION", {"tooltip": "From StyleKit DDIM Invert."}),
-            "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": "StyleID or MagicStyle settings; custom uses the three values below."}),
+            "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": f"{preset_values()}; custom uses the three values below (a preset ignores them)."}),
             "gamma": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "custom only: query preservation (weight of the content's query)."}),
             "temperature": ("FLOAT", {"default": 1.5, "min": 0.1, "max": 5.0, "step": 0.05, "tooltip": "custom only: multiplies attention logits (>1 sharpens)."}),
             "content_kv": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "custom only: attention mass of the content's own keys/values beside the style's (0 = style only)."}),

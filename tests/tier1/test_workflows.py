@@ -56,6 +56,19 @@ def test_every_model_file_a_workflow_names_has_a_source(path):
         assert ui[nid]["properties"].get("models", []) == want, (path.name, nid)
 
 
+@pytest.mark.parametrize("path", API, ids=lambda p: p.name)
+def test_a_preset_shows_its_own_values(path):
+    """Feature Fusion's numbers apply only under preset custom; a shipped workflow on a named preset shows that
+    preset's values beside it, so what the user reads on screen is what runs."""
+    from stylekit.attention.feature_fusion import PRESETS
+    for nid, node in json.loads(path.read_text()).items():
+        i = node["inputs"]
+        if node["class_type"] == "StyleKitFeatureFusion" and i["preset"] != "custom":
+            p = PRESETS[i["preset"]]
+            assert (i["gamma"], i["temperature"], i["content_kv"]) == (p.gamma, p.temperature, p.content_kv), \
+                (path.name, nid, i["preset"])
+
+
 def test_validator_catches_broken_graphs():
     api = json.loads((ROOT / "example_workflows" / "api" / "patch_map.json").read_text())
     bad = copy.deepcopy(api)
