@@ -22,6 +22,7 @@ from .checks import boundary
 from .images import loss_curve
 
 FOLDER = "catversion"
+MAX_SCORED = 512  # CatVersion Score's batches: each image is compared with every image of the other
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
 CATEGORY = "StyleKit/CatVersion"
 
@@ -153,8 +154,8 @@ class StyleKitCatVersionScore:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP image tower to score with (the paper: ViT-L/14)."}),
-            "reference": specs.image("The concept's reference images (at most 512)."),
-            "generated": specs.image("The generated images to score (at most 512)."),
+            "reference": specs.image("The concept's reference images.", MAX_SCORED),
+            "generated": specs.image("The generated images to score.", MAX_SCORED),
             "background": (list(FILLS), {"default": "black", "tooltip": "What replaces pixels outside the masks."}),
         }, "optional": {
             "reference_mask": specs.mask("Where the score looks: 1 (white) = the references' foreground, 0 = background (filled)."),
@@ -171,7 +172,7 @@ class StyleKitCatVersionScore:
         if generated_mask is not None:
             checks.mask_for(generated_mask, generated.shape[0], "generated_mask")
         for images, field in ((reference, "reference"), (generated, "generated")):
-            checks.at_most(images, 512, field, "each is compared with every image of the other batch")
+            checks.at_most(images, MAX_SCORED, field, "each is compared with every image of the other batch")
         with torch.no_grad():
             ref = comfy_glue.image_embeds(clip_vision, remove_background(reference, reference_mask, background), "reference")
             gen = comfy_glue.image_embeds(clip_vision, remove_background(generated, generated_mask, background), "generated")

@@ -13,6 +13,7 @@ from . import checks, comfy_glue, specs
 from .checks import boundary
 
 FOLDER = "deadiff"
+MAX_IMAGES = 64  # DEADiff Encode's batch: all are encoded at once
 comfy_glue.register_folder(FOLDER, (".safetensors", ".ckpt", ".pt"))
 
 
@@ -84,7 +85,7 @@ class StyleKitDEADiffEncode:
         return {"required": {
             "deadiff": ("STYLEKIT_DEADIFF", {"tooltip": "From StyleKit DEADiff Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 vision model (Load CLIP Vision), as DEADiff was trained with."}),
-            "image": specs.image("Reference image(s), at most 64; a batch is mixed into one set of tokens."),
+            "image": specs.image("Reference image(s); a batch is mixed into one set of tokens.", MAX_IMAGES),
             "mode": (["style", "content", "both"], {"default": "style", "tooltip": "Which Q-Former branch(es) to run on these images."}),
             "mix_weights": ("STRING", {"default": "", "tooltip": "One weight per image of the batch, e.g. '1, 0.5'; empty = equal."}),
         }, "optional": {
@@ -98,7 +99,7 @@ class StyleKitDEADiffEncode:
             raise InputError("add_to tokens come from a different DEADiff model than this Encode's")
         if weights and len(weights) != image.shape[0]:  # refused before CLIP vision runs
             raise InputError(f"mix_weights gives {len(weights)} weights for {image.shape[0]} images; give one per image")
-        checks.at_most(image, 64, "image", "all are encoded at once and mixed into one set of tokens")
+        checks.at_most(image, MAX_IMAGES, "image", "all are encoded at once and mixed into one set of tokens")
         with torch.no_grad():
             hidden = comfy_glue.vision_hidden_states(clip_vision, deadiff_pixels(image))
         device = next(deadiff.parameters()).device

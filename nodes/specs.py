@@ -25,8 +25,11 @@ class Choices(list):
         return self.aliases.get(value, value)
 
 
-def image(tooltip: str) -> tuple:
-    return ("IMAGE", {"tooltip": tooltip + IMAGE_TOOLTIP})
+def image(tooltip: str, at_most: int | None = None) -> tuple:
+    """An IMAGE input; ``at_most``: the batch the node takes (its check, ``checks.at_most``, uses the same
+    number), stated in the tooltip."""
+    limit = f" At most {at_most} images." if at_most else ""
+    return ("IMAGE", {"tooltip": tooltip + limit + IMAGE_TOOLTIP})
 
 
 def mask(tooltip: str) -> tuple:

@@ -53,14 +53,14 @@ class StyleKitStyleAdapter:
             "model": ("MODEL", {"tooltip": "SD1.5 or SDXL model matching the adapter."}),
             "adapter": ("STYLEKIT_ADAPTER", {"tooltip": "From StyleKit Adapter Loader."}),
             "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP vision model the adapter was trained with (Load CLIP Vision)."}),
-            "image": specs.image("Style reference image(s), at most 16; several images give one longer set of image tokens."),
+            "image": specs.image("Style reference image(s); several images give one longer set of image tokens.", MAX_STYLE_IMAGES),
             "fusion": (list(FUSIONS), {"default": FUSIONS[0], "tooltip": "cross-modal AdaIN: StyleStudio's fusion (weight 1 = the paper); add: text + weight x image attention (IP-Adapter)."}),
             "preset": (list(PRESETS), {"default": PRESETS[0], "tooltip": "Which cross-attention blocks get the style: all up blocks (StyleStudio), InstantStyle's style block(s), every layer, or custom (the blocks named in block_weights)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Style strength; 0 leaves the model plain."}),
             **specs.percent_window("The style"),
             "block_weights": specs.block_weights("Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."),
         }, "optional": {
-            "negative_style_image": specs.image("Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch."),
+            "negative_style_image": specs.image("Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch.", MAX_STYLE_IMAGES),
             **specs.region_mask("Where the style acts: 1 (white) = styled, 0 = untouched; resized to every block."),
         }}
 

@@ -173,3 +173,42 @@ def test_the_valid_call_works(world, monkeypatch, tmp_path, node_id):
     monkeypatch.chdir(tmp_path)
     cls = NODES[node_id]
     assert getattr(cls(), cls.FUNCTION)(**valid_call(node_id, world)) is not None
+
+
+def stated_limits():
+    """(node, input, N) for every IMAGE input whose tooltip says "At most N images"."""
+    import re
+    for node_id, cls in sorted(NODES.items()):
+        spec = cls.INPUT_TYPES()
+        for name, decl in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+            found = re.search(r"At most (\d+) images", decl[1].get("tooltip", "")) if decl[0] == "IMAGE" else None
+            if found:
+                yield pytest.param(node_id, name, int(found.group(1)), id=f"{node_id}-{name}")
+
+
+@pytest.mark.parametrize("node_id,name,limit", list(stated_limits()))
+def test_a_node_takes_the_batch_its_tooltip_states_and_refuses_one_more(world, monkeypatch, tmp_path, node_id, name,
+                                                                         limit):
+    monkeypatch.chdir(tmp_path)
+
+    def stop(*a, **k):
+        raise Enough
+    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
+    cls = NODES[node_id]
+    call = valid_call(node_id, world)
+    with pytest.raises(StyleKitError, match=f"{name} holds {limit + 1} images; this node takes at most {limit}"):
+        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(limit + 1, 8, 8, 3)}))
+    try:  # the stated batch itself is not refused for its size
+        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(limit, 8, 8, 3)}))
+    except Enough:
+        pass
+    except StyleKitError as e:
+        assert "at most" not in str(e), e
+
+
+def test_every_checked_batch_limit_is_stated():
+    """The nodes that check a batch limit state it in a tooltip (five IMAGE inputs of three nodes)."""
+    assert {(p.values[0], p.values[1]) for p in stated_limits()} == {
+        ("StyleKitStyleAdapter", "image"), ("StyleKitStyleAdapter", "negative_style_image"),
+        ("StyleKitDEADiffEncode", "image"), ("StyleKitCatVersionScore", "reference"),
+        ("StyleKitCatVersionScore", "generated")}
