@@ -1,0 +1,152 @@
+"""DEADiff's non-reconstructive training: the model half of bytedance/DEADiff's trainer, on either host.
+
+Each step draws one of three kinds of pairs (``settings.loader_weights``), as the official trainer draws
+one of its data loaders:
+
+- ``style``: the reference shares only its style with the target. The style Q-Former encodes the
+  reference; the content layers get zero tokens; the target's own caption conditions the text.
+- ``content``: the reference shares only its content. The content Q-Former encodes it; the style
+  layers get zero tokens; the target's caption conditions the text.
+- ``both``: the reference is the target itself, encoded by both branches, with the empty caption; one
+  of style, content or both is then subject to the drop below (drawn uniformly, as the official code).
+
+Per sample the injected tokens are dropped (zeroed) with the kind's probability ``settings.drop``
+(the official [0.15, 0.15, 0.0]). The loss is the eps-MSE of the frozen host model with the tokens
+injected through :func:`~stylekit.models.deadiff_inject.deadiff_model`, the same code path the Apply
+node uses, so what is trained is what runs. Trainable (the official ``configure_optimizers``): both
+Q-Formers and their query tokens, both projection layers, every attn2 ``i_to_k`` / ``i_to_v``; the
+vision LayerNorms, the host model, its text encoder, VAE and CLIP vision stay frozen. AdamW at
+``settings.lr`` after a linear warm-up (official: 1e-4, 10k steps), gradients clipped to a norm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .deadiff import DEADiffAdapter, INSTRUCTION_IDS
+from .deadiff_inject import DEADiffTokens, deadiff_model
+from .magicstyle import host_apply_model
+
+KINDS = ("style", "content", "both")
+
+
+@dataclass(frozen=True)
+class DEADiffTrainSettings:
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup: int = 10_000          # linear warm-up steps (official: 10k); a short run sets fewer
+    drop: dict = field(default_factory=lambda: {"style": 0.15, "content": 0.15, "both": 0.0})
+    loader_weights: dict = field(default_factory=lambda: {"style": 1.0, "content": 1.0, "both": 1.0})
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2    # torch's AdamW default, as the official optimiser
+    seed: int = 0
+
+
+@dataclass
+class PairBatch:
+    """One batch of one kind: the references' CLIP features and the targets the model must denoise."""
+    kind: str                 # "style" | "content" | "both"
+    reference: torch.Tensor   # (B, N, 1024): penultimate CLIP ViT-L/14 hidden states of the references
+    target: torch.Tensor      # (B, C, H, W): the targets' latents, in the model's latent space
+    context: torch.Tensor     # (B, T, D): the targets' captions ("both": the empty caption), encoded
+
+
+def trainable(adapter: DEADiffAdapter) -> list[nn.Parameter]:
+    """The official trainable set, making the attn2 projections parameters of the adapter (in place)."""
+    for key, (wk, wv) in list(adapter.attn2.items()):
+        if not isinstance(wk, nn.Parameter):
+            adapter.attn2[key] = (nn.Parameter(wk.detach().clone()), nn.Parameter(wv.detach().clone()))
+    params = []
+    for branch in adapter.branches.values():
+        branch.ln_vision.requires_grad_(False)
+        params += [*branch.qformer.parameters(), branch.query_tokens, *branch.proj.parameters()]
+    for wk, wv in adapter.attn2.values():
+        params += [wk, wv]
+    return params
+
+
+def _kept(keep: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return tokens * keep.view(-1, 1, 1).to(tokens)
+
+
+def injected_tokens(adapter: DEADiffAdapter, batch: PairBatch, keep: torch.Tensor, dropped: str) -> DEADiffTokens:
+    """Each branch's tokens for ``batch`` (zeros for a branch its kind does not train), the per-sample
+    ``keep`` mask (1 keep, 0 drop) applied to the branch(es) ``dropped`` names ("style", "content", "both")."""
+    if batch.kind not in KINDS:
+        raise InputError(f"unknown pair kind {batch.kind!r}; choose from {list(KINDS)}")
+    tokens = {}
+    for b in ("style", "content"):
+        if batch.kind in (b, "both"):
+            t = adapter.branches[b](batch.reference, INSTRUCTION_IDS[b])
+            tokens[b] = _kept(keep, t) if dropped in (b, "both") else t
+    some = next(iter(tokens.values()))
+    zeros = torch.zeros_like(some)
+    return DEADiffTokens(adapter, tokens.get("style", zeros), tokens.get("content", zeros))
+
+
+def pair_loss(model, tokens: DEADiffTokens, batch: PairBatch, sigma: torch.Tensor, noise: torch.Tensor):
+    """eps-MSE of ``model`` with ``tokens`` injected as Apply injects them (official layer split)."""
+    patched = deadiff_model(model, tokens)
+    x = batch.target + sigma.view(-1, 1, 1, 1) * noise
+    options = patched.model_options["transformer_options"]
+    eps = (x - host_apply_model(patched, x, sigma, batch.context, options).float()) / sigma.view(-1, 1, 1, 1)
+    return F.mse_loss(eps, noise)
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[int], PairBatch]],
+                  sigmas: torch.Tensor, settings: DEADiffTrainSettings, progress=None, interrupted=None) -> list[float]:
+    """Train ``adapter`` in place on ``model`` (frozen); returns the loss of every step.
+
+    ``loaders``: kind -> ``batch(step)`` (a seeded draw for that step, so a run is reproducible).
+    ``sigmas``: the model's discrete noise levels; each sample draws one uniformly, as LDM training draws t.
+    """
+    kinds = [k for k in KINDS if k in loaders and settings.loader_weights.get(k, 0) > 0]
+    if not kinds:
+        raise InputError(f"no pairs to train on: give at least one of {list(KINDS)} with a weight above 0")
+    if settings.steps < 1:
+        raise InputError("steps must be at least 1")
+    params = trainable(adapter)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, settings.warmup))
+    g = torch.Generator().manual_seed(settings.seed)
+    weights = torch.tensor([float(settings.loader_weights[k]) for k in kinds])
+    adapter.train()
+    losses = []
+    try:
+        for step in range(settings.steps):
+            if interrupted is not None:
+                interrupted()
+            kind = kinds[int(torch.multinomial(weights, 1, generator=g))]
+            batch = loaders[kind](step)
+            n = batch.target.shape[0]
+            keep = (torch.rand(n, generator=g) >= settings.drop.get(kind, 0.0)).float()
+            dropped = ("style", "content", "both")[int(torch.randint(3, (1,), generator=g))] if kind == "both" else kind
+            sigma = sigmas[torch.randint(len(sigmas), (n,), generator=g)].to(batch.target)
+            noise = torch.randn(batch.target.shape, generator=g).to(batch.target)
+            loss = pair_loss(model, injected_tokens(adapter, batch, keep, dropped), batch, sigma, noise)
+            if not torch.isfinite(loss):
+                raise InputError(f"DEADiff training: loss is {loss.item()} at step {step}; lower the learning rate")
+            # gradients of the trainable set only: the host's frozen weights never receive a .grad
+            for p, grad in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                p.grad = grad
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress(step + 1, settings.steps)
+    finally:
+        adapter.eval()
+        for p in params:
+            p.grad = None
+    return losses
+

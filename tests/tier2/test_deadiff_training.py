@@ -1,0 +1,114 @@
+"""DEADiff training on the bridge with tiny models: what trains, what stays frozen, what each kind of pair
+injects, and that the loss on a fixed batch goes down."""
+import pytest
+import torch
+
+from stylekit.attention.layers import model_layers
+from stylekit.bridge.tiny import tiny_deadiff_state_dict
+from stylekit.errors import InputError
+from stylekit.models.deadiff import adapter_from_state_dict
+from stylekit.models.deadiff_inject import DEADiffTokens, deadiff_model
+from stylekit.models.deadiff_train import (DEADiffTrainSettings, PairBatch, injected_tokens, pair_loss, train_deadiff,
+                                           trainable)
+
+pytestmark = pytest.mark.deadiff
+
+
+@pytest.fixture
+def adapter(sd15):
+    return adapter_from_state_dict(tiny_deadiff_state_dict(model_layers(sd15), seed=1), heads=4)
+
+
+def batch(kind, adapter, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return PairBatch(kind, torch.randn(n, 5, adapter.shape.vision, generator=g), torch.randn(n, 4, 8, 8, generator=g),
+                     torch.randn(n, 77, 64, generator=g))
+
+
+def snapshot(module_or_tensors):
+    items = module_or_tensors.state_dict().items() if hasattr(module_or_tensors, "state_dict") else module_or_tensors
+    return {k: v.detach().clone() for k, v in items}
+
+
+def test_only_the_official_trainable_set_changes(sd15, adapter):
+    unet = snapshot(sd15.unet)
+    ln = {b: snapshot(br.ln_vision) for b, br in adapter.branches.items()}
+    before = {id(p): p.detach().clone() for p in trainable(adapter)}
+    params = trainable(adapter)
+    settings = DEADiffTrainSettings(steps=3, lr=1e-2, warmup=1)
+    loaders = {k: (lambda step, k=k: batch(k, adapter, seed=step)) for k in ("style", "content", "both")}
+    losses = train_deadiff(sd15, adapter, loaders, sd15.model_sampling.sigmas, settings)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.equal(v, unet[k]) for k, v in sd15.unet.state_dict().items())  # the host: bit-identical
+    assert all(p.grad is None for p in sd15.unet.parameters())  # and never given a .grad
+    assert sd15.model_options == {"transformer_options": {}}
+    for b, br in adapter.branches.items():
+        assert all(torch.equal(v, ln[b][k]) for k, v in br.ln_vision.state_dict().items())
+    moved = [not torch.equal(p, before[id(p)]) for p in params]
+    assert sum(moved) >= 0.9 * len(params), f"{sum(moved)} of {len(params)} trainable tensors changed"
+    names = {id(p) for p in params}
+    for b, br in adapter.branches.items():  # the set is what the official configure_optimizers lists
+        assert id(br.query_tokens) in names and all(id(p) in names for p in br.proj.parameters())
+        assert all(id(p) in names for p in br.qformer.parameters())
+        assert not any(id(p) in names for p in br.ln_vision.parameters())
+    assert all(id(wk) in names and id(wv) in names for wk, wv in adapter.attn2.values())
+
+
+def test_each_kind_injects_and_drops_what_it_says(adapter):
+    trainable(adapter)
+    keep = torch.tensor([1.0, 0.0])
+    style = injected_tokens(adapter, batch("style", adapter), keep, "style")
+    assert torch.count_nonzero(style.content) == 0  # the content layers get zero tokens
+    assert torch.count_nonzero(style.style[0]) > 0 and torch.count_nonzero(style.style[1]) == 0  # sample 1 dropped
+    content = injected_tokens(adapter, batch("content", adapter), keep, "content")
+    assert torch.count_nonzero(content.style) == 0 and torch.count_nonzero(content.content[1]) == 0
+    for dropped, style_zero, content_zero in (("style", True, False), ("content", False, True), ("both", True, True)):
+        both = injected_tokens(adapter, batch("both", adapter), keep, dropped)
+        assert (torch.count_nonzero(both.style[1]) == 0) == style_zero
+        assert (torch.count_nonzero(both.content[1]) == 0) == content_zero
+        assert torch.count_nonzero(both.style[0]) > 0 and torch.count_nonzero(both.content[0]) > 0
+    with pytest.raises(InputError, match="unknown pair kind"):
+        injected_tokens(adapter, batch("mixed", adapter), keep, "style")
+
+
+def test_the_loss_on_a_fixed_batch_goes_down(sd15, adapter):
+    """Train on one fixed style batch at its two noise levels: its loss at fixed noise (a deterministic
+    measurement, so any fall is the training's) drops by more than a tenth (about a fifth here)."""
+    fixed = batch("style", adapter, n=2, seed=3)
+    g = torch.Generator().manual_seed(9)
+    sigma = torch.tensor([1.0, 3.0])
+    noise = torch.randn(fixed.target.shape, generator=g)
+    ones = torch.ones(2)
+
+    def measured():
+        with torch.no_grad():
+            return float(pair_loss(sd15, injected_tokens(adapter, fixed, ones, "style"), fixed, sigma, noise))
+    trainable(adapter)
+    adapter.eval()
+    start = measured()
+    still = DEADiffTrainSettings(steps=2, lr=0.0, weight_decay=0.0, warmup=1, drop={"style": 0.0})
+    train_deadiff(sd15, adapter, {"style": lambda step: fixed}, sigma, still)
+    assert measured() == start  # the control: with no update the measurement is exactly repeatable
+    settings = DEADiffTrainSettings(steps=40, lr=1e-2, warmup=1, drop={"style": 0.0})
+    train_deadiff(sd15, adapter, {"style": lambda step: fixed}, sigma, settings)
+    assert measured() < 0.9 * start, (start, measured())
+
+
+def test_a_trained_adapter_runs_in_apply(sd15, adapter):
+    train_deadiff(sd15, adapter, {"both": lambda step: batch("both", adapter, seed=step)}, sd15.model_sampling.sigmas,
+                  DEADiffTrainSettings(steps=2, lr=1e-3, warmup=1))
+    with torch.no_grad():
+        tokens = adapter.encode(torch.randn(1, 5, adapter.shape.vision), "style")
+        m = deadiff_model(sd15, DEADiffTokens(adapter, style=tokens))
+        x = torch.randn(1, 4, 8, 8)
+        out = m.model.apply_model(x, torch.tensor([2.0]), c_crossattn=torch.randn(1, 77, 64),
+                                  transformer_options=m.model_options["transformer_options"])
+    assert torch.isfinite(out).all()
+
+
+def test_nothing_to_train_on_is_refused(sd15, adapter):
+    with pytest.raises(InputError, match="no pairs to train on"):
+        train_deadiff(sd15, adapter, {}, sd15.model_sampling.sigmas, DEADiffTrainSettings(steps=1))
+    with pytest.raises(InputError, match="no pairs to train on"):
+        train_deadiff(sd15, adapter, {"style": lambda s: batch("style", adapter)}, sd15.model_sampling.sigmas,
+                      DEADiffTrainSettings(steps=1, loader_weights={"style": 0.0}))
