@@ -268,6 +268,40 @@ def read_checkpoint(path: Path) -> dict:
     return obj
 
 
+def official_state_dict(adapter: DEADiffAdapter) -> dict:
+    """The adapter's tensors under the official key names (what :func:`load_deadiff` reads back): the
+    inverse of :func:`_module_name` for the encoder, :func:`attn2_name` for the image K/V."""
+    inverse = {}
+    for b in BRANCHES:
+        for official_prefix, ours in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
+                                      (f"{b}_blip.query_tokens", f"branches.{b}.query_tokens"),
+                                      (f"{b}_blip.ln_vision.", f"branches.{b}.ln_vision."),
+                                      (f"{b}_proj_layer.", f"branches.{b}.proj.")):
+            inverse[ours] = official_prefix
+    out = {}
+    for name, t in adapter.state_dict().items():
+        prefix = next(p for p in inverse if name.startswith(p))
+        official = inverse[prefix] + name[len(prefix):]
+        for a, c in _QFORMER_RENAMES:
+            official = official.replace(c, a)
+        if _module_name(official) != name:
+            raise DEADiffWeightsError(f"{name} has no official name (got {official})")
+        out[official] = t.detach().contiguous()
+    for key, (wk, wv) in adapter.attn2.items():
+        out[f"{attn2_name(key)}.i_to_k.weight"] = wk.detach().contiguous()
+        out[f"{attn2_name(key)}.i_to_v.weight"] = wv.detach().contiguous()
+    return out
+
+
+def save_deadiff(adapter: DEADiffAdapter, target: OutputTarget, source: str = "StyleKit DEADiff training") -> str:
+    """Write ``adapter`` in the extracted-file format through :func:`~stylekit.files.write_new` (never
+    half-written, never overwriting unless the target says so); returns the path written."""
+    from safetensors.torch import save_file
+    tensors = official_state_dict(adapter)
+    meta = {"format": "pt", "source": source, "qformer_heads": str(adapter.shape.heads)}
+    return write_new(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
 def extract_file(src: Path, dst, force: bool = False, progress=None) -> tuple[dict, str]:
     """(tensors, path written). ``dst``: a path (refused if it exists, unless ``force``) or an
     OutputTarget; checked before the (7.4 GB) checkpoint is read. ``progress(done, total)`` follows the

@@ -112,3 +112,24 @@ def test_nothing_to_train_on_is_refused(sd15, adapter):
     with pytest.raises(InputError, match="no pairs to train on"):
         train_deadiff(sd15, adapter, {"style": lambda s: batch("style", adapter)}, sd15.model_sampling.sigmas,
                       DEADiffTrainSettings(steps=1, loader_weights={"style": 0.0}))
+
+
+def test_a_trained_adapter_is_written_in_the_format_the_loader_reads(sd15, adapter, tmp_path):
+    """Saved through files.write_new under the official key names; StyleKit DEADiff Loader's reader gives back
+    every tensor exactly and the same tokens; the file is not overwritten without force."""
+    from stylekit.errors import OutputFileError
+    from stylekit.files import output_target
+    from stylekit.models.deadiff import load_deadiff, save_deadiff
+    train_deadiff(sd15, adapter, {"style": lambda step: batch("style", adapter, seed=step)}, sd15.model_sampling.sigmas,
+                  DEADiffTrainSettings(steps=2, lr=1e-2, warmup=1))
+    path = save_deadiff(adapter, output_target(str(tmp_path), "trained", ".safetensors", numbered=False))
+    back = load_deadiff(path)
+    assert back.shape == adapter.shape
+    mine, theirs = adapter.state_dict(), back.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert set(back.attn2) == set(adapter.attn2)
+    assert all(torch.equal(back.attn2[k][i], adapter.attn2[k][i]) for k in adapter.attn2 for i in (0, 1))
+    x = torch.randn(1, 5, adapter.shape.vision)
+    assert torch.equal(back.encode(x, "content"), adapter.encode(x, "content"))
+    with pytest.raises(OutputFileError):
+        save_deadiff(adapter, output_target(str(tmp_path), "trained", ".safetensors", numbered=False))
