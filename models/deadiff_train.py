@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
 from ..errors import InputError
-from .deadiff import DEADiffAdapter, INSTRUCTION_IDS
+from .deadiff import INSTRUCTION_IDS, DEADiffAdapter, QFormerShape
 from .deadiff_inject import DEADiffTokens, deadiff_model
 from .magicstyle import host_apply_model
 
@@ -54,6 +55,29 @@ class PairBatch:
     reference: torch.Tensor   # (B, N, 1024): penultimate CLIP ViT-L/14 hidden states of the references
     target: torch.Tensor      # (B, C, H, W): the targets' latents, in the model's latent space
     context: torch.Tensor     # (B, T, D): the targets' captions ("both": the empty caption), encoded
+
+
+def fresh_adapter(model, shape: QFormerShape, seed: int = 0) -> DEADiffAdapter:
+    """A DEADiff adapter to train from scratch on ``model`` (a UNet of either host): both Q-Formers in the
+    BLIP-2 layout with transformers' initialisation and queries drawn N(0, 0.02) as BLIP-2 draws them, and
+    each attn2's image projections starting as copies of that layer's text K/V (the official
+    ``init_from_ckpt`` copies ``attn2.to_k`` / ``to_v`` into ``i_to_k`` / ``i_to_v``). Seeded, without
+    touching the global random state."""
+    layers = model_layers(model)
+    if layers.is_dit:
+        raise UnsupportedModelError("DEADiff injects image tokens into UNet cross-attention; a DiT has none")
+    widths = {l.context_dim for l in layers.layers}
+    if widths != {shape.hidden}:
+        raise InputError(f"the Q-Formers' tokens are {shape.hidden} wide but this UNet's cross-attention reads "
+                         f"{sorted(widths)}: set the Q-Former width to the model's text width")
+    attn2 = {key: (m.to_k.weight.detach().float().clone(), m.to_v.weight.detach().float().clone())
+             for key, m in attention_modules(model, "attn2").items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = DEADiffAdapter(shape, attn2)
+        for branch in adapter.branches.values():
+            nn.init.normal_(branch.query_tokens, std=0.02)
+    return adapter.eval()
 
 
 def trainable(adapter: DEADiffAdapter) -> list[nn.Parameter]:

@@ -133,3 +133,26 @@ def test_a_trained_adapter_is_written_in_the_format_the_loader_reads(sd15, adapt
     assert torch.equal(back.encode(x, "content"), adapter.encode(x, "content"))
     with pytest.raises(OutputFileError):
         save_deadiff(adapter, output_target(str(tmp_path), "trained", ".safetensors", numbered=False))
+
+
+def test_a_fresh_adapter_starts_from_the_models_text_projections(sd15):
+    """From scratch: seeded, the image K/V of every attn2 layer start as that layer's text K/V (the official
+    init), the global random state is left alone, and a width the UNet does not read is refused."""
+    from stylekit.attention.layers import attention_modules
+    from stylekit.models.deadiff import QFormerShape
+    from stylekit.models.deadiff_train import fresh_adapter
+    shape = QFormerShape(hidden=64, layers=1, heads=4, intermediate=64, vocab=30523, positions=32, queries=4,
+                         vision=48, proj_hidden=64)
+    state = torch.random.get_rng_state()
+    a, b = fresh_adapter(sd15, shape, seed=5), fresh_adapter(sd15, shape, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(a.branches["style"].query_tokens, fresh_adapter(sd15, shape, seed=6).branches["style"].query_tokens)
+    modules = attention_modules(sd15, "attn2")
+    assert set(a.attn2) == set(modules)
+    assert all(torch.equal(a.attn2[k][0], m.to_k.weight) and torch.equal(a.attn2[k][1], m.to_v.weight)
+               for k, m in modules.items())
+    with pytest.raises(InputError, match="tokens are 32 wide but this UNet's cross-attention reads \\[64\\]"):
+        fresh_adapter(sd15, QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4,
+                                         vision=48, proj_hidden=64))
