@@ -1,0 +1,117 @@
+"""DEADiff's paired data from a folder the user already has: a manifest of (reference, target) pairs.
+
+``pairs.jsonl`` in the folder, one JSON object a line::
+
+    {"kind": "style", "reference": "a/ref.png", "target": "a/tgt.png", "caption": "a castle, watercolor"}
+
+``kind``: ``style`` (reference and target share only their style), ``content`` (only their content) or
+``both`` (the target is its own reference; ``reference`` may be omitted). Paths are relative to the
+folder and stay inside it. The whole manifest is checked before any image is decoded or any training
+starts: kinds, paths, files that are images (their headers read, not their pixels), one target size for
+all pairs (they are batched), bounded counts and caption lengths; an identical line given twice counts
+once. Every refusal names the manifest line and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+MANIFEST = "pairs.jsonl"
+KINDS = ("style", "content", "both")
+MAX_PAIRS = 1_000_000
+MAX_CAPTION = 1000            # characters; CLIP reads 77 tokens of it
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_MANIFEST_BYTES = 512 * 2 ** 20
+
+
+@dataclass(frozen=True)
+class Pair:
+    kind: str
+    reference: str    # absolute path of the reference image
+    target: str       # absolute path of the target image
+    caption: str
+
+
+def _inside(folder: str, rel, line: int, field: str) -> str:
+    if not isinstance(rel, str) or not rel.strip():
+        raise InputError(f"{MANIFEST} line {line}: {field} must be a path relative to the folder")
+    path = os.path.realpath(os.path.join(folder, rel))
+    if os.path.commonpath([path, folder]) != folder:
+        raise InputError(f"{MANIFEST} line {line}: {field} {rel!r} leads outside the folder; keep the images in it")
+    if not os.path.isfile(path):
+        raise InputError(f"{MANIFEST} line {line}: {field} {rel!r} does not exist in the folder")
+    return path
+
+
+def image_size(path: str, line: int, field: str) -> tuple[int, int]:
+    """(width, height) from the image's header; its pixels are not decoded."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{MANIFEST} line {line}: {field} {os.path.basename(path)} is not a readable image ({e})") from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(f"{MANIFEST} line {line}: {field} {os.path.basename(path)} is {w}x{h} px, over "
+                         f"{MAX_IMAGE_PIXELS // 1_000_000} MP; resize it first")
+    return w, h
+
+
+def read_pairs(folder: str) -> list[Pair]:
+    """The pairs ``folder``'s manifest names, each checked (see the module docstring)."""
+    folder = os.path.realpath(folder)
+    manifest = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(manifest):
+        raise InputError(f"no {MANIFEST} in the data folder; write one line per pair (see the README, DEADiff training)")
+    if os.path.getsize(manifest) > MAX_MANIFEST_BYTES:
+        raise InputError(f"{MANIFEST} is over {MAX_MANIFEST_BYTES // 2 ** 20} MB; split the data set")
+    pairs, seen, size = [], set(), None
+    with open(manifest, encoding="utf-8", errors="strict") as f:
+        for n, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                entry = json.loads(text)
+            except ValueError as e:
+                raise InputError(f"{MANIFEST} line {n} is not JSON ({e})") from None
+            if not isinstance(entry, dict):
+                raise InputError(f"{MANIFEST} line {n} must be an object with kind, reference, target, caption")
+            kind = entry.get("kind")
+            if kind not in KINDS:
+                raise InputError(f"{MANIFEST} line {n}: kind {kind!r}; choose one of {list(KINDS)}")
+            caption = entry.get("caption", "")
+            if not isinstance(caption, str) or len(caption) > MAX_CAPTION:
+                raise InputError(f"{MANIFEST} line {n}: caption must be text of at most {MAX_CAPTION} characters")
+            target = _inside(folder, entry.get("target"), n, "target")
+            reference = target if kind == "both" and entry.get("reference") is None else \
+                _inside(folder, entry.get("reference"), n, "reference")
+            if kind != "both" and reference == target:
+                raise InputError(f"{MANIFEST} line {n}: a {kind} pair's reference is its own target; DEADiff's "
+                                 "training is non-reconstructive (use kind both for that)")
+            pair = Pair(kind, reference, target, caption)
+            if pair in seen:
+                continue
+            wh = image_size(target, n, "target")
+            image_size(reference, n, "reference")
+            if size is None:
+                size = wh
+            elif wh != size:
+                raise InputError(f"{MANIFEST} line {n}: target {os.path.basename(target)} is {wh[0]}x{wh[1]} px, the "
+                                 f"first target {size[0]}x{size[1]}; targets are batched, so give them one size")
+            seen.add(pair)
+            pairs.append(pair)
+            if len(pairs) > MAX_PAIRS:
+                raise InputError(f"{MANIFEST} names more than {MAX_PAIRS:,} pairs; split the data set")
+    if not pairs:
+        raise InputError(f"{MANIFEST} names no pairs")
+    return pairs
+
+
+def by_kind(pairs: list[Pair]) -> dict[str, list[Pair]]:
+    out: dict[str, list[Pair]] = {}
+    for p in pairs:
+        out.setdefault(p.kind, []).append(p)
+    return out
