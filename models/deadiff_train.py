@@ -20,6 +20,7 @@ vision LayerNorms, the host model, its text encoder, VAE and CLIP vision stay fr
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -126,12 +127,44 @@ def warmup_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
+def _state(params, opt, sched, g, step: int, losses: list) -> dict:
+    return {"step": step, "params": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
+            "schedule": sched.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+            "losses": torch.tensor(losses, dtype=torch.float64)}
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    """Atomically replace the checkpoint (a crash mid-write leaves the previous one whole)."""
+    from ..files import output_target, write_new
+    target = output_target(os.path.dirname(path) or ".", os.path.basename(path), "", numbered=False, force=True,
+                           field="checkpoint")
+    write_new(target, lambda tmp: torch.save(state, tmp))
+
+
+def _resume(path: str, params, opt, sched, g) -> tuple[int, list]:
+    from .weights_file import load_weights_only
+    state = load_weights_only(path, what="DEADiff training checkpoint")
+    if len(state["params"]) != len(params) or any(a.shape != b.shape for a, b in zip(state["params"], params)):
+        raise InputError(f"{os.path.basename(path)} was written for another DEADiff model; start without it")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["schedule"])
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])  # the Q-Formers' dropout
+    return int(state["step"]), state["losses"].tolist()
+
+
 def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[int], PairBatch]],
-                  sigmas: torch.Tensor, settings: DEADiffTrainSettings, progress=None, interrupted=None) -> list[float]:
+                  sigmas: torch.Tensor, settings: DEADiffTrainSettings, progress=None, interrupted=None,
+                  checkpoint: str | None = None, checkpoint_every: int = 100) -> list[float]:
     """Train ``adapter`` in place on ``model`` (frozen); returns the loss of every step.
 
     ``loaders``: kind -> ``batch(step)`` (a seeded draw for that step, so a run is reproducible).
     ``sigmas``: the model's discrete noise levels; each sample draws one uniformly, as LDM training draws t.
+    ``checkpoint``: a file written every ``checkpoint_every`` steps (trainable tensors, optimiser, schedule,
+    both random states, losses) and resumed from when present, so an interrupted run continues exactly.
     """
     kinds = [k for k in KINDS if k in loaders and settings.loader_weights.get(k, 0) > 0]
     if not kinds:
@@ -143,10 +176,12 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[i
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, settings.warmup))
     g = torch.Generator().manual_seed(settings.seed)
     weights = torch.tensor([float(settings.loader_weights[k]) for k in kinds])
+    start, losses = 0, []
+    if checkpoint and os.path.exists(checkpoint):
+        start, losses = _resume(checkpoint, params, opt, sched, g)
     adapter.train()
-    losses = []
     try:
-        for step in range(settings.steps):
+        for step in range(start, settings.steps):
             if interrupted is not None:
                 interrupted()
             kind = kinds[int(torch.multinomial(weights, 1, generator=g))]
@@ -166,6 +201,8 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[i
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == settings.steps):
+                _save_checkpoint(checkpoint, _state(params, opt, sched, g, step + 1, losses))
             if progress is not None:
                 progress(step + 1, settings.steps)
     finally:
