@@ -268,9 +268,10 @@ def read_checkpoint(path: Path) -> dict:
     return obj
 
 
-def official_state_dict(adapter: DEADiffAdapter) -> dict:
+def official_state_dict(adapter: DEADiffAdapter, dtype: torch.dtype | None = None) -> dict:
     """The adapter's tensors under the official key names (what :func:`load_deadiff` reads back): the
-    inverse of :func:`_module_name` for the encoder, :func:`attn2_name` for the image K/V."""
+    inverse of :func:`_module_name` for the encoder, :func:`attn2_name` for the image K/V; floating-point
+    tensors in ``dtype`` when given."""
     inverse = {}
     for b in BRANCHES:
         for official_prefix, ours in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
@@ -286,18 +287,20 @@ def official_state_dict(adapter: DEADiffAdapter) -> dict:
             official = official.replace(c, a)
         if _module_name(official) != name:
             raise DEADiffWeightsError(f"{name} has no official name (got {official})")
-        out[official] = t.detach().contiguous()
+        out[official] = t.detach()
     for key, (wk, wv) in adapter.attn2.items():
-        out[f"{attn2_name(key)}.i_to_k.weight"] = wk.detach().contiguous()
-        out[f"{attn2_name(key)}.i_to_v.weight"] = wv.detach().contiguous()
-    return out
+        out[f"{attn2_name(key)}.i_to_k.weight"] = wk.detach()
+        out[f"{attn2_name(key)}.i_to_v.weight"] = wv.detach()
+    cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    return {k: cast(t).contiguous() for k, t in out.items()}
 
 
-def save_deadiff(adapter: DEADiffAdapter, target: OutputTarget, source: str = "StyleKit DEADiff training") -> str:
+def save_deadiff(adapter: DEADiffAdapter, target: OutputTarget, source: str = "StyleKit DEADiff training",
+                 dtype: torch.dtype | None = None) -> str:
     """Write ``adapter`` in the extracted-file format through :func:`~stylekit.files.write_new` (never
-    half-written, never overwriting unless the target says so); returns the path written."""
+    half-written, never overwriting unless the target says so), in ``dtype`` when given; returns the path."""
     from safetensors.torch import save_file
-    tensors = official_state_dict(adapter)
+    tensors = official_state_dict(adapter, dtype)
     meta = {"format": "pt", "source": source, "qformer_heads": str(adapter.shape.heads)}
     return write_new(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
 

@@ -56,6 +56,9 @@ TARGETS = {
     "catversion_edit_colour_kept": (">=", beyond_chance(1 / (_COLOURS - 1), N_PAIRS)),
     "stylerdalle_style_texture": (">=", beyond_chance(1 / _TEXTURES, N_PAIRS)),
     "stylerdalle_shape_kept": (">=", beyond_chance(1 / _SHAPES, N_PAIRS)),
+    "deadiff_texture_from_reference": (">=", beyond_chance(1 / _TEXTURES, N_PAIRS)),
+    "deadiff_shape_from_prompt": (">=", beyond_chance(1 / _SHAPES, N_PAIRS)),
+    "deadiff_over_ip_shape_from_prompt": (">=", _DIFF),
 }
 
 
@@ -289,3 +292,46 @@ def stylerdalle(w: ToyWorld, n: int = 24, seed: int = 0) -> tuple[dict, dict]:
         figures[f"{name}_shape_kept"] = float(_agree(read, scenes, "shape").mean())
         images[name] = small
     return {k: round(v, 4) for k, v in figures.items()}, images
+
+
+def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.0, steps: int = 20, cfg: float = 5.0,
+            ip_weights=(0.25, 0.5, 0.75, 1.0)) -> tuple[dict, dict]:
+    """DEADiff's headline trade-off. A prompt names a shape, colour and texture; the reference has another
+    of each. With DEADiff's style tokens (the reference through the style Q-Former, on the style layers):
+    how often does the sample take the reference's texture while keeping the prompt's shape? The plain
+    IP-Adapter on the same seeds at each of ``ip_weights``: at the weight whose texture agreement is
+    closest to DEADiff's (matched texture), how often does it keep the prompt's shape?"""
+    from ..models.deadiff_inject import DEADiffTokens, deadiff_model
+    from ..models.stylestudio import style_adapter_model
+    from .deadiff import vision_states
+    pairs = scene_pairs(n, seed)
+    prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
+    uncond = w.encode("")
+    ip = w.adapter()
+    runs = {k: [] for k in ("none", "deadiff", *(f"ip_{x:g}" for x in ip_weights))}
+    with torch.no_grad():
+        states = vision_states(w, images_tensor(refs))
+        embeds = w.image_embeds(images_tensor(refs))
+        for i, prompt in enumerate(prompts):
+            cond = w.encode(world.caption(prompt))
+            noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
+            tokens = DEADiffTokens(adapter, style=adapter.encode(states[i:i + 1], "style"))
+            models = {"none": w.model, "deadiff": deadiff_model(w.model, tokens, img_weight=weight)}
+            for x in ip_weights:
+                models[f"ip_{x:g}"] = style_adapter_model(w.model, ip, embeds[i:i + 1], fusion="add", preset="all", weight=x)
+            for k, m in models.items():
+                runs[k].append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
+    images = {k: w.to_image(torch.cat(v)) for k, v in runs.items()}
+    read = {k: w.probes.read(v) for k, v in images.items()}
+    figures = {}
+    for k in runs:
+        figures[f"{k}_texture_from_reference"] = float(_agree(read[k], refs, "texture").mean())
+        figures[f"{k}_shape_from_prompt"] = float(_agree(read[k], prompts, "shape").mean())
+    match = min(ip_weights, key=lambda x: abs(figures[f"ip_{x:g}_texture_from_reference"]
+                                               - figures["deadiff_texture_from_reference"]))
+    figures["ip_matched_weight"] = match
+    figures["ip_matched_texture_from_reference"] = figures[f"ip_{match:g}_texture_from_reference"]
+    figures["ip_matched_shape_from_prompt"] = figures[f"ip_{match:g}_shape_from_prompt"]
+    figures["deadiff_over_ip_shape_from_prompt"] = figures["deadiff_shape_from_prompt"] - figures["ip_matched_shape_from_prompt"]
+    return {k: round(v, 4) for k, v in figures.items()}, {"prompts": prompts, "references": refs, **images}

@@ -1,0 +1,84 @@
+"""DEADiff in the miniature world: paired data the world knows exactly, and a DEADiff trained on it with
+StyleKit's own trainer (:mod:`stylekit.models.deadiff_train`).
+
+Pairs, as the paper builds them: a **style** pair shares only palette and texture (the target is another
+shape elsewhere, same foreground colour, texture and background), a **content** pair only the shape
+and its layout (another colour, texture and background), and **both** is an image with itself. The
+references are read as DEADiff reads them: the penultimate hidden states of the (miniature) CLIP vision
+tower. The trainer sees the target's caption for style and content pairs and the empty caption for both.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..models.deadiff import QFormerShape
+from ..models.deadiff_train import DEADiffTrainSettings, PairBatch, fresh_adapter, train_deadiff
+from . import world
+from .family import ToyWorld, images_tensor
+
+DEADIFF_FILE = "toy_deadiff.safetensors"
+# Q-Formers at the miniature's widths: tokens as wide as the UNet's text context (64), reading the 64-wide
+# CLIP vision states; a BERT vocabulary cut just above the two instruction words' ids ("style" 2806,
+# "content" 4180), which is all the instruction embedding table is ever asked for.
+SHAPE = QFormerShape(hidden=64, layers=2, heads=4, intermediate=128, vocab=4181, positions=8, queries=8, vision=64,
+                     proj_hidden=128)
+
+
+def pair_scenes(kind: str, n: int, seed: int) -> list[tuple]:
+    """``n`` (reference, target) scene pairs of ``kind`` (style / content / both), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for a, b in zip(world.random_scenes(n, seed), world.random_scenes(n, seed + 7_000_003)):
+        if kind == "both":
+            out.append((a, a))
+        elif kind == "style":  # same palette and texture; another shape at another place
+            shape = world.SHAPES[(world.SHAPES.index(a.shape) + 1 + rng.integers(len(world.SHAPES) - 1)) % len(world.SHAPES)]
+            out.append((a, dataclasses.replace(b, shape=shape, colour=a.colour, texture=a.texture, background=a.background)))
+        else:  # content: same shape and layout; everything the style is made of changes
+            colours = [c for c in world.COLOURS if c != a.colour]
+            colour = colours[rng.integers(len(colours))]
+            backgrounds = [c for c in world.COLOURS if c not in (colour, a.background)]
+            textures = [t for t in world.TEXTURES if t != a.texture]
+            out.append((a, dataclasses.replace(a, colour=colour, texture=textures[rng.integers(len(textures))],
+                                               background=backgrounds[rng.integers(len(backgrounds))])))
+    return out
+
+
+def vision_states(w: ToyWorld, images: torch.Tensor) -> torch.Tensor:
+    """Penultimate hidden states (B, 1 + patches, 64) of the miniature CLIP vision tower, as DEADiff reads
+    CLIP ViT-L/14's."""
+    with torch.no_grad():
+        out = w.clip_model.vision_model(pixel_values=images.permute(0, 3, 1, 2) * 2 - 1, output_hidden_states=True)
+    return out.hidden_states[-2]
+
+
+def loaders(w: ToyWorld, batch: int, seed: int) -> dict:
+    """kind -> ``batch(step)``: a seeded batch of that kind for each step (so a run is reproducible)."""
+    empty = w.encode("")
+
+    def make(kind, salt):
+        def at(step):
+            pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)
+            refs, targets = [r for r, _ in pairs], [t for _, t in pairs]
+            context = empty.expand(batch, -1, -1) if kind == "both" else \
+                torch.cat([w.encode(world.caption(t)) for t in targets])
+            return PairBatch(kind, vision_states(w, images_tensor(refs)), w.to_latent(images_tensor(targets)), context)
+        return at
+    return {kind: make(kind, i + 1) for i, kind in enumerate(("style", "content", "both"))}
+
+
+def train(w: ToyWorld, steps: int, seed: int = 0, batch: int = 16, lr: float = 1e-3, progress=None,
+          reconstructive: bool = False, checkpoint: str | None = None):
+    """A DEADiff for the miniature UNet, from scratch. ``reconstructive``: the paper's ablation, every
+    pair an image with itself (the both loader only). ``checkpoint``: resumed from when present."""
+    adapter = fresh_adapter(w.model, SHAPE, seed=seed)
+    data = loaders(w, batch, seed)
+    if reconstructive:
+        data = {"both": data["both"]}
+    settings = DEADiffTrainSettings(steps=steps, lr=lr, warmup=max(1, steps // 20), seed=seed)
+    losses = train_deadiff(w.model, adapter, data, w.model.model_sampling.sigmas, settings, progress=progress,
+                           checkpoint=checkpoint)
+    return adapter, losses
