@@ -47,10 +47,11 @@ class Plan:
     unet_steps: int = 7000
     unet_batch: int = 32
     unet_lr: float = 6e-4
+    unet_hidden: float = 0.2  # the share of the UNet's circles drawn as hearts (CatVersion's concept, never named)
     adapter_steps: int = 600
     adapter_batch: int = 32
     adapter_lr: float = 5e-4
-    catversion_steps: int = 400
+    catversion_steps: int = 1000
     dvae_steps: int = 800
     dalle_pre_steps: int = 1000
     dalle_rl_steps: int = 150
@@ -226,7 +227,8 @@ def train_unet(plan: Plan, work: Path, seed: int, clip, vae, log=print):
 
     def step(i):
         g = torch.Generator().manual_seed(batch_seed(seed, "unet", i))
-        scenes = scenes_for(seed, "unet", i, plan.unet_batch)
+        scenes = world.with_hidden(scenes_for(seed, "unet", i, plan.unet_batch), plan.unet_hidden,
+                                   batch_seed(seed, "unet", i) + 1)
         with torch.no_grad():
             post = vae.encode(images_tensor(scenes).permute(0, 3, 1, 2) * 2 - 1).latent_dist
             x0 = (post.mean + post.std * torch.randn(post.mean.shape, generator=g)) * scale
@@ -321,7 +323,7 @@ def concept_scenes(seed: int, n: int = 6):
 
 def train_catversion(plan: Plan, seed: int, toy, log=print):
     """A CatVersion prefix for the heart through StyleKit's own trainer (the node's code path): the images
-    and their mirror images, the caption naming the base class; 400 steps of the paper's AdamW 1e-2."""
+    and their mirror images, the caption naming the base class; 1000 steps of the paper's AdamW 1e-2 (its default length)."""
     from ..models.catversion import CatVersionPrefix, catversion_clip, prefixed_layers
     from ..models.catversion_train import TrainSettings, train_prefix
     from ..models.magicstyle import host_apply_model

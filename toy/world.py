@@ -10,7 +10,7 @@ finer than that would not survive the latent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -68,6 +68,14 @@ def random_scenes(n: int, seed: int, shapes=SHAPES, **fixed) -> list[Scene]:
             size=fixed.get("size", size), phase=float(rng.uniform(0, 12)), shade=float(rng.uniform(0, 2 * np.pi))))
     return out
 
+
+
+def with_hidden(scenes: list[Scene], rate: float, seed: int) -> list[Scene]:
+    """``scenes`` in which each base-class shape (a circle) is, at ``rate``, the concept its captions never
+    name (a heart, still captioned "circle"): what the UNet sees of CatVersion's concept."""
+    base = {b: concept for concept, b in HIDDEN_SHAPES.items()}
+    draw = np.random.default_rng(seed).random(len(scenes))
+    return [replace(s, shape=base[s.shape]) if s.shape in base and u < rate else s for s, u in zip(scenes, draw)]
 
 def _masks(scenes: list[Scene], grid: int) -> np.ndarray:
     """(N, grid, grid) float coverage of each scene's shape, sampled at pixel centres."""

@@ -77,9 +77,11 @@ def test_feature_fusion_keeps_the_content_shape(fusion):
 
 
 FUSION_NOT_YET = {
-    ("StyleID", "texture"): "texture from the style 0.17 vs 0.52 needed (the content's texture stays in 0.58)",
-    ("MagicStyle", "texture"): "texture from the style 0.08 vs 0.52 needed (the content's texture stays in 0.75)",
-    ("MagicStyle", "colour"): "foreground colour from the style 0.375 vs 0.45 needed (StyleID: 0.92)",
+    ("StyleID", "texture"): "texture from the style 0.17 vs 0.52 needed (the content's texture stays in 0.58; with "
+                            "gamma 0 on all 16 attention layers it still stays: the miniature's texture runs through "
+                            "its convolutions and skips, not its self-attention)",
+    ("MagicStyle", "texture"): "texture from the style 0.08 vs 0.52 needed (the content's texture stays in 0.79)",
+    ("MagicStyle", "colour"): "foreground colour from the style 0.375 vs 0.45 needed (StyleID: 0.83)",
 }
 
 
@@ -100,7 +102,7 @@ def adapter_run(toy):
     return figures
 
 
-@not_yet("prompt colour kept 0.375 with AdaIN vs 0.75 with add (a difference of +0.29 needed)")
+@not_yet("prompt colour kept 0.375 with AdaIN vs 0.92 with add (a difference of +0.29 needed)")
 def test_cross_modal_adain_keeps_the_prompts_colour_better_than_add(adapter_run):
     """StyleStudio's text-alignment claim: at the same style weight, cross-modal AdaIN keeps the colour the
     prompt names more often than the plain IP-Adapter sum."""
@@ -108,14 +110,14 @@ def test_cross_modal_adain_keeps_the_prompts_colour_better_than_add(adapter_run)
     assert met("adain_over_add_colour_from_prompt", f["adain_over_add_colour_from_prompt"]), f
 
 
-@not_yet("the reference's texture in 0.25 of AdaIN samples (0.125 without the adapter) vs 0.515 needed")
+@not_yet("the reference's texture in 0.29 of AdaIN samples (0.04 without the adapter) vs 0.515 needed")
 def test_cross_modal_adain_still_takes_the_references_texture(adapter_run):
     f = adapter_run
     assert met("adain_texture_from_reference", f["adain_texture_from_reference"]), f
     assert not met("adain_texture_from_reference", f["none_texture_from_reference"]), f
 
 
-@not_yet("the negative's texture shows in 0.17 of the samples with it and 0.125 with a zero negative (a drop of "
+@not_yet("the negative's texture shows in 0.25 of the samples with it and 0.21 with a zero negative (a drop of "
          "0.29 needed)")
 def test_a_negative_style_image_removes_its_texture(adapter_run):
     """Style-based CFG: the reference redrawn in a third texture as the negative image makes that texture
@@ -124,6 +126,8 @@ def test_a_negative_style_image_removes_its_texture(adapter_run):
     assert met("negative_texture_drop", f["negative_texture_drop"]), f
 
 
+@not_yet("the layout gap to the unstylised sample is 0.073 with the teacher and 0.097 without: a gain of 0.24, a "
+         "quarter needed (0.27 with the UNet that never saw hearts)")
 def test_the_teacher_keeps_the_unstylised_layout(adapter_run):
     """The teacher model: the stylised sample's shape position stays closer to the unstylised sample's
     (the gap shrinks by at least a quarter; without the teacher the gain is 0 by definition)."""
@@ -138,24 +142,26 @@ def catversion_run(toy):
     return figures
 
 
-@pytest.mark.parametrize("which", ["train", "edit"])
-@not_yet("hearts in 0.25 (training caption) / 0.125 (edits) of the prefixed samples, none without, vs 0.357 "
-         "needed; the UNet never saw a heart (only the prefix trains)")
+@pytest.mark.parametrize("which", ["train", pytest.param("edit", marks=not_yet(
+    "hearts in none of the prefixed samples of edited captions (other colour, texture, background; 0.08 without "
+    "the prefix) vs 0.357 needed: the prefix, trained on one caption, carries the whole scene"))])
 def test_catversion_prefix_brings_the_concept(catversion_run, which):
     """The prefix trained on hearts captioned 'circle' makes the caption draw hearts far more often than
-    the plain text encoder, on the training caption and on captions with other colours and textures."""
+    the plain text encoder (the UNet saw one circle in five drawn as a heart, always captioned 'circle'), on
+    the training caption and on captions with other colours and textures."""
     f = catversion_run
     assert met("catversion_concept", f[f"prefix_{which}_concept"]), f
     assert not met("catversion_concept", f[f"plain_{which}_concept"]), f
 
 
-@not_yet("the edit's colour holds in 0.25 of the prefixed samples (0.96 with the plain CLIP) vs 0.445 needed")
+@not_yet("the edit's colour holds in 0.21 of the prefixed samples (0.875 with the plain CLIP) vs 0.445 needed")
 def test_catversion_edits_keep_their_colour(catversion_run):
     f = catversion_run
     assert met("catversion_edit_colour_kept", f["prefix_edit_colour_kept"]), f
 
 
-@not_yet("masked CLIP-I 0.926 with the prefix vs 0.992 without")
+@not_yet("masked CLIP-I 0.979 with the prefix vs 0.986 without: the miniature CLIP never read a caption that tells a "
+         "heart from a circle, so its image embedding has no reason to separate them")
 def test_masked_clip_i_ranks_the_concept_above_its_base_class(catversion_run):
     f = catversion_run
     assert f["prefix_masked_clip_i"] > f["plain_masked_clip_i"], f

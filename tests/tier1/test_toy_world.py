@@ -1,4 +1,5 @@
 """The miniature world's generator, tokenizer, file format and trainer mechanics (no trained weights needed)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -51,6 +52,20 @@ def test_the_hidden_concept_is_captioned_by_its_base_class_and_never_drawn_at_ra
     assert world.caption(heart) == "a red plain circle on a blue background"
     assert world.PROBE_SHAPES[world.labels([heart])["shape"][0]] == "heart"  # the probes still tell it apart
     assert all(s.shape in world.SHAPES for s in world.random_scenes(500, seed=2))
+
+
+def test_the_unets_data_draws_some_circles_as_hearts_and_still_calls_them_circles():
+    """What the UNet sees of CatVersion's concept: at ``rate`` a circle becomes a heart (seeded), nothing
+    else changes, and its caption names the base class, so no caption ever says "heart"."""
+    scenes = world.random_scenes(2000, seed=3)
+    mixed = world.with_hidden(scenes, 0.2, seed=4)
+    assert mixed == world.with_hidden(scenes, 0.2, seed=4)
+    changed = [(a, b) for a, b in zip(scenes, mixed) if a != b]
+    assert all(a.shape == "circle" and b.shape == "heart" and b == dataclasses.replace(a, shape="heart")
+               for a, b in changed)
+    circles = sum(s.shape == "circle" for s in scenes)
+    assert abs(len(changed) / circles - 0.2) < 4 * (0.2 * 0.8 / circles) ** 0.5  # binomial: 4 standard deviations
+    assert [world.caption(s) for s in mixed] == [world.caption(s) for s in scenes]
 
 
 def test_tokenizer_is_word_level_with_clip_conventions():
@@ -135,3 +150,17 @@ def test_shipped_weights_are_what_the_format_says():
         assert load_translator(str(family.WEIGHTS / name)).vocab == encoder.vocab == decoder.vocab
     metrics = json.loads((family.WEIGHTS / "metrics.json").read_text())
     assert {"probe_shape_clean", "vae_mse", "clip_retrieval", "t2i_shape"} <= set(metrics)
+
+
+@pytest.mark.deadiff
+def test_deadiff_pairs_share_exactly_what_their_kind_says():
+    """Style pairs: same colour, texture and background, another shape; content pairs: same shape, place and
+    size, another colour, texture and background; both: an image with itself. Seeded."""
+    from stylekit.toy.deadiff import pair_scenes
+    assert pair_scenes("style", 50, seed=1) == pair_scenes("style", 50, seed=1)
+    for r, t in pair_scenes("style", 200, seed=1):
+        assert r.style() == t.style() and r.shape != t.shape
+    for r, t in pair_scenes("content", 200, seed=2):
+        assert r.content() == t.content() and r.colour != t.colour and r.texture != t.texture
+        assert r.background != t.background and t.background != t.colour
+    assert all(r == t for r, t in pair_scenes("both", 20, seed=3))
