@@ -140,20 +140,23 @@ def _is_buffer(official: str) -> bool:
     return official.endswith("embeddings.position_ids")  # stored in the official file, not a weight
 
 
+# (official prefix, our module's prefix) of every encoder tensor: read by the loader, inverted by the writer
+_PREFIXES = [pair for b in BRANCHES for pair in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
+                                                 (f"{b}_blip.query_tokens", f"branches.{b}.query_tokens"),
+                                                 (f"{b}_blip.ln_vision.", f"branches.{b}.ln_vision."),
+                                                 (f"{b}_proj_layer.", f"branches.{b}.proj."))]
+
+
 def _module_name(official: str) -> str | None:
     """Our module's name for an official encoder tensor; None for anything else (SD, buffers)."""
     if _is_buffer(official):
         return None
-    for b in BRANCHES:
-        for src, dst in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
-                         (f"{b}_blip.query_tokens", f"branches.{b}.query_tokens"),
-                         (f"{b}_blip.ln_vision.", f"branches.{b}.ln_vision."),
-                         (f"{b}_proj_layer.", f"branches.{b}.proj.")):
-            if official.startswith(src):
-                name = dst + official[len(src):]
-                for a, c in _QFORMER_RENAMES:
-                    name = name.replace(a, c)
-                return name
+    for src, dst in _PREFIXES:
+        if official.startswith(src):
+            name = dst + official[len(src):]
+            for a, c in _QFORMER_RENAMES:
+                name = name.replace(a, c)
+            return name
     return None
 
 
@@ -272,17 +275,10 @@ def official_state_dict(adapter: DEADiffAdapter, dtype: torch.dtype | None = Non
     """The adapter's tensors under the official key names (what :func:`load_deadiff` reads back): the
     inverse of :func:`_module_name` for the encoder, :func:`attn2_name` for the image K/V; floating-point
     tensors in ``dtype`` when given."""
-    inverse = {}
-    for b in BRANCHES:
-        for official_prefix, ours in ((f"{b}_blip.Qformer.bert.", f"branches.{b}.qformer."),
-                                      (f"{b}_blip.query_tokens", f"branches.{b}.query_tokens"),
-                                      (f"{b}_blip.ln_vision.", f"branches.{b}.ln_vision."),
-                                      (f"{b}_proj_layer.", f"branches.{b}.proj.")):
-            inverse[ours] = official_prefix
     out = {}
     for name, t in adapter.state_dict().items():
-        prefix = next(p for p in inverse if name.startswith(p))
-        official = inverse[prefix] + name[len(prefix):]
+        src, dst = next((src, dst) for src, dst in _PREFIXES if name.startswith(dst))
+        official = src + name[len(dst):]
         for a, c in _QFORMER_RENAMES:
             official = official.replace(c, a)
         if _module_name(official) != name:
