@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import OutputFileError
+from .errors import InputError, OutputFileError
 
 MAX_NAME = 200  # characters of a file name, extension included (file systems allow 255 bytes)
 
@@ -149,3 +150,23 @@ def write_new(target: OutputTarget, write: Callable[[str], None]) -> str:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+MAX_IMAGE_PIXELS = 50_000_000  # an image file's size, read from its header before any pixel is decoded
+
+
+@contextmanager
+def open_image(path: str, name: str):
+    """The PIL image in ``path`` once its header says it is an image of at most :data:`MAX_IMAGE_PIXELS`;
+    a file that is not a readable image, or a larger one, raises InputError naming ``name`` (how the
+    caller's message shows the file), before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        im = Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{name} is not a readable image ({e})") from None
+    with im:
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise InputError(f"{name} is {im.width}x{im.height} px, over {MAX_IMAGE_PIXELS // 1_000_000} MP; scale it "
+                             "down first")
+        yield im

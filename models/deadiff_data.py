@@ -18,12 +18,12 @@ import os
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..files import open_image
 
 MANIFEST = "pairs.jsonl"
 KINDS = ("style", "content", "both")
 MAX_PAIRS = 1_000_000
 MAX_CAPTION = 1000            # characters; CLIP reads 77 tokens of it
-MAX_IMAGE_PIXELS = 50_000_000
 MAX_MANIFEST_BYTES = 512 * 2 ** 20
 
 
@@ -47,17 +47,9 @@ def _inside(folder: str, rel, line: int, field: str) -> str:
 
 
 def image_size(path: str, line: int, field: str) -> tuple[int, int]:
-    """(width, height) from the image's header; its pixels are not decoded."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{MANIFEST} line {line}: {field} {os.path.basename(path)} is not a readable image ({e})") from None
-    if w * h > MAX_IMAGE_PIXELS:
-        raise InputError(f"{MANIFEST} line {line}: {field} {os.path.basename(path)} is {w}x{h} px, over "
-                         f"{MAX_IMAGE_PIXELS // 1_000_000} MP; resize it first")
-    return w, h
+    """(width, height) from the image's header (files.open_image: bounded, nothing decoded)."""
+    with open_image(path, f"{MANIFEST} line {line}: {field} {os.path.basename(path)}") as im:
+        return im.size
 
 
 def read_pairs(folder: str) -> list[Pair]:

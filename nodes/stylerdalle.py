@@ -4,7 +4,7 @@ import os
 import torch
 
 from ..errors import InputError
-from ..files import write_new
+from ..files import open_image, write_new
 from ..models.dvae import load_dvae
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
@@ -36,14 +36,12 @@ def _callback(total):
 
 
 MAX_FOLDER_IMAGES = 512  # 256 px RGB float: 0.4 GB at most
-MAX_PHOTO_PIXELS = 50_000_000  # a photo's size, read from its header before it is decoded
 
 
 def folder_images(folder: str) -> torch.Tensor:
     """Every image file in ``folder`` (a folder in ComfyUI's input folder) squashed to 256 px, as one IMAGE
-    batch; a folder of more than :data:`MAX_FOLDER_IMAGES` images, or a photo over :data:`MAX_PHOTO_PIXELS`,
+    batch; a folder of more than :data:`MAX_FOLDER_IMAGES` images, or a photo over files.MAX_IMAGE_PIXELS,
     is refused before the images are decoded."""
-    from PIL import Image
     path, shown = comfy_glue.input_folder(folder, "folder")
     names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS))
     if not names:
@@ -52,10 +50,7 @@ def folder_images(folder: str) -> torch.Tensor:
         raise InputError(f"{shown} holds {len(names)} images; pre-training takes at most {MAX_FOLDER_IMAGES}")
     out = []
     for n in names:
-        with Image.open(os.path.join(path, n)) as im:
-            if im.width * im.height > MAX_PHOTO_PIXELS:
-                raise InputError(f"{shown}/{n} is {im.width}x{im.height} px; photos over {MAX_PHOTO_PIXELS // 1_000_000} MP "
-                                 "are refused (scale it down)")
+        with open_image(os.path.join(path, n), f"{shown}/{n}") as im:
             out.append(square_pixels(pil_to_image(im), OUTPUT_PX).movedim(1, -1))
     return torch.cat(out)
 

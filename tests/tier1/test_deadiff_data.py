@@ -73,3 +73,10 @@ def test_a_missing_or_empty_manifest_is_refused(tmp_path):
     d = folder_with(tmp_path, ["", "  "])
     with pytest.raises(InputError, match="names no pairs"):
         read_pairs(str(d))
+
+
+def test_an_oversized_image_is_refused_from_its_header(tmp_path):
+    d = folder_with(tmp_path, [{"kind": "style", "reference": "huge.png", "target": "b.png"}])
+    Image.new("1", (8000, 8000)).save(d / "huge.png")  # 64 MP, a few KB on disk
+    with pytest.raises(InputError, match="line 1: reference huge.png is 8000x8000 px, over 50 MP"):
+        read_pairs(str(d))
