@@ -33,17 +33,26 @@ def _input_line(name: str, decl: tuple, required: bool) -> str:
     return f"{head}: {opts.get('tooltip', '')}".rstrip(": ")
 
 
-def _sources_of(pack, node_id: str) -> list:
+def _sources(pack) -> tuple:
     import importlib
-    sources = importlib.import_module(f"{pack.__name__}.model_sources").SOURCES
-    return [s for s in sources if node_id in s.nodes]
+    return importlib.import_module(f"{pack.__name__}.model_sources").SOURCES
+
+
+def where_from(s, link: bool = False) -> str:
+    """Where a weight comes from: its address (``link``: as a Markdown link named by its repository) and the
+    one step it takes (converting, training, the name to save it as), if any."""
+    where = s.url
+    if link and where.startswith("https://"):
+        where = f"[{where.removeprefix('https://').split('/resolve/')[0]}]({where})"
+    how = "; ".join(x for x in (s.made, s.saved_as) if x)
+    if where == "—":  # published nowhere: made by the user with StyleKit
+        return how or where
+    return where + (f" ({how})" if how else "")
 
 
 def source_line(s) -> str:
-    """One weight file in a help page: its folder, where it is published, size and licence."""
-    how = f"{s.made} ({s.url})" if s.made and s.url != "—" else s.made or s.url
-    extra = f"; {s.saved_as}" if s.saved_as else ""
-    return f"- `{s.file}` in `models/{s.folder}`: {how}{extra}; {s.size}; licence: {s.licence}".replace("; —", "")
+    """One weight file in a help page: its folder, where it comes from, size and licence."""
+    return f"- `{s.file}` in `models/{s.folder}`: {where_from(s)}; {s.size}; licence: {s.licence}".replace("; —", "")
 
 
 def node_page(node_id: str, cls, display_name: str, sources=()) -> str:
@@ -104,15 +113,9 @@ def readme_table(pack=None) -> str:
 
 def models_table(pack=None) -> str:
     """The README's model table: every weight a node or shipped workflow reads (stylekit.model_sources)."""
-    import importlib
-    pack = pack or _load()
     rows = []
-    for s in importlib.import_module(f"{pack.__name__}.model_sources").SOURCES:
-        where = s.url if s.url == "—" else f"[{s.url.removeprefix('https://').split('/resolve/')[0]}]({s.url})" \
-            if s.url.startswith("https://") else s.url
-        how = "; ".join(x for x in (s.made, s.saved_as) if x)
-        cells = (f"`{s.file}`", f"`models/{s.folder}`", where + (f" ({how})" if how else ""), s.size, s.licence,
-                 ", ".join(s.nodes))
+    for s in _sources(pack or _load()):
+        cells = (f"`{s.file}`", f"`models/{s.folder}`", where_from(s, link=True), s.size, s.licence, ", ".join(s.nodes))
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join([MODELS_BEGIN, "| file | folder | where it comes from | size | licence | read by |",
                       "|---|---|---|---|---|---|", *rows, MODELS_END])
@@ -146,7 +149,9 @@ def pages(pack=None) -> dict[str, str]:
     listed = nodes.comfy_glue.list_files
     nodes.comfy_glue.list_files = lambda name, extensions=(): []
     try:
-        return {f"{nid}.md": node_page(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid], _sources_of(pack, nid))
+        sources = _sources(pack)
+        return {f"{nid}.md": node_page(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid],
+                                       [s for s in sources if nid in s.nodes])
                 for nid, cls in nodes.NODE_CLASS_MAPPINGS.items()}
     finally:
         nodes.comfy_glue.list_files = listed
