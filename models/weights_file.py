@@ -10,6 +10,7 @@ fields are checked by :func:`positive_int` before any shape is built from them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -94,10 +95,7 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
                 shape, dtype = [int(d) for d in sl.get_shape()], sl.get_dtype()
                 if dtypes is not None and not dtypes(k, dtype):
                     raise _Refused(f"tensor {k!r} is {dtype}, which {what} never holds there")
-                n = 1
-                for d in shape:
-                    n *= d
-                declared += n * DTYPE_BYTES.get(dtype, 8)
+                declared += math.prod(shape) * DTYPE_BYTES.get(dtype, 8)
                 shapes[k] = (shape, dtype)
             _declared_within(declared, max_bytes, what)
             if structure is not None:
