@@ -69,7 +69,7 @@ class StyleKitStylerDALLELoad:
     def INPUT_TYPES(cls):
         return {"required": {
             "dvae_name": (_files(DVAE_FOLDER, ".safetensors"), {"tooltip": "The converted dVAE (.safetensors with encoder and decoder) in ComfyUI/models/dalle."}),
-            "translator_name": (comfy_glue.FileList([NEW] + _files(TRANSLATOR_FOLDER, "")), {"tooltip": f"A trained translator in ComfyUI/models/stylerdalle, or {NEW} to start pre-training (hidden 512, 8 heads, 4 decoder blocks)."}),
+            "translator_name": (comfy_glue.FileList([NEW] + _files(TRANSLATOR_FOLDER, "")), {"tooltip": f"A trained translator in ComfyUI/models/stylerdalle, or {NEW} to start pre-training (hidden 512, 8 heads, 4 decoder blocks; initialised from seed 0, the same every run)."}),
         }}
 
     @boundary
@@ -79,7 +79,9 @@ class StyleKitStylerDALLELoad:
             raise InputError(f"{dvae_name} lacks the dVAE {'encoder' if encoder is None else 'decoder'}; StylerDALLE "
                              "needs both (convert encoder.pkl and decoder.pkl together)")
         if translator_name == NEW:
-            translator = StylerDALLETranslator(input_dim=decoder.n_init, vocab=decoder.vocab).eval()
+            with torch.random.fork_rng(devices=[]):  # the same initial weights every run; the global RNG untouched
+                torch.manual_seed(0)
+                translator = StylerDALLETranslator(input_dim=decoder.n_init, vocab=decoder.vocab).eval()
             style = ""
         else:
             path = comfy_glue.full_path(TRANSLATOR_FOLDER, translator_name)
