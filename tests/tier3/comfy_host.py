@@ -243,6 +243,45 @@ def real_standins(model_factory, tmp_dir=None):
     return out
 
 
+def call_node(cls, inputs: dict) -> tuple:
+    """One node's outputs, called as ComfyUI's executor calls it: a V3 node's ``execute`` through a locked clone
+    of its class (what ``_async_map_node_over_list`` does), a V1 node's ``FUNCTION`` on an instance."""
+    import inspect
+
+    from comfy_api.internal import _ComfyNodeInternal, make_locked_method_func
+    if issubclass(cls, _ComfyNodeInternal):
+        cls.VALIDATE_CLASS()
+        # 0.3.64 takes the hidden inputs as a dict, 0.33.0 a V3Data or None
+        hidden = None if "v3_data" in inspect.signature(cls.PREPARE_CLASS_CLONE).parameters else {}
+        out = make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(hidden))(**inputs)
+        return tuple(out.args)
+    out = getattr(cls(), cls.FUNCTION)(**inputs)
+    return out.get("result", ()) if isinstance(out, dict) else out
+
+
+def bodies(mappings: dict) -> dict:
+    """ComfyUI's registry with StyleKit's V3 nodes swapped for the classes they wrap (what tiers 1-2 and the
+    bridge run): running a workflow through both shows the V3 registration changes no output."""
+    from stylekit.nodes import NODE_CLASS_MAPPINGS
+    return {**mappings, **NODE_CLASS_MAPPINGS}
+
+
+def assert_same_outputs(a: dict, b: dict, where: str) -> None:
+    """Every tensor (also a LATENT's) and every number or text two runs of one workflow produced is identical."""
+    def leaves(out):
+        for v in out:
+            if isinstance(v, dict):
+                yield from (x for x in v.values() if isinstance(x, torch.Tensor))
+            elif isinstance(v, (torch.Tensor, str, int, float)):
+                yield v
+    assert a.keys() == b.keys(), where
+    for nid in a:
+        x, y = list(leaves(a[nid])), list(leaves(b[nid]))
+        assert len(x) == len(y), (where, nid)
+        for u, v in zip(x, y):
+            assert torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v, (where, nid)
+
+
 def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
     """Execute an API-format graph in-process with ComfyUI's node classes.
 
@@ -262,10 +301,7 @@ def run_api_workflow(workflow: dict, mappings: dict, overrides: dict) -> dict:
         if ct in overrides:
             out = overrides[ct](**kwargs)
         else:
-            cls = mappings[ct]
-            out = getattr(cls(), cls.FUNCTION)(**kwargs)
-            if isinstance(out, dict):
-                out = out.get("result", ())
+            out = call_node(mappings[ct], kwargs)
         results[nid] = out
         return out
 

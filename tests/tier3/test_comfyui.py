@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def test_comfyui_loader_imports_every_node(comfy_nodes):
-    from stylekit import NODE_CLASS_MAPPINGS
+    from stylekit.nodes import NODE_CLASS_MAPPINGS
     nodes, added = comfy_nodes
     assert added == set(NODE_CLASS_MAPPINGS)
     for node_id in added:
@@ -26,6 +26,41 @@ def test_comfyui_loader_imports_every_node(comfy_nodes):
         for section in ("required", "optional"):
             for name, decl in cls.INPUT_TYPES().get(section, {}).items():
                 assert isinstance(decl, tuple) and decl[1].get("tooltip"), f"{node_id}.{name}"
+
+
+def test_nodes_register_as_v3_nodes_with_the_declarations_saved_workflows_hold(comfy_nodes):
+    """Every node is a V3 node (comfy_api io.ComfyNode) in ComfyUI's registry, and ComfyUI's V1 view of it (what
+    /object_info and prompt validation read) has the node class's ids, input names in order, types, defaults,
+    bounds and tooltips, and its outputs, display name, category and description. A combo's choices move from
+    the type slot to ("COMBO", {"options": ...}), V3's form, which both releases validate and load."""
+    from comfy_api.latest import io
+    from stylekit.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    nodes, _ = comfy_nodes
+    for node_id, body in NODE_CLASS_MAPPINGS.items():
+        v3 = nodes.NODE_CLASS_MAPPINGS[node_id]
+        assert issubclass(v3, io.ComfyNode), node_id
+        want, got = body.INPUT_TYPES(), v3.INPUT_TYPES()
+        if getattr(body, "OUTPUT_NODE", False):  # V3 hands an output node these through cls.hidden, not as inputs
+            assert got.pop("hidden") == {"prompt": ("PROMPT",), "extra_pnginfo": ("EXTRA_PNGINFO",)}, node_id
+        assert {k for k in got if got[k]} == set(want), node_id
+        for section, declared in want.items():
+            assert list(got[section]) == list(declared), (node_id, section)  # names and order
+            for name, (kind, opts) in declared.items():
+                got_kind, got_opts = got[section][name]
+                extra = {k: v for k, v in got_opts.items() if k not in opts}
+                for key in ("multiselect", "multiline"):  # V3 spells out V1's defaults
+                    assert extra.pop(key, False) is False, (node_id, name, key)
+                if isinstance(kind, list):
+                    assert got_kind == "COMBO" and extra.pop("options") == list(kind), (node_id, name)
+                else:
+                    assert got_kind == kind, (node_id, name)
+                assert {k: got_opts[k] for k in opts} == opts and not extra, (node_id, name, extra)
+        assert list(v3.RETURN_TYPES) == list(body.RETURN_TYPES), node_id
+        assert list(v3.RETURN_NAMES) == list(getattr(body, "RETURN_NAMES", body.RETURN_TYPES)), node_id
+        assert list(v3.OUTPUT_TOOLTIPS) == list(getattr(body, "OUTPUT_TOOLTIPS", [None] * len(body.RETURN_TYPES)))
+        assert (v3.CATEGORY, v3.DESCRIPTION, bool(v3.OUTPUT_NODE)) == \
+            (body.CATEGORY, body.DESCRIPTION, bool(getattr(body, "OUTPUT_NODE", False))), node_id
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == NODE_DISPLAY_NAME_MAPPINGS[node_id]
 
 
 def test_pyproject_parses_with_comfy_registry_parser():
@@ -126,7 +161,7 @@ def test_same_contribution_same_output_in_comfyui_and_bridge():
 
 def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     import folder_paths
-    from comfy_host import (comfy_sd15_random, comfy_sdxl_random, real_standins, run_api_workflow, write_tiny_adapter,
+    from comfy_host import (assert_same_outputs, bodies, comfy_sd15_random, comfy_sdxl_random, real_standins, run_api_workflow, write_tiny_adapter,
                             write_tiny_catversion, write_tiny_deadiff, write_tiny_stylerdalle)
     from stylekit.tools.workflow_check import check_api, spec_from_node_class
     nodes, _ = comfy_nodes
@@ -155,7 +190,8 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
         assert errs == [], (path.name, errs)
         for node in wf.values():
             node["inputs"].update({k: v for k, v in small.items() if k in node["inputs"]})
-        results = run_api_workflow(wf, nodes.NODE_CLASS_MAPPINGS, overrides)
+        results = run_api_workflow(wf, nodes.NODE_CLASS_MAPPINGS, overrides)  # the nodes as ComfyUI registered them: V3
+        assert_same_outputs(results, run_api_workflow(wf, bodies(nodes.NODE_CLASS_MAPPINGS), overrides), path.name)
         for nid, node in wf.items():
             if node["class_type"] == "SaveImage":
                 saved = results[nid]
@@ -205,7 +241,7 @@ def server(tmp_path_factory, free_port):
 
 
 def test_server_lists_nodes_and_cli_gets_an_image(server, tmp_path, capsys):
-    from stylekit import NODE_CLASS_MAPPINGS
+    from stylekit.nodes import NODE_CLASS_MAPPINGS
     from stylekit.tools.client import main as client_main
     url, base = server
     info = json.loads(urllib.request.urlopen(url + "/object_info").read())
@@ -274,6 +310,24 @@ def test_comfyui_validates_a_saved_prompt_holding_an_old_choice_name(comfy_nodes
     assert store_blocks_errors("auto (SD: output 6-11, Flux: late double)") == []
     assert store_blocks_errors("auto (SD1.5: output 6-11, SDXL: output 3-5, Flux: late double)") == []
     assert store_blocks_errors("auto (no such set)") != []
+
+
+def test_comfyui_refuses_a_choice_no_combo_offers_when_it_validates_the_prompt(comfy_nodes):
+    """Every combo's choice is checked at validation on both releases: a value that is not a choice, a hidden
+    alias or a file in the model folder is refused before any node runs (0.3.64 checks no V3 combo itself)."""
+    import execution
+    wf = json.loads((ROOT / "example_workflows" / "api" / "stylestudio_adain_sd15.json").read_text())
+    adapter = next(k for k, n in wf.items() if n["class_type"] == "StyleKitStyleAdapter")
+    loader = next(k for k, n in wf.items() if n["class_type"] == "StyleKitAdapterLoader")
+
+    def errors(node, name, value):
+        wf[node]["inputs"][name] = value
+        found = asyncio.run(execution.validate_prompt("combo", wf, None))[3].get(node, {}).get("errors", [])
+        return [e for e in found if name in str(e.get("details", "")) + str(e.get("extra_info", {}))]
+
+    assert errors(adapter, "fusion", "add") == []
+    assert any("is not one of" in e["details"] for e in errors(adapter, "fusion", "multiply")), errors(adapter, "fusion", "multiply")
+    assert errors(loader, "adapter_name", "no_such_adapter.safetensors") != []
 
 
 def test_comfyui_refuses_a_bad_file_name_when_it_validates_the_prompt(comfy_nodes):

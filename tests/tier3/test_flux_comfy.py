@@ -152,7 +152,7 @@ def test_comfyui_and_the_bridge_agree_on_the_same_weights(needs_hooks, roundoff)
 
 
 def test_shipped_flux_workflows_run_in_process(comfy_nodes, tmp_path, needs_hooks):
-    from comfy_host import flux_standins, run_api_workflow
+    from comfy_host import assert_same_outputs, bodies, flux_standins, run_api_workflow
     from stylekit.tools.workflow_check import check_api, spec_from_node_class
     nodes, _ = comfy_nodes
     specs = {k: spec_from_node_class(c) for k, c in nodes.NODE_CLASS_MAPPINGS.items() if hasattr(c, "INPUT_TYPES")}
@@ -167,6 +167,7 @@ def test_shipped_flux_workflows_run_in_process(comfy_nodes, tmp_path, needs_hook
         assert errs == [], (path.name, errs)
         for node in wf.values():
             node["inputs"].update({k: v for k, v in small.items() if k in node["inputs"]})
-        results = run_api_workflow(wf, nodes.NODE_CLASS_MAPPINGS, overrides)
+        results = run_api_workflow(wf, nodes.NODE_CLASS_MAPPINGS, overrides)  # the nodes as ComfyUI registered them: V3
+        assert_same_outputs(results, run_api_workflow(wf, bodies(nodes.NODE_CLASS_MAPPINGS), overrides), path.name)
         sampled = [results[n][0]["samples"] for n, node in wf.items() if node["class_type"] == "SamplerCustomAdvanced"]
         assert len(sampled) == 1 and sampled[0].shape == (1, 16, 16, 16) and torch.isfinite(sampled[0]).all(), path.name

@@ -9,6 +9,7 @@ test compares them with what this script writes.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[2]
@@ -34,8 +35,12 @@ def _input_line(name: str, decl: tuple, required: bool) -> str:
 
 
 def _sources(pack) -> tuple:
-    import importlib
     return importlib.import_module(f"{pack.__name__}.model_sources").SOURCES
+
+
+def _nodes(pack):
+    """The pack's node registry (its package no longer imports it: ComfyUI registers the nodes as V3 nodes)."""
+    return importlib.import_module(f"{pack.__name__}.nodes")
 
 
 def where_from(s, link: bool = False) -> str:
@@ -106,7 +111,7 @@ def readme_table(pack=None) -> str:
     """The README's node table, one row per registered node, from the node definitions (the first
     sentence of its description; its help page says the rest)."""
     pack = pack or _load()
-    nodes = pack.nodes
+    nodes = _nodes(pack)
     rows = [table_row(nid, cls, nodes.NODE_DISPLAY_NAME_MAPPINGS[nid]) for nid, cls in nodes.NODE_CLASS_MAPPINGS.items()]
     return "\n".join([README_BEGIN, "| node | inputs | outputs | what it does |", "|---|---|---|---|", *rows, README_END])
 
@@ -145,7 +150,7 @@ def pages(pack=None) -> dict[str, str]:
     """{file name: page} for every node the pack registers. A page describes the node, not the files
     this machine has: model-folder lists are read as empty while the pages are made."""
     pack = pack or _load()
-    nodes = pack.nodes
+    nodes = _nodes(pack)
     listed = nodes.comfy_glue.list_files
     nodes.comfy_glue.list_files = lambda name, extensions=(): []
     try:
