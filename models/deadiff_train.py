@@ -127,9 +127,17 @@ def warmup_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
+def _dropout_states(device: torch.device) -> dict:
+    """The default generators the Q-Formers' dropout draws from: the CPU's, and the GPU's when it trains on one."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
 def _state(params, opt, sched, g, step: int, losses: list) -> dict:
     return {"step": step, "params": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
-            "schedule": sched.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+            "schedule": sched.state_dict(), "generator": g.get_state(), **_dropout_states(params[0].device),
             "losses": torch.tensor(losses, dtype=torch.float64)}
 
 
@@ -153,6 +161,8 @@ def _resume(path: str, params, opt, sched, g) -> tuple[int, list]:
     sched.load_state_dict(state["schedule"])
     g.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])  # the Q-Formers' dropout
+    if "cuda_rng" in state and params[0].device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], params[0].device)
     return int(state["step"]), state["losses"].tolist()
 
 
@@ -172,9 +182,20 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[i
     if settings.steps < 1:
         raise InputError("steps must be at least 1")
     params = trainable(adapter)
+    g = torch.Generator().manual_seed(settings.seed)
+    # dropout draws from torch's default generators, which start from a random seed in every process: seeded
+    # here and forked, so a run is reproducible and the caller's random state is left as it was
+    device = params[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        return _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every,
+                      kinds, params, g)
+
+
+def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every, kinds,
+           params, g) -> list[float]:
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, settings.warmup))
-    g = torch.Generator().manual_seed(settings.seed)
     weights = torch.tensor([float(settings.loader_weights[k]) for k in kinds])
     start, losses = 0, []
     if checkpoint and os.path.exists(checkpoint):

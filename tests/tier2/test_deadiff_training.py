@@ -188,3 +188,22 @@ def test_an_interrupted_run_resumes_exactly(sd15, tmp_path):
     resumed = run(tmp_path / "b.pt")
     for p, q in zip(trainable(straight), trainable(resumed)):
         assert torch.equal(p, q)
+
+
+def test_a_run_is_the_same_whatever_the_global_random_state_and_leaves_it_alone(sd15):
+    """Dropout draws from torch's default generator, which every process seeds at random: the trainer seeds it
+    from settings.seed inside a fork, so two runs agree bit for bit whatever state the caller left, and the
+    caller's state is what it was (before, make toy's DEADiff stage gave other weights on every run)."""
+    layers = model_layers(sd15)
+
+    def run(global_seed):
+        a = adapter_from_state_dict(tiny_deadiff_state_dict(layers, seed=1), heads=4)
+        loaders = {k: (lambda step, k=k, a=a: batch(k, a, seed=step)) for k in ("style", "content", "both")}
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        train_deadiff(sd15, a, loaders, sd15.model_sampling.sigmas, DEADiffTrainSettings(steps=3, lr=1e-2, warmup=1))
+        assert torch.equal(torch.get_rng_state(), before)
+        return a
+    first, second = run(1), run(2)
+    for p, q in zip(trainable(first), trainable(second)):
+        assert torch.equal(p, q)
