@@ -1,17 +1,16 @@
-"""StyleKit demo: every method end to end through the diffusers bridge.
+"""StyleKit demo: every method end to end through the diffusers bridge, on the miniature world.
 
     python -m stylekit.demo --out out
 
-Nothing is downloaded. Text-to-image, StyleID and MagicStyle run on the MINIATURE WORLD the project
-trains itself (64 px procedural images, ``stylekit.toy``; ``make toy`` retrains it): each writes a
-contact sheet and its effect figures, read by the world's probes, as ``value`` / ``target`` / ``met``.
-The other methods still run on a tiny RANDOMLY INITIALISED SD1.5-layout UNet until their miniature
-weights exist, so their images are noise-like patterns: they show that the method runs end to end,
-how long it takes and how much memory it needs. Writes PNGs and out/report.json.
+Nothing is downloaded. Every run uses the MINIATURE WORLD the project trains itself (64 px procedural
+images, ``stylekit.toy``; ``make toy`` retrains it): each method writes a contact sheet and its effect
+figures, read by the world's probes, as ``value`` / ``target`` / ``met``; the router demo shows two
+contributions composed on the miniature UNet. Writes PNGs and out/report.json.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -24,50 +23,34 @@ import torch
 from .attention.layers import model_layers
 from .attention.patch_map import render_patch_map, summarize
 from .attention.router import Contribution, add_contribution
-from .bridge import BridgePatcher, sample_euler_cfg
-from .bridge.tiny import tiny_bridge_vae, tiny_sd15_unet
+from .bridge import sample_euler_cfg
+from .models.schedules import ddim_uniform_sigmas
 
-NOTE = ("Runs marked random_weights: false use the miniature world StyleKit trained itself (64 px procedural shapes and "
-        "textures, make toy); runs marked random_weights: true use a tiny randomly initialised UNet/VAE: their images "
-        "are not meaningful.")
-
-
-def to_pil(vae, latent):
-    from PIL import Image
-    return Image.fromarray((vae.decode(latent)[0] * 255).round().byte().numpy())
+NOTE = ("Every run uses the miniature world StyleKit trained itself (64 px procedural shapes and textures; make toy "
+        "retrains it): its images show what each method does to a trained model, judged by the world's probes.")
 
 
 class Demo:
-    def __init__(self, out: Path, steps: int, seed: int):
-        self.out, self.steps, self.seed = out, steps, seed
-        self.model = BridgePatcher(tiny_sd15_unet(seed=seed))
-        self.vae = tiny_bridge_vae(32, seed)
-        g = torch.Generator().manual_seed(seed)
-        self.noise = torch.randn(1, 4, 16, 16, generator=g)
-        self.cond = torch.randn(1, 77, 64, generator=g)
-        self.uncond = torch.zeros_like(self.cond)
+    def __init__(self, out: Path, seed: int):
+        self.out, self.seed = out, seed
+        model = self.toy.model
         self.report = {"note": NOTE, "device": "cpu", "torch": torch.__version__, "python": platform.python_version(),
-                       "model": {"family": model_layers(self.model).family, "attention_layers": len(model_layers(self.model).keys),
-                                 "unet_parameters": sum(p.numel() for p in self.model.unet.parameters())},
-                       "steps": steps, "runs": {}, "effects": {}}
+                       "model": {"family": model_layers(model).family, "attention_layers": len(model_layers(model).keys),
+                                 "unet_parameters": sum(p.numel() for p in model.unet.parameters())},
+                       "runs": {}, "effects": {}}
 
-    @property
+    @functools.cached_property
     def toy(self):
         """The trained miniature world (loaded once, on first use)."""
         from .toy.family import load_world
         return load_world()
-
-    def sample(self, model):
-        with torch.no_grad():
-            return sample_euler_cfg(model, self.noise, model.model_sampling.ddim_sigmas(self.steps),
-                                    self.cond, self.uncond, cfg=5.0)
 
     def run(self, name, fn):
         fresh = reset_peak_rss()
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
-        entry = {"seconds": round(seconds, 4), "random_weights": result.pop("random_weights", True)}
+        entry = {"seconds": round(seconds, 4)}
         if "effects" in result:
             self.report["effects"][name] = result.pop("effects")
         if fresh:  # the high-water mark was reset before this method: its own peak
@@ -119,22 +102,33 @@ def demo_text_to_image(d: Demo, n: int = 8):
     figures, scenes, images = effects.text_to_image(d.toy, n, seed=d.seed, return_images=True)
     sheet = contact_sheet([("the prompt, drawn", images_tensor(scenes)), ("sampled", images)],
                           labels=[world.caption(s) for s in scenes], title="miniature world: text to image")
-    return {"sheet": sheet, "random_weights": False, "report": {"prompts": n},
+    return {"sheet": sheet, "report": {"prompts": n},
             "effects": _figures({f"t2i_{k}": v for k, v in figures.items()})}
 
 
-def demo_router(d: Demo):
-    """Two contributions composed on one set of blocks: the router mechanism every method uses."""
-    m = d.model.clone()
+def demo_router(d: Demo, steps: int = 20):
+    """Two contributions composed on one set of blocks (the router every method's patch goes through), on the
+    miniature UNet: one prompt sampled plainly and with both."""
+    from .toy import world
+    from .toy.sheets import contact_sheet
+    toy = d.toy
+    m = toy.model.clone()
     keys = model_layers(m).select("output")
     add_contribution(m, Contribution("sharpen_q", lambda q, k, v, e, nxt, w: nxt(q * (1 + w), k, v, e), weight=0.5), keys, "attn1")
     add_contribution(m, Contribution("mix_v", lambda q, k, v, e, nxt, w: nxt(q, k, v.roll(1, dims=1) * w + v * (1 - w), e),
                                      weight=0.3, sigma_start=m.model_sampling.percent_to_sigma(0.0),
                                      sigma_end=m.model_sampling.percent_to_sigma(0.5)), keys, "attn1")
-    latent = d.sample(m)
-    return {"image": to_pil(d.vae, latent), "patch_map": render_patch_map(m),
+    caption = world.caption(world.random_scenes(1, d.seed)[0])
+    cond, uncond = toy.encode(caption), toy.encode("")
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(d.seed))
+    sigmas = ddim_uniform_sigmas(toy.model.model_sampling, steps)
+    with torch.no_grad():
+        plain, patched = (sample_euler_cfg(x, noise, sigmas, cond, uncond, 5.0) for x in (toy.model, m))
+    sheet = contact_sheet([("plain", toy.to_image(plain)), ("two contributions", toy.to_image(patched))], labels=[caption],
+                          title="miniature world: the router")
+    return {"sheet": sheet, "patch_map": render_patch_map(m),
             "report": {"summary": summarize(m).splitlines()[0],
-                       "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
+                       "mean_abs_change_vs_plain": round(float((patched - plain).abs().mean()), 4)}}
 
 
 def demo_styleid(d: Demo, preset="StyleID", n: int = 4, steps: int = 50):
@@ -148,27 +142,23 @@ def demo_styleid(d: Demo, preset="StyleID", n: int = 4, steps: int = 50):
     sheet = contact_sheet([("content", images_tensor(run.content)), ("style", images_tensor(run.style)),
                            (preset, run.result), ("no fusion", run.reconstruction)],
                           title=f"miniature world: Feature Fusion, {preset} preset")
-    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures),
+    return {"sheet": sheet, "effects": _figures(figures),
             "report": {"pairs": n, "preset": preset, "steps": steps, "seconds_per_pair": round((time.perf_counter() - t0) / n, 3)}}
 
 
-def demo_deadiff(d: Demo):
-    """DEADiff: a random reference image -> style tokens (tiny random Q-Former) -> injected on attn2."""
-    from .bridge.tiny import tiny_bridge_clip_vision, tiny_deadiff_state_dict
-    from .models.clip_preprocess import deadiff_pixels
-    from .models.deadiff import adapter_from_state_dict
-    from .models.deadiff_inject import DEADiffTokens, deadiff_model
-    from .nodes.comfy_glue import vision_hidden_states
-    adapter = adapter_from_state_dict(tiny_deadiff_state_dict(model_layers(d.model), seed=d.seed), heads=4)
-    image = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(d.seed + 2))
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        style = adapter.encode(vision_hidden_states(tiny_bridge_clip_vision(seed=d.seed), deadiff_pixels(image)), "style")
-        t_enc = time.perf_counter() - t0
-    latent = d.sample(deadiff_model(d.model, DEADiffTokens(adapter, style=style)))
-    return {"image": to_pil(d.vae, latent),
-            "report": {"encode_seconds": round(t_enc, 4), "tokens": list(style.shape),
-                       "mean_abs_change_vs_plain": round(float((latent - d.sample(d.model)).abs().mean()), 4)}}
+def demo_deadiff(d: Demo, n: int = 4):
+    """DEADiff on the miniature world: Q-Formers trained by StyleKit's DEADiff trainer (make toy). The prompt
+    names a shape, colour and texture, the reference shows others; DEADiff's style tokens against the plain
+    IP-Adapter at the weight whose texture agreement matches DEADiff's."""
+    from .toy import effects, world
+    from .toy.family import images_tensor
+    from .toy.sheets import contact_sheet
+    figures, im = effects.deadiff(d.toy, d.toy.deadiff(), n, seed=d.seed)
+    match = f"ip_{figures['ip_matched_weight']:g}"
+    sheet = contact_sheet([("prompt, drawn", images_tensor(im["prompts"])), ("reference", images_tensor(im["references"])),
+                           ("no tokens", im["none"]), ("DEADiff", im["deadiff"]), (f"IP-A {match[3:]}", im[match])],
+                          labels=[world.caption(s) for s in im["prompts"]], title="miniature world: DEADiff vs IP-Adapter")
+    return {"sheet": sheet, "effects": _figures(figures), "report": {"pairs": n}}
 
 
 def demo_catversion(d: Demo, n: int = 4):
@@ -180,7 +170,7 @@ def demo_catversion(d: Demo, n: int = 4):
     sheet = contact_sheet([("concept", im["references"][:n]), ("plain CLIP", im["plain_train"]),
                            ("prefix", im["prefix_train"]), ("edit, plain", im["plain_edit"]), ("edit, prefix", im["prefix_edit"])],
                           labels=[world.caption(s) for s in im["edits"]], title="miniature world: CatVersion (heart, captioned 'circle')")
-    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"samples": n}}
+    return {"sheet": sheet, "effects": _figures(figures), "report": {"samples": n}}
 
 
 def demo_stylestudio(d: Demo, n: int = 4):
@@ -195,7 +185,7 @@ def demo_stylestudio(d: Demo, n: int = 4):
                            ("AdaIN+teacher", im["teacher"]), ("negative", images_tensor(im["negatives"])),
                            ("AdaIN+neg.", im["negative"])],
                           labels=[world.caption(s) for s in im["prompts"]], title="miniature world: StyleStudio")
-    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"pairs": n}}
+    return {"sheet": sheet, "effects": _figures(figures), "report": {"pairs": n}}
 
 
 def demo_stylerdalle(d: Demo, n: int = 4):
@@ -207,7 +197,7 @@ def demo_stylerdalle(d: Demo, n: int = 4):
     figures, im = effects.stylerdalle(d.toy, n, seed=d.seed)
     sheet = contact_sheet([("content", im["content"]), ("pre-trained", im["before"]), (f"RL: {STYLE}", im["after"])],
                           title=f"miniature world: StylerDALLE towards '{STYLE}'")
-    return {"sheet": sheet, "random_weights": False, "effects": _figures(figures), "report": {"samples": n, "style": STYLE}}
+    return {"sheet": sheet, "effects": _figures(figures), "report": {"samples": n, "style": STYLE}}
 
 
 DEMOS = {"text_to_image": demo_text_to_image, "router": demo_router, "styleid": demo_styleid,
@@ -219,14 +209,13 @@ DEMOS = {"text_to_image": demo_text_to_image, "router": demo_router, "styleid": 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out"))
-    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", choices=sorted(DEMOS), help="run only these demos")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     print(NOTE)
-    d = Demo(a.out, a.steps, a.seed)
+    d = Demo(a.out, a.seed)
     for name in a.only or DEMOS:
         d.run(name, lambda fn=DEMOS[name]: fn(d))
     from .toy.family import WEIGHTS

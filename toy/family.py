@@ -246,6 +246,12 @@ class ToyWorld:
         from ..models.ip_adapter import load_adapter
         return load_adapter(str(self.folder / file_name("ip_adapter")))
 
+    def deadiff(self):
+        """The miniature DEADiff (Q-Formers trained by ``make toy``) as a user loads one: StyleKit DEADiff Loader's code."""
+        from ..models.deadiff import load_deadiff
+        from .deadiff import DEADIFF_FILE
+        return load_deadiff(str(self.folder / DEADIFF_FILE))
+
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP ``image_embeds`` (B, 64) of IMAGE (B, 64, 64, 3): the vision tower at its own 64 px."""
         with torch.no_grad():

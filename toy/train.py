@@ -30,7 +30,8 @@ from ..bridge.schedule import DiscreteSchedule
 from . import family, world
 from .family import WordTokenizer, build, images_tensor
 
-STAGES = ("clip", "vae", "probes", "unet", "ip_adapter", "catversion", "stylerdalle")
+STAGES = ("clip", "vae", "probes", "unet", "ip_adapter", "catversion", "stylerdalle", "deadiff")  # append only: a
+# stage's salt is its place here, and every shipped file depends on its stage's salt
 CONCEPT_FILE = "toy_catversion_heart.safetensors"
 _STAGE_SALT = {name: i + 1 for i, name in enumerate(STAGES)}
 
@@ -55,6 +56,9 @@ class Plan:
     dvae_steps: int = 800
     dalle_pre_steps: int = 1000
     dalle_rl_steps: int = 150
+    deadiff_steps: int = 600
+    deadiff_batch: int = 16
+    deadiff_lr: float = 1e-3
     ema: float = 0.998
     caption_drop: float = 0.1
     checkpoint_every: int = 100
@@ -373,6 +377,24 @@ def train_stylerdalle(plan: Plan, work: Path, seed: int, folder: Path, force: bo
     write_file(folder, sd.STYLE_FILE, force, lambda tmp: save_translator(styled.half(), tmp, style=sd.STYLE))
 
 
+# --- 8. DEADiff -----------------------------------------------------------------------------------------
+def train_deadiff(plan: Plan, work: Path, seed: int, toy, folder: Path, force: bool, log=print) -> str:
+    """DEADiff's Q-Formers for the miniature UNet through StyleKit's DEADiff trainer on the world's style,
+    content and both pairs (:mod:`.deadiff`), saved fp16 in the extracted-file format StyleKit DEADiff Loader
+    reads; resumable from ``work/deadiff.pt``."""
+    from ..files import output_target
+    from ..models.deadiff import save_deadiff
+    from .deadiff import DEADIFF_FILE, train
+
+    def progress(done, total):
+        if done % 100 == 0 or done == total:
+            log(f"[deadiff] step {done}/{total}")
+    adapter, _ = train(toy, plan.deadiff_steps, seed, plan.deadiff_batch, plan.deadiff_lr, progress,
+                       checkpoint=str(work / "deadiff.pt"))
+    target = output_target(str(folder), DEADIFF_FILE, ".safetensors", numbered=False, force=force)
+    return save_deadiff(adapter, target, source=f"make toy (StyleKit DEADiff training, seed {seed})", dtype=torch.float16)
+
+
 # --- metrics -------------------------------------------------------------------------------------------
 def evaluate(folder, seed: int = 1234, n: int = 256, samples: int = 64) -> dict:
     """What the family in ``folder`` measures: probe accuracy on held-out world images (clean and through
@@ -443,6 +465,8 @@ def main(argv=None) -> int:
             save_catversion(train_catversion(plan, a.seed, family.ToyWorld(a.out), log), a.out, a.force)
         elif stage == "stylerdalle":
             train_stylerdalle(plan, a.work, a.seed, a.out, a.force, get("clip"), log)
+        elif stage == "deadiff":
+            train_deadiff(plan, a.work, a.seed, family.ToyWorld(a.out), a.out, a.force, log)
         elif stage == "metrics":
             missing = [k for k in family.KINDS if not have(k)]
             if missing:

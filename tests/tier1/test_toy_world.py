@@ -148,6 +148,16 @@ def test_shipped_weights_are_what_the_format_says():
     encoder, decoder = load_dvae(str(family.WEIGHTS / stylerdalle.DVAE_FILE))
     for name in (stylerdalle.PRETRAINED_FILE, stylerdalle.STYLE_FILE):
         assert load_translator(str(family.WEIGHTS / name)).vocab == encoder.vocab == decoder.vocab
+    from safetensors import safe_open
+
+    from stylekit.models.deadiff import load_deadiff
+    from stylekit.toy.deadiff import DEADIFF_FILE, SHAPE
+    deadiff = family.WEIGHTS / DEADIFF_FILE  # the Q-Formers StyleKit's DEADiff trainer made, as its Loader reads them
+    assert load_deadiff(str(deadiff)).shape == SHAPE
+    with safe_open(str(deadiff), "pt") as f:
+        assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
+    shipped = sum(p.stat().st_size for p in family.WEIGHTS.glob("*.safetensors"))
+    assert shipped <= 20 * 2 ** 20, shipped
     metrics = json.loads((family.WEIGHTS / "metrics.json").read_text())
     assert {"probe_shape_clean", "vae_mse", "clip_retrieval", "t2i_shape"} <= set(metrics)
 

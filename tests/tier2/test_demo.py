@@ -3,17 +3,16 @@ import json
 
 def test_demo_writes_images_and_report(tmp_path):
     from stylekit.demo import DEMOS, main
-    assert main(["--out", str(tmp_path), "--steps", "2"]) == 0
+    assert main(["--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert "random" in report["note"] and "miniature world" in report["note"] and set(report["runs"]) == set(DEMOS)
-    trained = {"text_to_image", "styleid", "magicstyle", "catversion", "stylestudio", "stylerdalle"}  # DEADiff: issue 23
-    assert set(report["effects"]) == trained
+    assert "miniature world" in report["note"] and set(report["runs"]) == set(DEMOS)
+    assert set(report["effects"]) == set(DEMOS) - {"router"}  # every method's claim, measured
     for name, figures in report["effects"].items():
         assert figures and all({"value"} <= set(f) for f in figures.values())
         assert any({"target", "met"} <= set(f) for f in figures.values())
         assert (tmp_path / f"{name}_sheet.png").stat().st_size > 1000
     for name, run in report["runs"].items():
-        assert run["seconds"] > 0 and run["random_weights"] is (name not in trained)
+        assert run["seconds"] > 0
         assert run.get("peak_rss_mb", run.get("process_peak_rss_mb_so_far", 0)) > 0
         for image in run["images"]:
             assert (tmp_path / image).stat().st_size > 100
