@@ -14,7 +14,7 @@ import pytest
 import torch
 from stylekit.bridge import BridgePatcher
 from stylekit.bridge.clip_text import BridgeCLIP, clip_text_from_transformers
-from stylekit.bridge.tiny import tiny_sd15_unet
+from tiny_models import tiny_sd15_unet
 from stylekit.models.catversion import CatVersionPrefix, catversion_clip
 from stylekit.models.catversion_train import TrainSettings, train_prefix
 from stylekit.models.magicstyle import host_apply_model

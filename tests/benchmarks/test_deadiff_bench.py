@@ -10,7 +10,7 @@ import pytest
 import torch
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher, sample_euler_cfg
-from stylekit.bridge.tiny import tiny_deadiff_state_dict, tiny_sd15_unet
+from tiny_models import tiny_deadiff_state_dict, tiny_sd15_unet
 from stylekit.models.deadiff import (
     DEADiffAdapter,
     QFormerShape,

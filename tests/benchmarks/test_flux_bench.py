@@ -15,7 +15,7 @@ from stylekit.attention.layers import LayerInfo, ModelLayers, model_layers
 from stylekit.bridge.flux import FluxBridgePatcher
 from stylekit.bridge.sampling import sample_euler_cfg
 from stylekit.models.schedules import simple_sigmas
-from stylekit.bridge.tiny import tiny_flux
+from tiny_models import tiny_flux
 from references import dit_store_bytes
 from stylekit.models.feature_store import StorePolicy
 from stylekit.models.inversion import every_step_schedule

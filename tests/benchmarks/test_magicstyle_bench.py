@@ -12,7 +12,7 @@ import torch
 from stylekit.attention.feature_fusion import PRESETS, STYLEID_BLOCKS
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher, sample_euler_cfg
-from stylekit.bridge.tiny import tiny_sd15_unet
+from tiny_models import tiny_sd15_unet
 from stylekit.models.feature_store import StorePolicy
 from stylekit.models.inversion import styleid_schedule
 from stylekit.models.magicstyle import (

@@ -11,7 +11,7 @@ import pytest
 import torch
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher, sample_euler_cfg
-from stylekit.bridge.tiny import tiny_ip_adapter, tiny_sd15_unet
+from tiny_models import tiny_ip_adapter, tiny_sd15_unet
 from stylekit.models.schedules import ddim_uniform_sigmas
 from stylekit.models.ip_adapter import load_adapter
 from stylekit.models.stylestudio import style_adapter_model, teacher_model

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from references import explicit_attention
 from stylekit.attention.image_kv import image_kv_contribution
 from stylekit.attention.layers import ModelLayers, LayerInfo
-from stylekit.bridge.tiny import tiny_deadiff_state_dict
+from tiny_models import tiny_deadiff_state_dict
 from stylekit.errors import StyleKitError
 from stylekit.models.deadiff import (INSTRUCTION_IDS, DEADiffWeightsError, adapter_from_state_dict, attn2_key,
                                      extract_deadiff, load_deadiff)

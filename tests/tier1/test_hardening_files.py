@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from stylekit.attention.layers import model_layers
-from stylekit.bridge.tiny import (flat_state_dict, tiny_dvae, tiny_deadiff_state_dict, tiny_ip_adapter,
+from tiny_models import (flat_state_dict, tiny_dvae, tiny_deadiff_state_dict, tiny_ip_adapter,
                                   tiny_sd15_unet, tiny_translator, write_official_dvae_pickles)
 from stylekit.errors import StyleKitError, WeightFileError
 from stylekit.models.catversion import CatVersionPrefix, load_official, load_prefix, save_prefix

@@ -66,7 +66,7 @@ def test_numbers_strings_conditioning_latents():
 
 def test_block_weights_must_name_blocks_the_model_has():
     from stylekit.attention.layers import model_layers, parse_block_weights
-    from stylekit.bridge.tiny import tiny_sd15_unet
+    from tiny_models import tiny_sd15_unet
     layers = model_layers(tiny_sd15_unet(seed=0))
     assert parse_block_weights("output 6=0.5, input 1.0=0", layers) == {("output", 6): 0.5, ("input", 1, 0): 0.0}
     with pytest.raises(InputError, match=r"names output 40, middle 0\.3.*its attention blocks are: input 1, input 2"):

@@ -88,7 +88,7 @@ def test_long_but_legal_name(tmp_path):
 
 # --------------------------------------------------------------------------- the nodes and tools
 def test_converter_cli_refuses_to_overwrite_an_input(tmp_path, capsys):
-    from stylekit.bridge.tiny import tiny_dvae, write_official_dvae_pickles
+    from tiny_models import tiny_dvae, write_official_dvae_pickles
     from stylekit.tools.dalle_convert import main
     write_official_dvae_pickles(*tiny_dvae(seed=1), str(tmp_path))
     enc, dec = str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl")  # dalle_convert enc.pkl dec.pkl enc.pkl
@@ -114,7 +114,7 @@ def test_training_nodes_refuse_the_filename_before_training(sd15, monkeypatch, t
     """A bad filename is refused before the work that would otherwise be lost (here training is made to
     fail loudly if it starts)."""
     from stylekit.bridge.clip_text import BridgeCLIP  # noqa: F401  (the bridge hosts the nodes)
-    from stylekit.bridge.tiny import tiny_bridge_clip, tiny_dvae, tiny_translator
+    from tiny_models import tiny_bridge_clip, tiny_dvae, tiny_translator
     from stylekit.models.stylerdalle_pipeline import StylerDALLE
     from stylekit.nodes import catversion, stylerdalle
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylekit.bridge.tiny import tiny_dvae, tiny_translator, write_official_dvae_pickles
+from tiny_models import tiny_dvae, tiny_translator, write_official_dvae_pickles
 from stylekit.models.dvae import (DVAEWeightsError, convert_dalle_pickle, map_pixels,
                                   unmap_pixels)
 from stylekit.models.stylerdalle import (StylerDALLEWeightsError, load_translator,

@@ -14,7 +14,7 @@ from stylekit.attention.options import TEACHER_CHUNKS
 from references import explicit_attention
 from stylekit.attention.layers import LayerInfo, ModelLayers, UnsupportedModelError
 from stylekit.attention.teacher import TeacherWrapper, duplicate_rows, teacher_layout_contribution
-from stylekit.bridge.tiny import flat_state_dict, tiny_ip_adapter
+from tiny_models import flat_state_dict, tiny_ip_adapter
 from stylekit.models.ip_adapter import AdapterWeightsError, load_adapter, processor_order
 
 HEADS = 2

@@ -113,7 +113,7 @@ def test_the_bridge_model_has_comfyuis_base_model_surface(sd15):
 def test_the_bridge_vae_and_clip_vision_compute_what_comfyui_does():
     """BridgeVAE: the scaled posterior mean (what ComfyUI's VAE encode + process_latent_in give) and its
     inverse on decode; BridgeClipVision: transformers' outputs on ComfyUI's encode_image preprocessing."""
-    from stylekit.bridge.tiny import tiny_bridge_clip_vision, tiny_bridge_vae
+    from tiny_models import tiny_bridge_clip_vision, tiny_bridge_vae
     from stylekit.models.clip_preprocess import clip_pixels
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 64, 48, 3, generator=g)
@@ -141,7 +141,7 @@ def test_clip_vision_runs_in_chunks_and_refuses_strips():
     image beyond 16:1 before CLIP's resize (shortest side to 224) would blow it up."""
     import pytest
 
-    from stylekit.bridge.tiny import tiny_bridge_clip_vision
+    from tiny_models import tiny_bridge_clip_vision
     from stylekit.errors import InputError
     from stylekit.nodes.comfy_glue import CLIP_CHUNK, vision_features
     cv = tiny_bridge_clip_vision()

@@ -8,7 +8,7 @@ import torch
 from references import explicit_attention
 from stylekit.bridge import BridgePatcher
 from stylekit.bridge.clip_text import clip_text_from_transformers
-from stylekit.bridge.tiny import tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae, tiny_clip_text
+from tiny_models import tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae, tiny_clip_text
 from stylekit.models.catversion import CatVersionPrefix, catversion_clip, load_prefix, save_prefix
 from stylekit.models.catversion_train import TrainSettings, train_prefix
 from stylekit.models.magicstyle import host_apply_model

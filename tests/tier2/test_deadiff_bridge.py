@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from stylekit.attention.layers import model_layers
 from stylekit.attention.router import Contribution, add_contribution
 from stylekit.bridge import sample_euler_cfg
-from stylekit.bridge.tiny import tiny_bridge_clip_vision, tiny_deadiff_state_dict
+from tiny_models import tiny_bridge_clip_vision, tiny_deadiff_state_dict
 from stylekit.models.deadiff_inject import CONTENT_BLOCKS, STYLE_BLOCKS
 from stylekit.models.schedules import ddim_uniform_sigmas
 from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader

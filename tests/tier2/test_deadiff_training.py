@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stylekit.attention.layers import model_layers
-from stylekit.bridge.tiny import tiny_deadiff_state_dict
+from tiny_models import tiny_deadiff_state_dict
 from stylekit.errors import InputError
 from stylekit.models.deadiff import adapter_from_state_dict
 from stylekit.models.deadiff_inject import DEADiffTokens, deadiff_model

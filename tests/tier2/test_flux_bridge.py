@@ -23,7 +23,7 @@ CTX, POOLED = 32, 16
 
 @pytest.fixture(scope="module")
 def transformer():
-    from stylekit.bridge.tiny import tiny_flux
+    from tiny_models import tiny_flux
     return tiny_flux(seed=0)
 
 
@@ -282,7 +282,7 @@ def test_schnell_and_odd_latent_sizes_run_as_comfyui_runs_them():
     """A guidance-less Flux (schnell) takes no guidance (the bridge passed 3.5 and diffusers refused it); an
     odd latent side is padded circularly to the 2x2 patches and the output cropped back, as ComfyUI's Flux
     does: the crop's top-left block equals the same sampling of the padded latent."""
-    from stylekit.bridge.tiny import tiny_flux
+    from tiny_models import tiny_flux
     schnell = FluxBridgePatcher(tiny_flux(seed=3, guidance=False))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 9, 7, generator=g)

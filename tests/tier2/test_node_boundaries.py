@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from stylekit.attention.layers import model_layers
 from stylekit.bridge import BridgePatcher
-from stylekit.bridge.tiny import (flat_state_dict, tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae,
+from tiny_models import (flat_state_dict, tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae,
                                   tiny_deadiff_state_dict, tiny_dvae, tiny_ip_adapter, tiny_sd15_unet, tiny_translator, write_official_dvae_pickles)
 from stylekit.errors import StyleKitError
 from stylekit.models.catversion import CatVersionPrefix, save_prefix

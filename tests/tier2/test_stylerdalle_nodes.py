@@ -3,7 +3,7 @@ pre-train and train a style with a tiny CLIP pair, on tiny dVAE / translator fil
 import pytest
 import torch
 
-from stylekit.bridge.tiny import (tiny_bridge_clip, tiny_bridge_clip_vision, tiny_dvae, tiny_translator,
+from tiny_models import (tiny_bridge_clip, tiny_bridge_clip_vision, tiny_dvae, tiny_translator,
                                   write_official_dvae_pickles)
 from stylekit.models.stylerdalle import save_translator
 from stylekit.nodes.stylerdalle import (NEW, StyleKitStylerDALLELoad, StyleKitStylerDALLEPretrain,

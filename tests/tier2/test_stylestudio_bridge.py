@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from stylekit.attention.layers import model_layers
 from stylekit.attention.router import Contribution, add_contribution
 from stylekit.bridge import sample_euler_cfg
-from stylekit.bridge.tiny import flat_state_dict, tiny_bridge_clip_vision, tiny_ip_adapter
+from tiny_models import flat_state_dict, tiny_bridge_clip_vision, tiny_ip_adapter
 from stylekit.models.ip_adapter import load_adapter
 from stylekit.models.stylestudio import style_adapter_model
 from stylekit.nodes.comfy_glue import vision_features

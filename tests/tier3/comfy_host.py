@@ -33,7 +33,7 @@ def comfy_sd15_from_diffusers(unet):
 
 def comfy_sd15_random(seed: int = 0):
     """A ComfyUI ModelPatcher around a tiny SD1.5-layout UNetModel with deterministic random weights."""
-    from stylekit.bridge.tiny import tiny_sd15_unet
+    from tiny_models import tiny_sd15_unet
     return comfy_sd15_from_diffusers(tiny_sd15_unet(seed=seed))
 
 
@@ -78,7 +78,7 @@ def comfy_clip_vision_tiny(tmp_dir, hf_model=None):
     import os
 
     import comfy.clip_vision
-    from stylekit.bridge.tiny import tiny_clip_vision
+    from tiny_models import tiny_clip_vision
     hf_model = hf_model or tiny_clip_vision()
     cfg = json.loads(open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")).read())
     c = hf_model.config
@@ -101,7 +101,7 @@ def write_tiny_deadiff(model, folder, name="deadiff_v1.safetensors"):
 
     from safetensors.torch import save_file
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import tiny_deadiff_state_dict
+    from tiny_models import tiny_deadiff_state_dict
     sd = tiny_deadiff_state_dict(model_layers(model), seed=1)
     os.makedirs(str(folder), exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(str(folder), name), metadata={"qformer_heads": "4"})
@@ -112,7 +112,7 @@ def comfy_clip_tiny(seed: int = 0, width: int = 64):
     holding the weights of ``tiny_clip_text(width, 12, vocab 49408)``; returns (CLIP, transformers model)."""
     import comfy.sd
     import comfy.sd1_clip
-    from stylekit.bridge.tiny import tiny_clip_text
+    from tiny_models import tiny_clip_text
     hf = tiny_clip_text(width=width, layers=12, vocab=49408, seed=seed)
 
     class Target:
@@ -152,7 +152,7 @@ def write_tiny_adapter(model, folder, name, kind="plain", csgo=False, seed=0):
 
     from safetensors.torch import save_file
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import flat_state_dict, tiny_ip_adapter
+    from tiny_models import flat_state_dict, tiny_ip_adapter
     nested = tiny_ip_adapter(model_layers(model), kind, feature_width=48, tokens=4 if kind == "plain" else 8,
                              seed=seed, csgo=csgo)
     os.makedirs(str(folder), exist_ok=True)
@@ -165,7 +165,7 @@ def write_tiny_stylerdalle(root, dvae="dalle_dvae.safetensors", translator="styl
     """models/dalle/<dvae> (converted from official-layout pickles) and models/stylerdalle/<translator>."""
     import os
 
-    from stylekit.bridge.tiny import tiny_dvae, tiny_translator, write_official_dvae_pickles
+    from tiny_models import tiny_dvae, tiny_translator, write_official_dvae_pickles
     from stylekit.models.stylerdalle import save_translator
     from stylekit.models.dvae import convert_files
     for sub in ("dalle", "stylerdalle"):
@@ -336,7 +336,7 @@ def comfy_flux_tiny(seed: int = 0):
 def diffusers_flux_from_comfy(patcher):
     """The bridge's FluxTransformer2DModel holding the weights of a tiny ComfyUI Flux (ComfyUI's own key map)."""
     import comfy.utils
-    from stylekit.bridge.tiny import tiny_flux
+    from tiny_models import tiny_flux
     c = FLUX_TINY
     t = tiny_flux(double=c["depth"], single=c["depth_single_blocks"], heads=c["num_heads"],
                   head_dim=c["hidden_size"] // c["num_heads"], latent_channels=c["in_channels"],
@@ -389,7 +389,7 @@ def flux_standins(tmp_dir):
     """Loader stand-ins for the Flux workflows (core Flux nodes, samplers and Redux run as ComfyUI's own)."""
     import comfy.sd
     from comfy.ldm.flux.redux import ReduxImageEncoder
-    from stylekit.bridge.tiny import tiny_clip_vision
+    from tiny_models import tiny_clip_vision
     out = standins(comfy_flux_tiny, tmp_dir)
     clip_vision = tiny_clip_vision()
     redux = ReduxImageEncoder(redux_dim=clip_vision.config.hidden_size, txt_in_features=FLUX_TINY["context_in_dim"])

@@ -76,7 +76,7 @@ def clip_text(seed: int = 2):
 def deadiff(model, seed: int = 3):
     """DEADiff weights at the published size (BLIP-2 Q-Formers: 12 BERT layers at 768, 16 queries, ViT-L)."""
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import tiny_deadiff_state_dict
+    from tiny_models import tiny_deadiff_state_dict
     from stylekit.models.deadiff import adapter_from_state_dict
     sd = tiny_deadiff_state_dict(model_layers(model), seed=seed, hidden=768, n_layers=12, intermediate=3072,
                                  positions=512, queries=16, vision=1024, proj_hidden=3072)
@@ -88,7 +88,7 @@ def adapter(model, csgo: bool = False, seed: int = 4):
     or with ``csgo`` CSGO's layout (style Resampler + content projection, image K/V on down and up blocks)."""
     from safetensors.torch import save_file
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import flat_state_dict, tiny_ip_adapter
+    from tiny_models import flat_state_dict, tiny_ip_adapter
     from stylekit.models.ip_adapter import load_adapter
     layers = model_layers(model)
     width = 768 if layers.family == "sd15" else 1280

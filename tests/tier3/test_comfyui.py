@@ -141,7 +141,7 @@ def test_same_contribution_same_output_in_comfyui_and_bridge():
     from stylekit.attention.layers import model_layers
     from stylekit.attention.router import add_contribution
     from stylekit.bridge import BridgePatcher
-    from stylekit.bridge.tiny import tiny_sd15_unet
+    from tiny_models import tiny_sd15_unet
 
     unet = tiny_sd15_unet(seed=3)
     comfy_model = comfy_sd15_from_diffusers(unet).clone()

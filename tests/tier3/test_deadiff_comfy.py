@@ -17,7 +17,7 @@ def test_deadiff_in_comfyui(comfy_nodes, tmp_path):
     import folder_paths
     from comfy_host import comfy_clip_vision_tiny, comfy_sd15_random, write_tiny_deadiff
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import tiny_clip_vision
+    from tiny_models import tiny_clip_vision
     from stylekit.models.clip_preprocess import deadiff_pixels
     from stylekit.nodes.comfy_glue import vision_hidden_states
     from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
@@ -58,7 +58,7 @@ def test_extract_node_reads_and_writes_comfyuis_deadiff_folder(comfy_nodes, tmp_
     import folder_paths
     from comfy_host import comfy_sd15_random
     from stylekit.attention.layers import model_layers
-    from stylekit.bridge.tiny import tiny_deadiff_state_dict
+    from tiny_models import tiny_deadiff_state_dict
     from stylekit.nodes.deadiff import StyleKitDEADiffExtract, StyleKitDEADiffLoader
 
     folder = tmp_path / "deadiff"

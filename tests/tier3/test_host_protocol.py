@@ -32,7 +32,7 @@ def style_stack(model, tmp_path, adapter_weight=1.0, start_percent=0.0):
     """DEADiff Apply, then the Style Adapter (cross-modal AdaIN, every layer), then the Teacher Layout."""
     import folder_paths
     from comfy_host import comfy_clip_vision_tiny, write_tiny_adapter, write_tiny_deadiff
-    from stylekit.bridge.tiny import tiny_clip_vision
+    from tiny_models import tiny_clip_vision
     from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
     from stylekit.nodes.stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter, StyleKitTeacherLayout
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def test_convert_load_train_stylize_in_comfyui(comfy_nodes, tmp_path):
     import folder_paths
     from comfy_host import comfy_clip_tiny, comfy_clip_vision_tiny
-    from stylekit.bridge.tiny import tiny_dvae, tiny_translator, write_official_dvae_pickles
+    from tiny_models import tiny_dvae, tiny_translator, write_official_dvae_pickles
     from stylekit.models.stylerdalle import save_translator
     from stylekit.nodes.stylerdalle import (StyleKitStylerDALLEConvert, StyleKitStylerDALLELoad, StyleKitStylerDALLEStylize,
                                             StyleKitStylerDALLETrainStyle)

@@ -88,7 +88,7 @@ def test_pairing_errors_before_sampling(comfy_nodes, tmp_path):
 def test_comfy_and_bridge_vision_features_agree(comfy_nodes, tmp_path):
     from comfy_host import comfy_clip_vision_tiny
     from stylekit.bridge import BridgeClipVision
-    from stylekit.bridge.tiny import tiny_clip_vision
+    from tiny_models import tiny_clip_vision
     from stylekit.nodes.comfy_glue import vision_features
     hf = tiny_clip_vision()
     cv = comfy_clip_vision_tiny(tmp_path, hf)

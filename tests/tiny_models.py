@@ -1,4 +1,6 @@
-"""Tiny randomly initialised diffusers UNets with SD1.5's and SDXL's block layouts (tests, demo)."""
+"""Test fixtures: tiny randomly initialised models in the published layouts (diffusers UNets with SD1.5's and SDXL's
+block layouts, Flux, CLIP towers, a DEADiff encoder, IP-Adapters, dVAE and translator). Importable from every tier
+(tests/ is on sys.path through its conftest); never part of the pack."""
 from __future__ import annotations
 
 import torch
@@ -36,7 +38,7 @@ def tiny_deadiff_state_dict(layers, seed: int = 0, hidden: int = 32, n_layers: i
                             proj_hidden: int = 64) -> dict:
     """Random DEADiff weights under the official key names (``deadiff_v1.ckpt``'s DEADiff part), sized
     for ``layers`` (a :class:`ModelLayers`): Q-Formers of ``n_layers`` BERT layers, 4 heads."""
-    from ..models.deadiff import attn2_name
+    from stylekit.models.deadiff import attn2_name
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, scale=0.1: torch.randn(*s, generator=g) * scale  # noqa: E731
     sd = {}
@@ -82,7 +84,7 @@ def tiny_clip_vision(width: int = 48, seed: int = 0):
 
 def tiny_bridge_clip_vision(width: int = 48, seed: int = 0):
     """ComfyUI-shaped CLIP_VISION (BridgeClipVision) over ``tiny_clip_vision``'s weights."""
-    from .vision import BridgeClipVision
+    from stylekit.bridge.vision import BridgeClipVision
     return BridgeClipVision(tiny_clip_vision(width, seed))
 
 
@@ -90,7 +92,7 @@ def tiny_bridge_vae(width: int = 16, seed: int = 0):
     """ComfyUI-shaped VAE (BridgeVAE) over a diffusers AutoencoderKL with 4 latent channels, tiny widths."""
     from diffusers import AutoencoderKL
 
-    from .vae import BridgeVAE
+    from stylekit.bridge.vae import BridgeVAE
     torch.manual_seed(seed)
     return BridgeVAE(AutoencoderKL(block_out_channels=(width,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
                                    up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8,
@@ -109,7 +111,7 @@ def tiny_clip_text(width: int = 64, layers: int = 4, vocab: int = 1000, seed: in
 
 def tiny_bridge_clip(width: int = 64, layers: int = 4, seed: int = 0):
     """ComfyUI-shaped CLIP (BridgeCLIP) over ``tiny_clip_text``'s weights."""
-    from .clip_text import BridgeCLIP, clip_text_from_transformers
+    from stylekit.bridge.clip_text import BridgeCLIP, clip_text_from_transformers
     return BridgeCLIP(clip_text_from_transformers(tiny_clip_text(width, layers, seed=seed)))
 
 
@@ -163,7 +165,7 @@ def flat_state_dict(nested: dict) -> dict:
 
 def tiny_dvae(seed: int = 0, vocab: int = 64):
     """A tiny randomly initialised DALL-E dVAE (hidden 8, one block per group): (encoder, decoder)."""
-    from ..models.dvae import DVAEDecoder, DVAEEncoder
+    from stylekit.models.dvae import DVAEDecoder, DVAEEncoder
     torch.manual_seed(seed)
     return (DVAEEncoder(n_hid=8, blocks_per_group=1, vocab=vocab).eval(),
             DVAEDecoder(n_hid=8, blocks_per_group=1, vocab=vocab, n_init=8).eval())
@@ -171,7 +173,7 @@ def tiny_dvae(seed: int = 0, vocab: int = 64):
 
 def tiny_translator(seed: int = 0, vocab: int = 64):
     """A tiny StylerDALLE translator (hidden 32, 4 heads, 2 decoder blocks) for ``tiny_dvae``."""
-    from ..models.stylerdalle import StylerDALLETranslator
+    from stylekit.models.stylerdalle import StylerDALLETranslator
     torch.manual_seed(seed)
     return StylerDALLETranslator(input_dim=8, hidden=32, heads=4, decoder_blocks=2, vocab=vocab).eval()
 
