@@ -74,7 +74,7 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0) -> DEADiffAdapter:
     attn2 = {key: (m.to_k.weight.detach().float().clone(), m.to_v.weight.detach().float().clone())
              for key, m in attention_modules(model, "attn2").items()}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's only: the fork restores nothing else
         adapter = DEADiffAdapter(shape, attn2)
         for branch in adapter.branches.values():
             nn.init.normal_(branch.query_tokens, std=0.02)
@@ -125,6 +125,14 @@ def pair_loss(model, tokens: DEADiffTokens, batch: PairBatch, sigma: torch.Tenso
 
 def warmup_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _seed_dropout(device: torch.device, seed: int) -> None:
+    """Seed only the generators :func:`train_deadiff` forks: the CPU's, and the training GPU's (torch.manual_seed
+    would reseed every GPU, which the fork does not restore). Dropout on other backends (MPS) is not seeded."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()].manual_seed(seed)
 
 
 def _dropout_states(device: torch.device) -> dict:
@@ -187,7 +195,7 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[i
     # here and forked, so a run is reproducible and the caller's random state is left as it was
     device = params[0].device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(settings.seed)
+        _seed_dropout(device, settings.seed)
         return _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every,
                       kinds, params, g)
 

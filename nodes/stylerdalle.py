@@ -80,7 +80,7 @@ class StyleKitStylerDALLELoad:
                              "needs both (convert encoder.pkl and decoder.pkl together)")
         if translator_name == NEW:
             with torch.random.fork_rng(devices=[]):  # the same initial weights every run; the global RNG untouched
-                torch.manual_seed(0)
+                torch.default_generator.manual_seed(0)  # the CPU's only (torch.manual_seed would reseed every GPU too)
                 translator = StylerDALLETranslator(input_dim=decoder.n_init, vocab=decoder.vocab).eval()
             style = ""
         else:

@@ -71,7 +71,7 @@ def loaders(w: ToyWorld, batch: int, seed: int) -> dict:
 
 
 def train(w: ToyWorld, steps: int, seed: int = 0, batch: int = 16, lr: float = 1e-3, progress=None,
-          reconstructive: bool = False, checkpoint: str | None = None):
+          reconstructive: bool = False, checkpoint: str | None = None, checkpoint_every: int = 100):
     """A DEADiff for the miniature UNet, from scratch. ``reconstructive``: the paper's ablation, every
     pair an image with itself (the both loader only). ``checkpoint``: resumed from when present."""
     adapter = fresh_adapter(w.model, SHAPE, seed=seed)
@@ -80,5 +80,5 @@ def train(w: ToyWorld, steps: int, seed: int = 0, batch: int = 16, lr: float = 1
         data = {"both": data["both"]}
     settings = DEADiffTrainSettings(steps=steps, lr=lr, warmup=max(1, steps // 20), seed=seed)
     losses = train_deadiff(w.model, adapter, data, w.model.model_sampling.sigmas, settings, progress=progress,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     return adapter, losses

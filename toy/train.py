@@ -390,7 +390,7 @@ def train_deadiff(plan: Plan, work: Path, seed: int, toy, folder: Path, force: b
         if done % 100 == 0 or done == total:
             log(f"[deadiff] step {done}/{total}")
     adapter, _ = train(toy, plan.deadiff_steps, seed, plan.deadiff_batch, plan.deadiff_lr, progress,
-                       checkpoint=str(work / "deadiff.pt"))
+                       checkpoint=str(work / "deadiff.pt"), checkpoint_every=plan.checkpoint_every)
     target = output_target(str(folder), DEADIFF_FILE, ".safetensors", numbered=False, force=force)
     return save_deadiff(adapter, target, source=f"make toy (StyleKit DEADiff training, seed {seed})", dtype=torch.float16)
 
