@@ -33,6 +33,7 @@ from ..errors import InputError
 from .deadiff import INSTRUCTION_IDS, DEADiffAdapter, QFormerShape
 from .deadiff_inject import DEADiffTokens, deadiff_model
 from .magicstyle import host_apply_model
+from .seeding import cpu_seeded
 
 KINDS = ("style", "content", "both")
 
@@ -73,8 +74,7 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0) -> DEADiffAdapter:
                          f"{sorted(widths)}: set the Q-Former width to the model's text width")
     attn2 = {key: (m.to_k.weight.detach().float().clone(), m.to_v.weight.detach().float().clone())
              for key, m in attention_modules(model, "attn2").items()}
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU's only: the fork restores nothing else
+    with cpu_seeded(seed):
         adapter = DEADiffAdapter(shape, attn2)
         for branch in adapter.branches.values():
             nn.init.normal_(branch.query_tokens, std=0.02)

@@ -6,6 +6,7 @@ import torch
 from ..errors import InputError
 from ..files import open_image, write_new
 from ..models.dvae import load_dvae
+from ..models.seeding import cpu_seeded
 from ..models.stylerdalle import StylerDALLETranslator, load_translator, save_translator
 from ..models.stylerdalle_pipeline import OUTPUT_PX, StylerDALLE, square_pixels, stylize, training_tokens
 from ..models.stylerdalle_train import PretrainSettings, StyleSettings, pretrain, train_style
@@ -79,8 +80,7 @@ class StyleKitStylerDALLELoad:
             raise InputError(f"{dvae_name} lacks the dVAE {'encoder' if encoder is None else 'decoder'}; StylerDALLE "
                              "needs both (convert encoder.pkl and decoder.pkl together)")
         if translator_name == NEW:
-            with torch.random.fork_rng(devices=[]):  # the same initial weights every run; the global RNG untouched
-                torch.default_generator.manual_seed(0)  # the CPU's only (torch.manual_seed would reseed every GPU too)
+            with cpu_seeded(0):  # the same initial weights every run; the global RNG untouched
                 translator = StylerDALLETranslator(input_dim=decoder.n_init, vocab=decoder.vocab).eval()
             style = ""
         else:

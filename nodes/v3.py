@@ -81,13 +81,13 @@ def node_output(result) -> io.NodeOutput:
     return io.NodeOutput(*result)
 
 
-def combo_names(cls) -> list[str]:
-    return [name for section in cls.INPUT_TYPES().values() for name, decl in section.items() if isinstance(decl[0], list)]
+def combos_of(declared: dict) -> dict:
+    """name -> choices of every combo in an ``INPUT_TYPES()`` result."""
+    return {name: decl[0] for section in declared.values() for name, decl in section.items() if isinstance(decl[0], list)}
 
 
-def combo_check(cls, name: str, value) -> str | None:
-    """Why ``value`` is no choice of combo ``name`` (its choices read afresh, a hidden alias accepted), or None."""
-    choices = next(s[name][0] for s in cls.INPUT_TYPES().values() if name in s)
+def combo_check(name: str, choices: list, value) -> str | None:
+    """Why ``value`` is no choice of combo ``name`` (a hidden alias accepted), or None."""
     if choices.accepts(value) if isinstance(choices, Choices) else value in choices:
         return None
     shown = list(choices) if len(choices) <= 20 else f"the {len(choices)} choices in its list"
@@ -112,12 +112,13 @@ def v3_node(node_id: str, cls) -> type:
             "execute": classmethod(execute), "BODY": cls}
     check = getattr(cls, "VALIDATE_INPUTS", None)
     checked = list(inspect.signature(check).parameters) if check is not None else []
-    combos = combo_names(cls)
+    combos = list(combos_of(cls.INPUT_TYPES()))
     names = checked + [n for n in combos if n not in checked]
     if names:
         def validate_inputs(_, **values):
+            choices = combos_of(cls.INPUT_TYPES())  # read afresh, once: file choices follow the folders
             for name in combos:
-                problem = None if values.get(name) is None else combo_check(cls, name, values[name])
+                problem = None if values.get(name) is None else combo_check(name, choices[name], values[name])
                 if problem:
                     return problem
             return check(**{k: values.get(k) for k in checked}) if check is not None else True

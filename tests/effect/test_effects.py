@@ -20,6 +20,12 @@ def met(name, value):
     return effects.judged(name, value)["met"]
 
 
+def on_not_off(claim, on, off, context):
+    """The claim is met by the figure with the method on and missed by the same figure with it off (same seeds)."""
+    assert met(claim, on), context
+    assert not met(claim, off), context
+
+
 def not_yet(reason):
     return pytest.mark.xfail(strict=True, reason=f"not reached by the CPU-trained miniature yet: {reason}")
 
@@ -50,8 +56,7 @@ def t2i(toy):
 def test_text_to_image_follows_the_prompt(t2i, head):
     """The UNet draws what the caption names; with the empty prompt (same noise) only chance agrees."""
     on, off = t2i
-    assert met(f"t2i_{head}", on[head]), (on, off)
-    assert not met(f"t2i_{head}", off[head]), (on, off)
+    on_not_off(f"t2i_{head}", on[head], off[head], (on, off))
 
 
 @pytest.fixture(scope="module", params=["StyleID", "MagicStyle"])
@@ -92,8 +97,7 @@ def test_feature_fusion_takes_the_style(request, fusion, what):
     preset, f = fusion
     if (preset, what) in FUSION_NOT_YET:
         request.applymarker(not_yet(FUSION_NOT_YET[preset, what]))
-    assert met(f"fusion_{what}_from_style", f[f"fusion_{what}_from_style"]), (preset, f)
-    assert not met(f"fusion_{what}_from_style", f[f"off_{what}_from_style"]), (preset, f)
+    on_not_off(f"fusion_{what}_from_style", f[f"fusion_{what}_from_style"], f[f"off_{what}_from_style"], (preset, f))
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +117,7 @@ def test_cross_modal_adain_keeps_the_prompts_colour_better_than_add(adapter_run)
 @not_yet("the reference's texture in 0.29 of AdaIN samples (0.04 without the adapter) vs 0.515 needed")
 def test_cross_modal_adain_still_takes_the_references_texture(adapter_run):
     f = adapter_run
-    assert met("adain_texture_from_reference", f["adain_texture_from_reference"]), f
-    assert not met("adain_texture_from_reference", f["none_texture_from_reference"]), f
+    on_not_off("adain_texture_from_reference", f["adain_texture_from_reference"], f["none_texture_from_reference"], f)
 
 
 @not_yet("the negative's texture shows in 0.25 of the samples with it and 0.21 with a zero negative (a drop of "
@@ -150,8 +153,7 @@ def test_catversion_prefix_brings_the_concept(catversion_run, which):
     the plain text encoder (the UNet saw one circle in five drawn as a heart, always captioned 'circle'), on
     the training caption and on captions with other colours and textures."""
     f = catversion_run
-    assert met("catversion_concept", f[f"prefix_{which}_concept"]), f
-    assert not met("catversion_concept", f[f"plain_{which}_concept"]), f
+    on_not_off("catversion_concept", f[f"prefix_{which}_concept"], f[f"plain_{which}_concept"], f)
 
 
 @not_yet("the edit's colour holds in 0.21 of the prefixed samples (0.875 with the plain CLIP) vs 0.445 needed")
@@ -180,8 +182,7 @@ def test_stylerdalle_rl_moves_the_texture(dalle_run):
     """After REINFORCE towards one texture word (reward: the miniature CLIP), the translated images carry
     that texture far more often than the pre-trained translator's."""
     f = dalle_run
-    assert met("stylerdalle_style_texture", f["after_style_texture"]), f
-    assert not met("stylerdalle_style_texture", f["before_style_texture"]), f
+    on_not_off("stylerdalle_style_texture", f["after_style_texture"], f["before_style_texture"], f)
 
 
 def test_stylerdalle_keeps_the_shape(dalle_run):
@@ -202,8 +203,7 @@ def test_deadiff_takes_the_references_texture(deadiff_run):
     """DEADiff's style tokens (the reference through the style Q-Former, on the style layers) bring the
     reference's texture; with no tokens (the same seeds) only chance agrees."""
     f = deadiff_run
-    assert met("deadiff_texture_from_reference", f["deadiff_texture_from_reference"]), f
-    assert not met("deadiff_texture_from_reference", f["none_texture_from_reference"]), f
+    on_not_off("deadiff_texture_from_reference", f["deadiff_texture_from_reference"], f["none_texture_from_reference"], f)
 
 
 def test_deadiff_keeps_the_prompts_shape(deadiff_run):
