@@ -74,3 +74,17 @@ def sample_euler_cfg(patcher, noise, sigmas, cond, uncond=None, cfg: float = 1.0
         return res[1] + (res[0] - res[1]) * cfg
 
     return sample_euler(denoise, noise * sigmas[0] if start is None else start, sigmas)
+
+
+def text_to_image(patcher, clip, vae, prompt: str, negative: str, seed: int, steps: int, cfg: float, width: int,
+                  height: int) -> torch.Tensor:
+    """IMAGE (1, H, W, 3) of ``prompt`` on the bridge: noise from ``seed`` (CPU generator), ``steps`` Euler steps
+    on the DDIM-uniform schedule, classifier-free guidance against ``negative``, the VAE's decode."""
+    from ..models.schedules import ddim_uniform_sigmas
+    factor = 2 ** (len(vae.first_stage.config.block_out_channels) - 1)
+    channels = vae.first_stage.config.latent_channels
+    noise = torch.randn(1, channels, height // factor, width // factor, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        cond, uncond = (clip.encode_from_tokens(clip.tokenize(t)) for t in (prompt, negative))
+        latent = sample_euler_cfg(patcher, noise, ddim_uniform_sigmas(patcher.model_sampling, steps), cond, uncond, cfg)
+    return vae.decode(latent)

@@ -14,6 +14,8 @@ Weights keep the official key names (``style_blip.Qformer.bert.…``, ``style_pr
 """
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,9 @@ class DEADiffAdapter(nn.Module):
         self.shape = shape
         self.branches = nn.ModuleDict({b: QFormerBranch(shape) for b in BRANCHES})
         self.attn2 = attn2  # 3-part key -> (i_to_k weight (inner, hidden), i_to_v weight)
+        # which blocks take the style tokens and which the content tokens ({"style": [(name, index), ...],
+        # "content": [...]}), as trained; None: the model family's default (models/deadiff_inject.py)
+        self.split: dict | None = None
 
     @torch.no_grad()
     def encode(self, vision_hidden: torch.Tensor, branch: str) -> torch.Tensor:
@@ -260,7 +265,28 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
                                 names=lambda k: bool(_module_name(k) or attn2_key(k) or _is_buffer(k)), max_bytes=MAX_BYTES,
                                 dtypes=lambda k, dtype: _is_buffer(k) or floating(k, dtype), structure=structure)
     require_finite(sd, path, DEADiffWeightsError)
-    return adapter_from_state_dict(sd, heads=heads(meta), source=path.name)
+    split = layer_split(meta.get("layer_split"), path.name)  # checked before the adapter is built
+    adapter = adapter_from_state_dict(sd, heads=heads(meta), source=path.name)
+    adapter.split = split
+    return adapter
+
+
+def layer_split(text: str | None, source: str) -> dict | None:
+    """The ``layer_split`` metadata of a DEADiff file (JSON: {"style": [[block, index], ...], "content": [...]},
+    blocks input / middle / output), or None when the file has none (an extracted official file)."""
+    if text is None:
+        return None
+    try:
+        raw = json.loads(text)
+        split = {b: [(str(name), int(index)) for name, index in raw[b]] for b in BRANCHES}
+    except (ValueError, TypeError, KeyError) as e:
+        raise DEADiffWeightsError(f"{source}: metadata layer_split is not a style/content block list ({e}); "
+                                  "write the file again with StyleKit DEADiff Train") from None
+    bad = [k for b in BRANCHES for k in split[b] if k[0] not in ("input", "middle", "output")]
+    if bad or set(split["style"]) & set(split["content"]):
+        raise DEADiffWeightsError(f"{source}: metadata layer_split names {bad or 'a block in both branches'}; "
+                                  "write the file again with StyleKit DEADiff Train")
+    return split
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -298,6 +324,8 @@ def save_deadiff(adapter: DEADiffAdapter, target: OutputTarget, source: str = "S
     from safetensors.torch import save_file
     tensors = official_state_dict(adapter, dtype)
     meta = {"format": "pt", "source": source, "qformer_heads": str(adapter.shape.heads)}
+    if adapter.split is not None:
+        meta["layer_split"] = json.dumps({b: [list(k) for k in adapter.split[b]] for b in BRANCHES})
     return write_new(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 

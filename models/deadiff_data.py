@@ -10,12 +10,20 @@ folder and stay inside it. The whole manifest is checked before any image is dec
 starts: kinds, paths, files that are images (their headers read, not their pixels), one target size for
 all pairs (they are batched), bounded counts and caption lengths; an identical line given twice counts
 once. Every refusal names the manifest line and the fix.
+
+:func:`manifest_loaders` turns the pairs into the trainer's loaders: each step draws its global batch of a
+kind from a generator seeded by (seed, kind, step), so a resumed or sharded run reads the same pairs, and
+each shard decodes and encodes only its own rows, through the host's :class:`PairEncoders`.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
 
 from ..errors import InputError
 from ..files import open_image
@@ -107,3 +115,49 @@ def by_kind(pairs: list[Pair]) -> dict[str, list[Pair]]:
     for p in pairs:
         out.setdefault(p.kind, []).append(p)
     return out
+
+
+@dataclass(frozen=True)
+class PairEncoders:
+    """How a host turns pairs into a :class:`~stylekit.models.deadiff_train.PairBatch` (all frozen, no grad)."""
+    references: Callable[[list], torch.Tensor]   # images, each (H, W, 3) in [0, 1] -> (B, N, vision) CLIP states
+    latents: Callable[[torch.Tensor], torch.Tensor]  # targets (B, H, W, 3) in [0, 1] -> (B, C, h, w) model latents
+    # B captions and their targets' latents -> ((B, T, D) text conditioning, further model inputs or None (SDXL: y))
+    captions: Callable[[list, torch.Tensor], tuple]
+
+
+def read_image(path: str) -> torch.Tensor:
+    """An image file as (H, W, 3) float32 in [0, 1] (RGB; through files.open_image's bounds)."""
+    with open_image(path, os.path.basename(path)) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def step_rows(count: int, batch: int, seed: int, kind: str, step: int) -> torch.Tensor:
+    """Indices of the ``batch`` pairs (of ``count`` of a kind) that step ``step`` trains on, drawn with
+    replacement from a generator seeded by (seed, kind, step): the same on every process and after a resume."""
+    salt = KINDS.index(kind) + 1
+    g = torch.Generator().manual_seed((seed * 1_000_003 + salt * 100_003 + step) % 2 ** 63)
+    return torch.randint(count, (batch,), generator=g)
+
+
+def manifest_loaders(pairs: list[Pair], encoders: PairEncoders, batch: int, seed: int) -> dict:
+    """kind -> ``loader(step, shard, shards)`` for :func:`~stylekit.models.deadiff_train.train_deadiff`: the
+    shard's rows of the step's global ``batch`` of that kind; style and content pairs condition on the
+    target's caption, ``both`` on the empty caption (the official trainer's)."""
+    from .deadiff_train import PairBatch
+
+    def make(kind, of_kind):
+        def loader(step, shard=0, shards=1):
+            if batch % shards:
+                raise InputError(f"a batch of {batch} does not split into {shards} equal parts (processes x "
+                                 "accumulate); give a batch that is a multiple of them")
+            n = batch // shards
+            rows = step_rows(len(of_kind), batch, seed, kind, step)[shard * n:(shard + 1) * n]
+            chosen = [of_kind[int(i)] for i in rows]
+            with torch.no_grad():
+                latents = encoders.latents(torch.stack([read_image(p.target) for p in chosen]))
+                context, extra = encoders.captions(["" if kind == "both" else p.caption for p in chosen], latents)
+                return PairBatch(kind, encoders.references([read_image(p.reference) for p in chosen]), latents,
+                                 context, extra)
+        return loader
+    return {kind: make(kind, of_kind) for kind, of_kind in by_kind(pairs).items()}

@@ -1,7 +1,10 @@
 """DEADiff on a model: style tokens to the style layers, content tokens to the content layers.
 
 Layer split (bytedance/DEADiff's, SD1.5): content tokens go to input 7, 8, middle 0, output 3, 4; style
-tokens to input 1, 2, 4, 5 and output 5..11. A branch that is off (style-only or content-only) still
+tokens to input 1, 2, 4, 5 and output 5..11. SDXL (StyleKit's, by resolution as the official one): the
+content tokens go to the lowest resolution's blocks, input 7, 8, middle 0 and the first two of the decoder's,
+output 0, 1; the style tokens to the rest, input 4, 5 and output 2..5. A file trained by StyleKit carries
+the split it was trained with (``DEADiffAdapter.split``), and Apply uses that one. A branch that is off (style-only or content-only) still
 puts 16 zero tokens on its layers by default, as the official code does (their zero keys take
 softmax mass); ``zero_tokens=False`` leaves those layers unpatched instead.
 """
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.image_kv import image_kv_contribution
-from ..attention.layers import UnsupportedModelError, model_layers, register_layer_set
+from ..attention.layers import FAMILY_NAMES, UnsupportedModelError, model_layers, register_layer_set
 from ..attention.router import add_contribution
 from ..errors import InputError
 from .deadiff import DEADiffAdapter
@@ -22,6 +25,11 @@ STYLE_BLOCKS = [("input", 1), ("input", 2), ("input", 4), ("input", 5)] + [("out
 CONTENT_BLOCKS = [("input", 7), ("input", 8), ("middle", 0), ("output", 3), ("output", 4)]
 register_layer_set("sd15", "deadiff_style", STYLE_BLOCKS)
 register_layer_set("sd15", "deadiff_content", CONTENT_BLOCKS)
+SDXL_STYLE_BLOCKS = [("input", 4), ("input", 5)] + [("output", i) for i in range(2, 6)]
+SDXL_CONTENT_BLOCKS = [("input", 7), ("input", 8), ("middle", 0), ("output", 0), ("output", 1)]
+register_layer_set("sdxl", "deadiff_style", SDXL_STYLE_BLOCKS)
+register_layer_set("sdxl", "deadiff_content", SDXL_CONTENT_BLOCKS)
+FAMILIES = ("sd15", "sdxl")
 SPLITS = ("official", "one branch on every layer")  # the latter: style tokens (else content) on all 16
 
 
@@ -51,18 +59,34 @@ def mix(tokens: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
 def check_pairing(adapter: DEADiffAdapter, model) -> None:
     """The adapter's attn2 projections must fit this UNet layer for layer; errors name both sides."""
     layers = model_layers(model)
-    layers.require("sd15", method="DEADiff (trained on SD1.5)")
+    layers.require(*FAMILIES, method="DEADiff")
     have, want = set(adapter.attn2), set(layers.keys)
     if have != want:
+        made_for = "SD1.5" if ("input", 1, 0) in have else "SDXL" if ("input", 4, 1) in have else "another model"
         raise UnsupportedModelError(
-            f"DEADiff weights carry image projections for {len(have)} attn2 layers but this UNet has {len(want)}: "
-            f"missing {sorted(want - have)[:4]}, extra {sorted(have - want)[:4]}")
+            f"DEADiff weights carry image projections for {len(have)} attn2 layers (made for {made_for}) but this "
+            f"{FAMILY_NAMES.get(layers.family, '')} UNet has {len(want)}: missing {sorted(want - have)[:4]}, extra "
+            f"{sorted(have - want)[:4]}; use a DEADiff trained for this model family")
     for key in layers.keys:
         wk = adapter.attn2[key][0]
         info = layers.by_key(key)
         if wk.shape[0] != info.channels:
             raise UnsupportedModelError(f"DEADiff i_to_k at {key} projects to {wk.shape[0]} channels; this UNet's "
                                         f"attn2 there is {info.channels} wide (weights for another model size)")
+    branch_keys(adapter, layers)  # a trained split must name blocks this model has
+
+
+def split_blocks(adapter: DEADiffAdapter, family: str) -> dict:
+    """{"style": blocks, "content": blocks}: the split ``adapter`` was trained with, else the family's default."""
+    if adapter.split is not None:
+        return adapter.split
+    from ..attention.layers import LAYER_SETS
+    return {b: LAYER_SETS[family][f"deadiff_{b}"] for b in ("style", "content")}
+
+
+def branch_keys(adapter: DEADiffAdapter, layers) -> dict:
+    """{"style": layer keys, "content": layer keys} of ``layers`` (a ModelLayers) under the adapter's split."""
+    return {b: layers.select(blocks) for b, blocks in split_blocks(adapter, layers.family).items()}
 
 
 def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: str = "official",
@@ -78,7 +102,8 @@ def deadiff_model(model, tokens: DEADiffTokens, img_weight: float = 1.0, split: 
     some = tokens.style if tokens.style is not None else tokens.content
     zeros = torch.zeros_like(some)
     if split == "official":
-        plan = [(layers.select("deadiff_style"), tokens.style), (layers.select("deadiff_content"), tokens.content)]
+        keys = branch_keys(adapter, layers)
+        plan = [(keys["style"], tokens.style), (keys["content"], tokens.content)]
     else:
         plan = [(layers.keys, some)]
     per_layer = {}

@@ -17,6 +17,14 @@ node uses, so what is trained is what runs. Trainable (the official ``configure_
 Q-Formers and their query tokens, both projection layers, every attn2 ``i_to_k`` / ``i_to_v``; the
 vision LayerNorms, the host model, its text encoder, VAE and CLIP vision stay frozen. AdamW at
 ``settings.lr`` after a linear warm-up (official: 1e-4, 10k steps), gradients clipped to a norm.
+
+Scale: a step's global batch is cut into ``shards`` equal parts, ``settings.accumulate`` per process times
+the number of processes (:class:`Processes`; the CLI fills it from ``accelerate``). Every random draw of a
+step (the kind, the drops, noise levels and noise) is made for the whole global batch from one generator
+and each shard takes its rows; the Q-Formers' dropout is seeded per (step, shard). A shard's gradient is
+that of its mean loss divided by ``shards``, the process sums its own shards, then the processes sum
+theirs, so N processes accumulating k shards each compute what one process accumulating N*k shards
+computes: the same shards, the same draws, only the order of one final sum differs.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from .magicstyle import host_apply_model
 from .seeding import cpu_seeded
 
 KINDS = ("style", "content", "both")
+PairLoader = Callable[[int, int, int], "PairBatch"]  # (step, shard, shards) -> that shard of the step's batch
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,34 @@ class DEADiffTrainSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2    # torch's AdamW default, as the official optimiser
     seed: int = 0
+    accumulate: int = 1           # shards of the global batch each process runs in turn (gradient accumulation)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the data-parallel ones: ``rank`` of ``count``, and ``sum_``, an in-place
+    all-reduce (sum) of a tensor over them (the CLI passes accelerate's). One process: nothing to reduce."""
+    rank: int = 0
+    count: int = 1
+    sum_: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.count == 1 else self.sum_(t)
+
+    @classmethod
+    def launched(cls) -> tuple[torch.device, "Processes", bool]:
+        """(device, processes, is the main one) as ``accelerate launch`` set them up (one process when run
+        plainly, or when accelerate is not installed: the CPU)."""
+        try:
+            from accelerate import Accelerator
+        except ImportError:
+            return torch.device("cpu"), cls(), True
+        acc = Accelerator(cpu=not torch.cuda.is_available())  # without a GPU: processes over gloo on the CPU
+        if acc.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
+            raise InputError(f"launched as {os.environ['WORLD_SIZE']} processes but accelerate set up "
+                             f"{acc.num_processes}; check `accelerate config`")
+        return acc.device, cls(acc.process_index, acc.num_processes, lambda t: acc.reduce(t, "sum")), \
+            acc.is_main_process
 
 
 @dataclass
@@ -57,27 +94,35 @@ class PairBatch:
     reference: torch.Tensor   # (B, N, 1024): penultimate CLIP ViT-L/14 hidden states of the references
     target: torch.Tensor      # (B, C, H, W): the targets' latents, in the model's latent space
     context: torch.Tensor     # (B, T, D): the targets' captions ("both": the empty caption), encoded
+    extra: dict | None = None  # further model inputs batched like target (SDXL: y, the pooled text and sizes)
 
 
-def fresh_adapter(model, shape: QFormerShape, seed: int = 0) -> DEADiffAdapter:
-    """A DEADiff adapter to train from scratch on ``model`` (a UNet of either host): both Q-Formers in the
-    BLIP-2 layout with transformers' initialisation and queries drawn N(0, 0.02) as BLIP-2 draws them, and
-    each attn2's image projections starting as copies of that layer's text K/V (the official
-    ``init_from_ckpt`` copies ``attn2.to_k`` / ``to_v`` into ``i_to_k`` / ``i_to_v``). Seeded, without
-    touching the global random state."""
+def fresh_adapter(model, shape: QFormerShape, seed: int = 0, split: dict | None = None) -> DEADiffAdapter:
+    """A DEADiff adapter to train from scratch on ``model`` (an SD1.5 or SDXL UNet of either host): both
+    Q-Formers in the BLIP-2 layout with transformers' initialisation and queries drawn N(0, 0.02) as BLIP-2
+    draws them, and each attn2's image projections starting as copies of that layer's text K/V (the official
+    ``init_from_ckpt`` copies ``attn2.to_k`` / ``to_v`` into ``i_to_k`` / ``i_to_v``). Tokens narrower than
+    the text (SDXL's 2048 = CLIP-L's 768 then OpenCLIP-bigG's 1280, for 768-wide Q-Formers) start from the
+    first columns of to_k / to_v, those that read CLIP-L's part of the text. ``split`` (blocks per branch)
+    defaults to the family's and is stored with the adapter. Seeded, without touching the global random state."""
+    from .deadiff_inject import FAMILIES, split_blocks
     layers = model_layers(model)
     if layers.is_dit:
         raise UnsupportedModelError("DEADiff injects image tokens into UNet cross-attention; a DiT has none")
+    layers.require(*FAMILIES, method="DEADiff training")
     widths = {l.context_dim for l in layers.layers}
-    if widths != {shape.hidden}:
+    if min(widths) < shape.hidden:
         raise InputError(f"the Q-Formers' tokens are {shape.hidden} wide but this UNet's cross-attention reads "
-                         f"{sorted(widths)}: set the Q-Former width to the model's text width")
-    attn2 = {key: (m.to_k.weight.detach().float().clone(), m.to_v.weight.detach().float().clone())
+                         f"{sorted(widths)}: set the Q-Former width to at most the model's text width")
+    attn2 = {key: (m.to_k.weight.detach()[:, :shape.hidden].float().clone(),
+                   m.to_v.weight.detach()[:, :shape.hidden].float().clone())
              for key, m in attention_modules(model, "attn2").items()}
     with cpu_seeded(seed):
         adapter = DEADiffAdapter(shape, attn2)
         for branch in adapter.branches.values():
             nn.init.normal_(branch.query_tokens, std=0.02)
+    adapter.split = {b: [tuple(k) for k in blocks] for b, blocks in (split or split_blocks(adapter, layers.family)).items()}
+    layers.select(adapter.split["style"]), layers.select(adapter.split["content"])  # blocks this model has
     return adapter.eval()
 
 
@@ -119,7 +164,7 @@ def pair_loss(model, tokens: DEADiffTokens, batch: PairBatch, sigma: torch.Tenso
     patched = deadiff_model(model, tokens)
     x = batch.target + sigma.view(-1, 1, 1, 1) * noise
     options = patched.model_options["transformer_options"]
-    eps = (x - host_apply_model(patched, x, sigma, batch.context, options).float()) / sigma.view(-1, 1, 1, 1)
+    eps = (x - host_apply_model(patched, x, sigma, batch.context, options, batch.extra).float()) / sigma.view(-1, 1, 1, 1)
     return F.mse_loss(eps, noise)
 
 
@@ -127,25 +172,21 @@ def warmup_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-def _seed_dropout(device: torch.device, seed: int) -> None:
-    """Seed only the generators :func:`train_deadiff` forks: the CPU's, and the training GPU's (torch.manual_seed
-    would reseed every GPU, which the fork does not restore). Dropout on other backends (MPS) is not seeded."""
-    torch.default_generator.manual_seed(seed)
+def _seed_dropout(device: torch.device, seed: int, step: int, shard: int) -> None:
+    """Seed the generators the Q-Formers' dropout draws from for one shard of one step: the CPU's, and the
+    training GPU's (torch.manual_seed would reseed every GPU, which the caller's fork does not restore).
+    Seeded per shard, dropout needs no state in a checkpoint and is the same whichever process runs the shard.
+    Dropout on other backends (MPS) is not seeded."""
+    shard_seed = (seed * 1_000_003 + step * 1_009 + shard) % 2 ** 63
+    torch.default_generator.manual_seed(shard_seed)
     if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()].manual_seed(seed)
-
-
-def _dropout_states(device: torch.device) -> dict:
-    """The default generators the Q-Formers' dropout draws from: the CPU's, and the GPU's when it trains on one."""
-    states = {"torch_rng": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return states
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(shard_seed)
 
 
 def _state(params, opt, sched, g, step: int, losses: list) -> dict:
     return {"step": step, "params": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
-            "schedule": sched.state_dict(), "generator": g.get_state(), **_dropout_states(params[0].device),
+            "schedule": sched.state_dict(), "generator": g.get_state(),
             "losses": torch.tensor(losses, dtype=torch.float64)}
 
 
@@ -168,43 +209,67 @@ def _resume(path: str, params, opt, sched, g) -> tuple[int, list]:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["schedule"])
     g.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])  # the Q-Formers' dropout
-    if "cuda_rng" in state and params[0].device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], params[0].device)
     return int(state["step"]), state["losses"].tolist()
 
 
-def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, Callable[[int], PairBatch]],
-                  sigmas: torch.Tensor, settings: DEADiffTrainSettings, progress=None, interrupted=None,
-                  checkpoint: str | None = None, checkpoint_every: int = 100) -> list[float]:
-    """Train ``adapter`` in place on ``model`` (frozen); returns the loss of every step.
+def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, PairLoader], sigmas: torch.Tensor,
+                  settings: DEADiffTrainSettings, progress=None, interrupted=None, checkpoint: str | None = None,
+                  checkpoint_every: int = 100, processes: Processes = Processes(), on_loss=None) -> list[float]:
+    """Train ``adapter`` in place on ``model`` (frozen); returns the loss of every step (the global batch's mean).
 
-    ``loaders``: kind -> ``batch(step)`` (a seeded draw for that step, so a run is reproducible).
+    ``loaders``: kind -> ``batch(step, shard, shards)``: shard ``shard`` of ``shards`` equal parts of that
+    step's global batch (a seeded draw, so a run is reproducible; see :mod:`stylekit.models.deadiff_data`).
     ``sigmas``: the model's discrete noise levels; each sample draws one uniformly, as LDM training draws t.
     ``checkpoint``: a file written every ``checkpoint_every`` steps (trainable tensors, optimiser, schedule,
-    both random states, losses) and resumed from when present, so an interrupted run continues exactly.
+    the draw generator, losses; by the first process only) and resumed from when present, so an interrupted
+    run continues exactly. ``processes``: this process among data-parallel ones (see the module docstring).
+    ``on_loss(step, loss)``: called after every step with the global batch's loss (a log, a loss curve).
     """
     kinds = [k for k in KINDS if k in loaders and settings.loader_weights.get(k, 0) > 0]
     if not kinds:
         raise InputError(f"no pairs to train on: give at least one of {list(KINDS)} with a weight above 0")
-    if settings.steps < 1:
-        raise InputError("steps must be at least 1")
+    if settings.steps < 1 or settings.accumulate < 1:
+        raise InputError("steps and accumulate must be at least 1")
     params = trainable(adapter)
     g = torch.Generator().manual_seed(settings.seed)
-    # dropout draws from torch's default generators, which start from a random seed in every process: seeded
-    # here and forked, so a run is reproducible and the caller's random state is left as it was
+    # dropout draws from torch's default generators: seeded per shard inside a fork, so a run is reproducible
+    # and the caller's random state is left as it was
     device = params[0].device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        _seed_dropout(device, settings.seed)
         return _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every,
-                      kinds, params, g)
+                      kinds, params, g, processes, on_loss)
+
+
+def _draws(g: torch.Generator, settings, sigmas, first: PairBatch, shards: int):
+    """A step's random draws for the whole global batch (``shards`` times ``first``'s rows), made in one order
+    on every process: the kind was drawn before; the per-sample keep, the "both" drop mode, sigma, noise."""
+    n = first.target.shape[0] * shards
+    keep = (torch.rand(n, generator=g) >= settings.drop.get(first.kind, 0.0)).float()
+    dropped = ("style", "content", "both")[int(torch.randint(3, (1,), generator=g))] if first.kind == "both" else first.kind
+    sigma = sigmas[torch.randint(len(sigmas), (n,), generator=g)]
+    noise = torch.randn((n, *first.target.shape[1:]), generator=g)
+    return keep, dropped, sigma, noise
+
+
+def _set_grads(params, grads: list, loss_sum: torch.Tensor, processes: Processes) -> None:
+    """Sum this process's shard gradients (and mean loss, in place) over the processes into each ``.grad``;
+    one all-reduce of everything flattened (the kind, hence which gradients exist, is the same everywhere)."""
+    used = [i for i, gr in enumerate(grads) if gr is not None]
+    flat = torch.cat([grads[i].flatten() for i in used] + [loss_sum.to(params[0]).view(1)])
+    flat = processes.total(flat)
+    for i, part in zip(used, flat[:-1].split([params[i].numel() for i in used])):
+        params[i].grad = part.view_as(params[i])
+    loss_sum.copy_(flat[-1].double())
 
 
 def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every, kinds,
-           params, g) -> list[float]:
+           params, g, processes, on_loss=None) -> list[float]:
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, settings.warmup))
     weights = torch.tensor([float(settings.loader_weights[k]) for k in kinds])
+    shards = settings.accumulate * processes.count
+    mine = range(processes.rank * settings.accumulate, (processes.rank + 1) * settings.accumulate)
+    device = params[0].device
     start, losses = 0, []
     if checkpoint and os.path.exists(checkpoint):
         start, losses = _resume(checkpoint, params, opt, sched, g)
@@ -214,23 +279,33 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
             if interrupted is not None:
                 interrupted()
             kind = kinds[int(torch.multinomial(weights, 1, generator=g))]
-            batch = loaders[kind](step)
-            n = batch.target.shape[0]
-            keep = (torch.rand(n, generator=g) >= settings.drop.get(kind, 0.0)).float()
-            dropped = ("style", "content", "both")[int(torch.randint(3, (1,), generator=g))] if kind == "both" else kind
-            sigma = sigmas[torch.randint(len(sigmas), (n,), generator=g)].to(batch.target)
-            noise = torch.randn(batch.target.shape, generator=g).to(batch.target)
-            loss = pair_loss(model, injected_tokens(adapter, batch, keep, dropped), batch, sigma, noise)
-            if not torch.isfinite(loss):
-                raise InputError(f"DEADiff training: loss is {loss.item()} at step {step}; lower the learning rate")
-            # gradients of the trainable set only: the host's frozen weights never receive a .grad
-            for p, grad in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
-                p.grad = grad
+            grads, loss_sum = [None] * len(params), torch.zeros((), dtype=torch.float64)
+            draws = None
+            for shard in mine:
+                batch = loaders[kind](step, shard, shards)
+                if draws is None:
+                    draws = _draws(g, settings, sigmas, batch, shards)
+                keep, dropped, sigma, noise = draws
+                rows = slice(shard * batch.target.shape[0], (shard + 1) * batch.target.shape[0])
+                _seed_dropout(device, settings.seed, step, shard)
+                loss = pair_loss(model, injected_tokens(adapter, batch, keep[rows], dropped), batch,
+                                 sigma[rows].to(batch.target), noise[rows].to(batch.target))
+                if not torch.isfinite(loss):
+                    raise InputError(f"DEADiff training: loss is {loss.item()} at step {step}; lower the learning rate")
+                # gradients of the trainable set only: the host's frozen weights never receive a .grad
+                # (a branch the step's kind does not run gets none, and AdamW leaves it alone, as the official)
+                for i, grad in enumerate(torch.autograd.grad(loss / shards, params, allow_unused=True)):
+                    if grad is not None:
+                        grads[i] = grad if grads[i] is None else grads[i] + grad
+                loss_sum += loss.detach().double().cpu() / shards
+            _set_grads(params, grads, loss_sum, processes)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             sched.step()
-            losses.append(loss.item())
-            if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == settings.steps):
+            losses.append(float(loss_sum))
+            if on_loss is not None:
+                on_loss(step + 1, losses[-1])
+            if checkpoint and processes.rank == 0 and ((step + 1) % checkpoint_every == 0 or step + 1 == settings.steps):
                 _save_checkpoint(checkpoint, _state(params, opt, sched, g, step + 1, losses))
             if progress is not None:
                 progress(step + 1, settings.steps)
@@ -239,4 +314,3 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
         for p in params:
             p.grad = None
     return losses
-

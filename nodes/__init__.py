@@ -6,6 +6,7 @@ from .catversion import (
                          StyleKitCatVersionTrain,
 )
 from .deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffExtract, StyleKitDEADiffLoader
+from .deadiff_train import StyleKitDEADiffBuildPairs, StyleKitDEADiffTrain
 from .magicstyle import StyleKitDDIMInvert, StyleKitFeatureFusion
 from .patch_map import StyleKitPatchMap
 from .stylerdalle import (
@@ -25,6 +26,8 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitDEADiffLoader": StyleKitDEADiffLoader,
     "StyleKitDEADiffEncode": StyleKitDEADiffEncode,
     "StyleKitDEADiffApply": StyleKitDEADiffApply,
+    "StyleKitDEADiffBuildPairs": StyleKitDEADiffBuildPairs,
+    "StyleKitDEADiffTrain": StyleKitDEADiffTrain,
     "StyleKitCatVersionLoad": StyleKitCatVersionLoad,
     "StyleKitCatVersionApply": StyleKitCatVersionApply,
     "StyleKitCatVersionTrain": StyleKitCatVersionTrain,
@@ -47,6 +50,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitDEADiffLoader": "StyleKit DEADiff Loader",
     "StyleKitDEADiffEncode": "StyleKit DEADiff Encode",
     "StyleKitDEADiffApply": "StyleKit DEADiff Apply",
+    "StyleKitDEADiffBuildPairs": "StyleKit DEADiff Build Pairs",
+    "StyleKitDEADiffTrain": "StyleKit DEADiff Train",
     "StyleKitCatVersionLoad": "StyleKit CatVersion Load",
     "StyleKitCatVersionApply": "StyleKit CatVersion Apply",
     "StyleKitCatVersionTrain": "StyleKit CatVersion Train",

@@ -78,8 +78,7 @@ class StyleKitCatVersionTrain:
                    "frozen and unchanged. Saves the prefix to models/catversion. SD1.5.")
     RETURN_TYPES = ("STYLEKIT_CATVERSION", "IMAGE")
     RETURN_NAMES = ("catversion", "loss_curve")
-    OUTPUT_TOOLTIPS = ("The trained prefix (also saved); feed StyleKit CatVersion Apply.",
-                       "Loss per step (grey) and its running mean (blue).")
+    OUTPUT_TOOLTIPS = ("The trained prefix (also saved); feed StyleKit CatVersion Apply.", specs.LOSS_CURVE)
     FUNCTION = "train"
     VALIDATE_INPUTS = checks.validation(filename=checks.file_name, layers=checks.layer_list)
     OUTPUT_NODE = True

@@ -208,6 +208,14 @@ def input_subfolder(value) -> None:
         input_folder(value, "folder")
 
 
+def input_subfolder_name(value) -> None:
+    """A folder a node will make inside ComfyUI's input folder: its name (it need not exist yet)."""
+    from .comfy_glue import input_folder
+    if not value.strip():
+        raise InputError("data_folder is empty; name a folder inside ComfyUI's input folder, e.g. 'deadiff_pairs'")
+    input_folder(value, "data_folder", exists=False)
+
+
 def one_of(choices: Choices, field: str):
     """A combo's check when its node validates it itself: a visible choice or a hidden alias."""
     def check(value) -> None:

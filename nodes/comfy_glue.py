@@ -200,10 +200,12 @@ def vision_hidden_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     return out[1].float()
 
 
-def input_folder(name: str, field: str = "folder") -> tuple[str, str]:
+def input_folder(name: str, field: str = "folder", make: bool = False, exists: bool = True) -> tuple[str, str]:
     """A folder inside ComfyUI's input directory (outside ComfyUI: the current folder), named relative to it:
     returns (its real path, its name as messages show it, ``input/<name>``). A name that is absolute or
-    leads out of the input directory (``..``, a symlink) is refused; messages never show server paths."""
+    leads out of the input directory (``..``, a symlink) is refused; messages never show server paths.
+    ``make``: a missing folder is made (a node that writes there); ``exists=False``: only the name is checked
+    (validation of a folder a node will make)."""
     import os
     try:
         import folder_paths
@@ -212,12 +214,21 @@ def input_folder(name: str, field: str = "folder") -> tuple[str, str]:
         base = os.getcwd()
     rel = name.strip().replace("\\", "/").strip("/")
     shown = f"input/{rel}"
+    if any(ord(ch) < 32 for ch in rel):
+        raise InputError(f"{field} holds control characters; give a plain folder name, e.g. 'photos'")
     if os.path.isabs(name.strip()) or rel.startswith("~") or ":" in rel:
         raise InputError(f"{field} is a path on the server; give a folder inside ComfyUI's input folder, e.g. 'photos'")
     root = os.path.realpath(base)
     path = os.path.realpath(os.path.join(root, rel))
     if os.path.commonpath([path, root]) != root:
         raise InputError(f"{field} {rel!r} leads out of ComfyUI's input folder; give a folder inside it, e.g. 'photos'")
+    if make and not os.path.exists(path):
+        try:
+            os.makedirs(path)
+        except OSError as e:
+            raise InputError(f"{field}: {shown[:80]} cannot be made ({e.strerror}); give a short plain folder name") from None
+    if not exists and not os.path.exists(path):
+        return path, shown
     if not os.path.isdir(path):
         raise InputError(f"{field}: {shown} is not a folder; make it inside ComfyUI's input folder and put the photos there")
     return path, shown
@@ -301,3 +312,23 @@ def vision_features(clip_vision, images: torch.Tensor, feature: str = "image_emb
 def image_embeds(clip_vision, images: torch.Tensor, field: str = "images") -> torch.Tensor:
     """CLIP image embeddings (projected where the model has a projection)."""
     return vision_features(clip_vision, images, "image_embeds", field)
+
+
+def text_to_image(model, clip, vae, prompt: str, negative: str, seed: int, steps: int, cfg: float, width: int,
+                  height: int) -> torch.Tensor:
+    """IMAGE (1, H, W, 3) of ``prompt``: ComfyUI's own sampler (euler, normal schedule, its seeded noise), as a
+    KSampler would draw it. Outside ComfyUI there is none (the bridge draws with its own, from a shell)."""
+    try:
+        import comfy.sample
+    except ImportError:
+        raise InputError("drawing images needs ComfyUI's sampler; outside ComfyUI draw DEADiff pairs with "
+                         "python -m stylekit.tools.deadiff_pairs") from None
+
+    def encode(text):
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+    latent = torch.zeros(1, latent_channels(model), height // 8, width // 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", encode(prompt), encode(negative), latent,
+                                  denoise=1.0, disable_pbar=True, seed=seed)
+    return vae.decode(samples)[..., :3]

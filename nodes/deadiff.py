@@ -113,8 +113,9 @@ class StyleKitDEADiffApply:
     CATEGORY = "StyleKit/DEADiff"
     DESCRIPTION = ("DEADiff's mutually exclusive injection: image tokens are appended after the text tokens in "
                    "every cross-attention's keys/values (one softmax); style tokens on input 1,2,4,5 and output "
-                   "5-11, content tokens on input 7,8, middle, output 3,4; zero tokens in the unconditional "
-                   "branch. SD1.5.")
+                   "5-11, content tokens on input 7,8, middle, output 3,4 (SD1.5; a DEADiff trained by StyleKit "
+                   "uses the split it was trained with, SDXL's included); zero tokens in the unconditional branch. "
+                   "SD1.5, SDXL.")
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,)
@@ -124,10 +125,10 @@ class StyleKitDEADiffApply:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD1.5 model (DEADiff's image projections are SD1.5-sized)."}),
+            "model": ("MODEL", {"tooltip": "The model the DEADiff was made for: SD1.5 (the official weights) or SDXL (one trained with StyleKit DEADiff Train)."}),
             "tokens": ("STYLEKIT_DEADIFF_TOKENS", {"tooltip": "From StyleKit DEADiff Encode."}),
             "img_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Scales the image keys and values (official img_weight); 0 turns the injection off."}),
-            "layer_split": (list(SPLITS), {"default": "official", "tooltip": "official: style and content tokens on their own layers; one branch on every layer: the style tokens (else content) on all 16."}),
+            "layer_split": (list(SPLITS), {"default": "official", "tooltip": "official: style and content tokens on their own layers (the split the file was trained with, else DEADiff's SD1.5 split); one branch on every layer: the style tokens (else content) on all of them."}),
             "zero_tokens": ("BOOLEAN", {"default": True, "tooltip": "Layers of a branch you did not encode get 16 zero tokens (official behaviour; they take softmax mass). Off: those layers stay plain."}),
             **specs.percent_window("Injection"),
             "block_weights": specs.block_weights("Per-block multipliers of img_weight, e.g. 'output 5=0.5, input 1=0'."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 IMAGE_TOOLTIP = " RGBA images are used without their alpha channel, grayscale ones as RGB."
 MASK_TOOLTIP = " Values 0..1; one mask for all images or one per image."
 PATCHED_MODEL = "The patched model (a clone; the input model is untouched)."
+LOSS_CURVE = "Loss per step (grey) and its running mean (blue)."
 SEED_MAX = 2 ** 31 - 1
 
 
@@ -62,3 +63,8 @@ def output_name(folder: str, default: str) -> tuple:
     """The ``filename`` a node writes under ComfyUI's ``models/<folder>``."""
     return ("STRING", {"default": default, "tooltip": f"Saved as models/{folder}/<filename>.safetensors "
                                                       "(numbered, never overwritten)."})
+
+
+def optimiser_steps(default: int) -> tuple:
+    """A trainer's step count."""
+    return ("INT", {"default": default, "min": 1, "max": 1_000_000, "tooltip": "Optimiser steps."})

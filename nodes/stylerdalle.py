@@ -134,7 +134,7 @@ class StyleKitStylerDALLEPretrain:
     def INPUT_TYPES(cls):
         return {"required": {
             "stylerdalle": ("STYLEKIT_STYLERDALLE", {"tooltip": f"From StyleKit StylerDALLE Load (translator {NEW}, or one to continue)."}),
-            "steps": ("INT", {"default": 1000, "min": 1, "max": 1000000, "tooltip": "Optimiser steps."}),
+            "steps": specs.optimiser_steps(1000),
             "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "tooltip": "AdamW peak learning rate (official 1e-4)."}),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Photos per step (official 32)."}),
             "warmup_steps": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Linear warm-up steps, then linear decay to 0 (official 5000 over 25 COCO epochs)."}),
@@ -182,7 +182,7 @@ class StyleKitStylerDALLETrainStyle:
             "clip": ("CLIP", {"tooltip": "The text tower of the same CLIP as clip_vision, with its text projection (Load CLIP)."}),
             "style": ("STRING", {"default": "an oil painting", "tooltip": "The style text; the reward prompt is '{style} of {caption}'."}),
             "captions": ("STRING", {"default": "a photo", "multiline": True, "tooltip": "One caption per image (one line each), or one line for all."}),
-            "steps": ("INT", {"default": 500, "min": 1, "max": 1000000, "tooltip": "Optimiser steps."}),
+            "steps": specs.optimiser_steps(500),
             "learning_rate": ("FLOAT", {"default": 1e-6, "min": 1e-9, "max": 1e-2, "step": 1e-7, "tooltip": "Adam learning rate (official 1e-6)."}),
             "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (official 16)."}),
             "official_dropout": ("BOOLEAN", {"default": True, "tooltip": "Keep the official p=0.5 dropout on the decoder output while training (the official model trains with it)."}),

@@ -55,15 +55,34 @@ def vision_states(w: ToyWorld, images: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[-2]
 
 
+def encoders(w: ToyWorld):
+    """The miniature world as a DEADiff training host (the CLI's ``--model miniature``): references read by
+    its CLIP vision tower at 64 px (area-resized), targets through its VAE, captions through its CLIP."""
+    import torch.nn.functional as F
+
+    from ..models.deadiff_data import PairEncoders
+
+    def at_64(image):
+        small = F.interpolate(image.permute(2, 0, 1)[None], size=(world.SIZE, world.SIZE), mode="area")
+        return small.permute(0, 2, 3, 1)
+    return PairEncoders(references=lambda images: vision_states(w, torch.cat([at_64(i) for i in images])),
+                        latents=lambda targets: w.to_latent(torch.cat([at_64(t) for t in targets])),
+                        captions=lambda texts, latents: (torch.cat([w.encode(t) for t in texts]), None))
+
+
 def loaders(w: ToyWorld, batch: int, seed: int) -> dict:
-    """kind -> ``batch(step)``: a seeded batch of that kind for each step (so a run is reproducible)."""
+    """kind -> ``batch(step, shard, shards)``: a shard of a seeded ``batch`` of that kind for each step (so a
+    run is reproducible, whichever way it is sharded)."""
     empty = w.encode("")
 
     def make(kind, salt):
-        def at(step):
-            pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)
+        def at(step, shard=0, shards=1):
+            if batch % shards:
+                raise ValueError(f"a batch of {batch} does not split into {shards} equal shards")
+            n = batch // shards
+            pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)[shard * n:(shard + 1) * n]
             refs, targets = [r for r, _ in pairs], [t for _, t in pairs]
-            context = empty.expand(batch, -1, -1) if kind == "both" else \
+            context = empty.expand(n, -1, -1) if kind == "both" else \
                 torch.cat([w.encode(world.caption(t)) for t in targets])
             return PairBatch(kind, vision_states(w, images_tensor(refs)), w.to_latent(images_tensor(targets)), context)
         return at
@@ -82,3 +101,25 @@ def train(w: ToyWorld, steps: int, seed: int = 0, batch: int = 16, lr: float = 1
     losses = train_deadiff(w.model, adapter, data, w.model.model_sampling.sigmas, settings, progress=progress,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     return adapter, losses
+
+
+def write_pair_folder(folder, per_kind: int, seed: int = 0) -> str:
+    """A DEADiff data folder as a user writes one (PNGs and ``pairs.jsonl``, README: DEADiff training) with
+    ``per_kind`` pairs of each kind from the world; returns the folder."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for kind in ("style", "content", "both"):
+        for i, (ref, tgt) in enumerate(pair_scenes(kind, per_kind, seed + len(lines))):
+            names = {}
+            for role, scene in (("reference", ref), ("target", tgt)):
+                names[role] = f"{kind}_{i:04d}_{role}.png"
+                Image.fromarray((world.render([scene])[0] * 255).round().astype(np.uint8)).save(root / names[role])
+            lines.append({"kind": kind, "reference": names["reference"], "target": names["target"],
+                          "caption": world.caption(tgt)})
+    (root / "pairs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return str(root)

@@ -117,6 +117,7 @@ BAD_AT_VALIDATION = {  # field -> (a bad value, words of its message), for every
     "mix_weights": ("1, x", "cannot read"),
     "block_weights": ("output 5=1e30", "beyond"),
     "folder": ("/etc", "path on the server"),
+    "data_folder": ("/etc", "path on the server"),
     "store_blocks": ("auto (no such set)", "not one of"),
 }
 

@@ -89,7 +89,7 @@ def test_end_to_end_off_split_and_input_untouched(sd15, deadiff):
 
 def test_wrong_pairings_are_refused_before_sampling(sdxl, sd15, deadiff):
     tokens = encode(deadiff, "style")
-    with pytest.raises(ValueError, match="DEADiff .trained on SD1.5. supports SD1.5 models; the model given is SDXL"):
+    with pytest.raises(ValueError, match="image projections for 16 attn2 layers .made for SD1.5. but this SDXL UNet has 22"):
         StyleKitDEADiffApply().apply(sdxl, tokens, 1.0, "official", True, 0.0, 1.0, "")
     with pytest.raises(ValueError, match="ViT-L/14"):
         StyleKitDEADiffEncode().encode(deadiff, tiny_bridge_clip_vision(width=64), torch.rand(1, 64, 64, 3), "style", "", None)

@@ -36,7 +36,7 @@ def test_only_the_official_trainable_set_changes(sd15, adapter):
     before = {id(p): p.detach().clone() for p in trainable(adapter)}
     params = trainable(adapter)
     settings = DEADiffTrainSettings(steps=3, lr=1e-2, warmup=1)
-    loaders = {k: (lambda step, k=k: batch(k, adapter, seed=step)) for k in ("style", "content", "both")}
+    loaders = {k: (lambda step, shard, shards, k=k: batch(k, adapter, seed=step)) for k in ("style", "content", "both")}
     losses = train_deadiff(sd15, adapter, loaders, sd15.model_sampling.sigmas, settings)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert all(torch.equal(v, unet[k]) for k, v in sd15.unet.state_dict().items())  # the host: bit-identical
@@ -87,15 +87,15 @@ def test_the_loss_on_a_fixed_batch_goes_down(sd15, adapter):
     adapter.eval()
     start = measured()
     still = DEADiffTrainSettings(steps=2, lr=0.0, weight_decay=0.0, warmup=1, drop={"style": 0.0})
-    train_deadiff(sd15, adapter, {"style": lambda step: fixed}, sigma, still)
+    train_deadiff(sd15, adapter, {"style": lambda step, shard, shards: fixed}, sigma, still)
     assert measured() == start  # the control: with no update the measurement is exactly repeatable
     settings = DEADiffTrainSettings(steps=40, lr=1e-2, warmup=1, drop={"style": 0.0})
-    train_deadiff(sd15, adapter, {"style": lambda step: fixed}, sigma, settings)
+    train_deadiff(sd15, adapter, {"style": lambda step, shard, shards: fixed}, sigma, settings)
     assert measured() < 0.9 * start, (start, measured())
 
 
 def test_a_trained_adapter_runs_in_apply(sd15, adapter):
-    train_deadiff(sd15, adapter, {"both": lambda step: batch("both", adapter, seed=step)}, sd15.model_sampling.sigmas,
+    train_deadiff(sd15, adapter, {"both": lambda step, shard, shards: batch("both", adapter, seed=step)}, sd15.model_sampling.sigmas,
                   DEADiffTrainSettings(steps=2, lr=1e-3, warmup=1))
     with torch.no_grad():
         tokens = adapter.encode(torch.randn(1, 5, adapter.shape.vision), "style")
@@ -120,7 +120,7 @@ def test_a_trained_adapter_is_written_in_the_format_the_loader_reads(sd15, adapt
     from stylekit.errors import OutputFileError
     from stylekit.files import output_target
     from stylekit.models.deadiff import load_deadiff, save_deadiff
-    train_deadiff(sd15, adapter, {"style": lambda step: batch("style", adapter, seed=step)}, sd15.model_sampling.sigmas,
+    train_deadiff(sd15, adapter, {"style": lambda step, shard, shards: batch("style", adapter, seed=step)}, sd15.model_sampling.sigmas,
                   DEADiffTrainSettings(steps=2, lr=1e-2, warmup=1))
     path = save_deadiff(adapter, output_target(str(tmp_path), "trained", ".safetensors", numbered=False))
     back = load_deadiff(path)
@@ -153,9 +153,16 @@ def test_a_fresh_adapter_starts_from_the_models_text_projections(sd15):
     assert set(a.attn2) == set(modules)
     assert all(torch.equal(a.attn2[k][0], m.to_k.weight) and torch.equal(a.attn2[k][1], m.to_v.weight)
                for k, m in modules.items())
-    with pytest.raises(InputError, match="tokens are 32 wide but this UNet's cross-attention reads \\[64\\]"):
-        fresh_adapter(sd15, QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4,
+    with pytest.raises(InputError, match="tokens are 128 wide but this UNet's cross-attention reads \\[64\\]"):
+        fresh_adapter(sd15, QFormerShape(hidden=128, layers=1, heads=4, intermediate=64, positions=32, queries=4,
                                          vision=48, proj_hidden=64))
+    # narrower tokens (SDXL's CLIP-L part of its text) start from the first columns of the text K/V
+    narrow = fresh_adapter(sd15, QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4,
+                                              vision=48, proj_hidden=64))
+    assert all(torch.equal(narrow.attn2[k][0], m.to_k.weight[:, :32]) and torch.equal(narrow.attn2[k][1], m.to_v.weight[:, :32])
+               for k, m in modules.items())
+    from stylekit.models.deadiff_inject import CONTENT_BLOCKS, STYLE_BLOCKS
+    assert a.split == {"style": STYLE_BLOCKS, "content": CONTENT_BLOCKS}  # the family's split, stored
 
 
 def test_an_interrupted_run_resumes_exactly(sd15, tmp_path):
@@ -168,7 +175,7 @@ def test_an_interrupted_run_resumes_exactly(sd15, tmp_path):
 
     def run(path, stop_at=None):
         a = adapter_from_state_dict(tiny_deadiff_state_dict(layers, seed=1), heads=4)
-        loaders = {k: (lambda step, k=k, a=a: batch(k, a, seed=step)) for k in ("style", "content", "both")}
+        loaders = {k: (lambda step, shard, shards, k=k, a=a: batch(k, a, seed=step)) for k in ("style", "content", "both")}
         seen = []
 
         def interrupted():
@@ -198,7 +205,7 @@ def test_a_run_is_the_same_whatever_the_global_random_state_and_leaves_it_alone(
 
     def run(global_seed):
         a = adapter_from_state_dict(tiny_deadiff_state_dict(layers, seed=1), heads=4)
-        loaders = {k: (lambda step, k=k, a=a: batch(k, a, seed=step)) for k in ("style", "content", "both")}
+        loaders = {k: (lambda step, shard, shards, k=k, a=a: batch(k, a, seed=step)) for k in ("style", "content", "both")}
         torch.manual_seed(global_seed)
         before = torch.get_rng_state()
         train_deadiff(sd15, a, loaders, sd15.model_sampling.sigmas, DEADiffTrainSettings(steps=3, lr=1e-2, warmup=1))
@@ -207,3 +214,77 @@ def test_a_run_is_the_same_whatever_the_global_random_state_and_leaves_it_alone(
     first, second = run(1), run(2)
     for p, q in zip(trainable(first), trainable(second)):
         assert torch.equal(p, q)
+
+
+def test_the_train_node_fine_tunes_a_loaded_deadiff_from_a_data_folder(sd15, adapter, tmp_path, monkeypatch):
+    """StyleKit DEADiff Train on the bridge (outside ComfyUI its input and models folders are the current one):
+    the pairs of a data folder train a copy of the given DEADiff (the input stays bit-identical), the result
+    is written in the Loader's format and equals what the node returns, and no resumable state is left."""
+    from stylekit.models.deadiff import load_deadiff, official_state_dict
+    from stylekit.nodes.deadiff_train import StyleKitDEADiffTrain
+    from stylekit.toy.deadiff import write_pair_folder
+    from tiny_models import tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae
+    monkeypatch.chdir(tmp_path)
+    write_pair_folder(tmp_path / "pairs", per_kind=2, seed=0)
+    given = {k: v.clone() for k, v in official_state_dict(adapter).items()}
+    out = StyleKitDEADiffTrain().train(sd15, tiny_bridge_clip(), tiny_bridge_clip_vision(), tiny_bridge_vae(), "pairs",
+                                       3, 1e-3, 1, 2, 0, "trained", deadiff=adapter)
+    trained, curve = out["result"]
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3
+    assert all(torch.equal(v, given[k]) for k, v in official_state_dict(adapter).items())  # the input: untouched
+    saved = load_deadiff(tmp_path / "trained.safetensors")
+    mine, theirs = official_state_dict(trained), official_state_dict(saved)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert sum(not torch.equal(mine[k], given[k].float()) for k in mine) > len(mine) // 2  # it trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "trained.safetensors"]  # no state left behind
+
+
+def test_the_train_node_refuses_a_folder_without_pairs_and_a_fresh_start_at_the_wrong_width(sd15, tmp_path, monkeypatch):
+    from stylekit.nodes.deadiff_train import StyleKitDEADiffTrain
+    from tiny_models import tiny_bridge_clip, tiny_bridge_clip_vision, tiny_bridge_vae
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    args = (sd15, tiny_bridge_clip(), tiny_bridge_clip_vision(), tiny_bridge_vae())
+    with pytest.raises(InputError, match="data_folder input/empty: no pairs.jsonl"):
+        StyleKitDEADiffTrain().train(*args, "empty", 1, 1e-3, 1, 2, 0, "trained")
+    from stylekit.toy.deadiff import write_pair_folder
+    write_pair_folder(tmp_path / "pairs", per_kind=1, seed=0)
+    # from scratch the Q-Formers take the official SD1.5 shape: 768-wide tokens, which the tiny UNet cannot read
+    with pytest.raises(InputError, match="tokens are 768 wide but this UNet's cross-attention reads \\[64\\]"):
+        StyleKitDEADiffTrain().train(*args, "pairs", 1, 1e-3, 1, 2, 0, "trained")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "pairs"]
+
+
+def test_sdxl_trains_with_its_split_which_the_file_keeps_and_apply_uses(sdxl, tmp_path):
+    """On an SDXL UNet (the tiny one has SDXL's blocks): a fresh DEADiff takes StyleKit's SDXL split (content on
+    input 7, 8, middle, output 0, 1; style on input 4, 5, output 2-5), trains, is written with the split in
+    its metadata, loads with it, and Apply puts the style tokens on exactly the style layers; a split given
+    at training (InstantStyle's two blocks, say) is what the file then carries and Apply then uses."""
+    from stylekit.files import output_target
+    from stylekit.models.deadiff import QFormerShape, load_deadiff, save_deadiff
+    from stylekit.models.deadiff_inject import SDXL_CONTENT_BLOCKS, SDXL_STYLE_BLOCKS
+    from stylekit.models.deadiff_train import fresh_adapter
+    shape = QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4, vision=48, proj_hidden=64)
+    layers = model_layers(sdxl)
+    for split, name in ((None, "default"), ({"style": [("output", 1)], "content": [("input", 8)]}, "instantstyle")):
+        a = fresh_adapter(sdxl, shape, seed=2, split=split)
+        expected = split or {"style": SDXL_STYLE_BLOCKS, "content": SDXL_CONTENT_BLOCKS}
+        assert a.split == expected
+        train_deadiff(sdxl, a, {"style": lambda step, shard, shards, a=a: batch("style", a, seed=step)},
+                      sdxl.model_sampling.sigmas, DEADiffTrainSettings(steps=2, lr=1e-3, warmup=1))
+        back = load_deadiff(save_deadiff(a, output_target(str(tmp_path), name, ".safetensors", numbered=False)))
+        assert back.split == expected
+        tokens = back.encode(torch.randn(1, 5, 48), "style")
+        m = deadiff_model(sdxl, DEADiffTokens(back, style=tokens), zero_tokens=False)
+        patched = set(m.model_options["transformer_options"]["patches_replace"]["attn2"])
+        assert patched == set(layers.select(expected["style"]))
+
+
+def test_a_deadiff_for_sd15_is_refused_on_sdxl_before_training(sd15, sdxl):
+    from stylekit.models.deadiff import QFormerShape
+    from stylekit.models.deadiff_inject import check_pairing
+    from stylekit.models.deadiff_train import fresh_adapter
+    from stylekit.attention.layers import UnsupportedModelError
+    shape = QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4, vision=48, proj_hidden=64)
+    with pytest.raises(UnsupportedModelError, match="image projections for 16 attn2 layers .made for SD1.5. but this SDXL UNet has 22"):
+        check_pairing(fresh_adapter(sd15, shape), sdxl)

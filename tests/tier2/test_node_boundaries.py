@@ -9,6 +9,7 @@ inversion) is stopped at its first progress report: reaching it means the inputs
 The input MODEL and CLIP stay bit-identical after every refusal.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -62,6 +63,22 @@ def world(tmp_path_factory):
     return w
 
 
+@pytest.fixture(autouse=True)
+def bridge_sampler(monkeypatch):
+    """Build Pairs draws with ComfyUI's sampler; here the bridge's stands in (tier 3 runs ComfyUI's)."""
+    from stylekit.bridge.sampling import text_to_image
+    monkeypatch.setattr(comfy_glue, "text_to_image", text_to_image)
+
+
+def pairs_here() -> str:
+    """A DEADiff data folder (two pairs of each kind) in the current folder, which is ComfyUI's input folder
+    to a node run outside ComfyUI; its name."""
+    if not os.path.isdir("pairs"):
+        from stylekit.toy.deadiff import write_pair_folder
+        write_pair_folder("pairs", per_kind=2, seed=0)
+    return "pairs"
+
+
 def valid_call(node_id, w) -> dict:
     f = str(w["folder"])
     return {
@@ -78,6 +95,13 @@ def valid_call(node_id, w) -> dict:
                                       mix_weights=""),
         "StyleKitDEADiffApply": dict(model=w["model"], tokens=w["tokens"], img_weight=1.0, layer_split="official",
                                      zero_tokens=True, start_percent=0.0, end_percent=1.0, block_weights=""),
+        "StyleKitDEADiffBuildPairs": dict(model=w["model"], clip=tiny_bridge_clip(), vae=w["vae"], subjects="a cat\na ship",
+                                          styles="ink\noil", template="a {subject}, {style}", per_style=2, per_subject=2,
+                                          negative="", width=64, height=64, steps=1, cfg=1.0, seed=0,
+                                          data_folder="built"),
+        "StyleKitDEADiffTrain": dict(model=w["model"], clip=tiny_bridge_clip(), clip_vision=tiny_bridge_clip_vision(),
+                                     vae=w["vae"], data_folder=pairs_here(), steps=1, learning_rate=1e-4, warmup=0,
+                                     batch_size=2, seed=0, filename="boundary", deadiff=w["deadiff"]),
         "StyleKitCatVersionLoad": dict(catversion_name=f + "/prefix.safetensors"),
         "StyleKitCatVersionApply": dict(clip=w["clip"], catversion=w["prefix"], strength=1.0, official_bias=True),
         "StyleKitCatVersionTrain": dict(images=w["image"], model=w["model"], clip=tiny_bridge_clip(), vae=w["vae"],

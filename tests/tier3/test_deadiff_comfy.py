@@ -71,3 +71,91 @@ def test_extract_node_reads_and_writes_comfyuis_deadiff_folder(comfy_nodes, tmp_
     assert (folder / "extracted_tiny.safetensors").exists() and "extracted_tiny.safetensors" in out["result"][0]
     names = StyleKitDEADiffLoader.INPUT_TYPES()["required"]["deadiff_name"][0]
     assert "extracted_tiny.safetensors" in names and "official_tiny.ckpt" not in names
+
+
+def _input_folder(tmp_path):
+    import folder_paths
+    folder = tmp_path / "input"
+    folder.mkdir(exist_ok=True)
+    folder_paths.set_input_directory(str(folder))
+    return folder
+
+
+def test_build_pairs_then_train_then_apply_in_comfyui(comfy_nodes, tmp_path):
+    """The DEADiff training path in a real ComfyUI: Build Pairs draws with ComfyUI's own sampler into the input
+    folder, Train fine-tunes a loaded DEADiff on them (ComfyUI's CLIP, CLIP vision, VAE) and writes into
+    models/deadiff, the Loader lists and reads the result, and Apply samples with it; the model given to the
+    nodes samples bit-identically afterwards."""
+    import folder_paths
+    from comfy_host import comfy_clip_tiny, comfy_clip_vision_tiny, comfy_sd15_random, comfy_vae_tiny, write_tiny_deadiff
+    from stylekit.models.deadiff_data import read_pairs
+    from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
+    from stylekit.nodes.deadiff_train import StyleKitDEADiffBuildPairs, StyleKitDEADiffTrain
+    inputs = _input_folder(tmp_path)
+    models = tmp_path / "deadiff"
+    folder_paths.add_model_folder_path("deadiff", str(models), is_default=True)
+    model, (clip, _), vae = comfy_sd15_random(), comfy_clip_tiny(), comfy_vae_tiny()
+    write_tiny_deadiff(model, models, "start.safetensors")
+    g = torch.Generator().manual_seed(1)
+    cond, neg = [[torch.randn(1, 77, 64, generator=g), {}]], [[torch.randn(1, 77, 64, generator=g), {}]]
+    before = ksample(model, cond, neg)
+    with torch.inference_mode():
+        out = StyleKitDEADiffBuildPairs().build(model, clip, vae, "a cat\na ship\na tree", "ink\npixel art", TEMPLATE,
+                                                2, 2, "", 64, 64, 2, 4.0, 0, "pairs")
+    assert out["result"] == ("pairs",)
+    pairs = read_pairs(str(inputs / "pairs"))
+    assert {p.kind for p in pairs} == {"style", "content", "both"}
+    start = StyleKitDEADiffLoader().load("start.safetensors")[0]
+    cv = comfy_clip_vision_tiny(tmp_path)
+    with torch.inference_mode():
+        trained, curve = StyleKitDEADiffTrain().train(model, clip, cv, vae, "pairs", 2, 1e-3, 1, 2, 0, "trained",
+                                                      deadiff=start)["result"]
+    assert "trained.safetensors" in StyleKitDEADiffLoader.INPUT_TYPES()["required"]["deadiff_name"][0]
+    loaded = StyleKitDEADiffLoader().load("trained.safetensors")[0]
+    assert loaded.split is not None and not [p for p in models.iterdir() if "state" in p.name]
+    tokens = StyleKitDEADiffEncode().encode(loaded, cv, torch.rand(1, 64, 64, 3), "style", "", None)[0]
+    patched = StyleKitDEADiffApply().apply(model, tokens, 1.0, "official", True, 0.0, 1.0, "")[0]
+    assert torch.isfinite(ksample(patched, cond, neg)).all()
+    assert torch.equal(ksample(model, cond, neg), before)
+
+
+TEMPLATE = "a {subject}, {style}"
+
+
+def test_train_on_sdxl_builds_its_y_and_keeps_its_split(comfy_nodes, tmp_path):
+    """DEADiff Train on ComfyUI's SDXL (a tiny UNet with SDXL's blocks and its 2816-wide y): the node builds y
+    from each caption's pooled text and the target's size as the samplers do (without it the SDXL UNet
+    refuses to run), and the file records StyleKit's SDXL split, which Apply then uses."""
+    import folder_paths
+    from comfy_host import comfy_clip_tiny, comfy_clip_vision_tiny, comfy_sdxl_random, comfy_vae_tiny, write_tiny_deadiff
+    from stylekit.attention.layers import model_layers
+    from stylekit.models.deadiff_inject import SDXL_CONTENT_BLOCKS, SDXL_STYLE_BLOCKS
+    from stylekit.nodes.deadiff import StyleKitDEADiffApply, StyleKitDEADiffEncode, StyleKitDEADiffLoader
+    from stylekit.nodes.deadiff_train import StyleKitDEADiffTrain
+    from stylekit.toy.deadiff import write_pair_folder
+    inputs = _input_folder(tmp_path)
+    write_pair_folder(inputs / "pairs", per_kind=2, seed=0)
+    models = tmp_path / "deadiff"
+    folder_paths.add_model_folder_path("deadiff", str(models), is_default=True)
+    model, (clip, _), vae = comfy_sdxl_random(), comfy_clip_tiny(), comfy_vae_tiny()
+
+    class Pooled1280:
+        """The tiny CLIP (64 wide) with its pooled output padded to OpenCLIP-bigG's 1280, as SDXL's y expects."""
+        def tokenize(self, text):
+            return clip.tokenize(text)
+
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+            pooled = torch.nn.functional.pad(pooled, (0, 1280 - pooled.shape[-1]))
+            return (cond, pooled) if return_pooled else cond
+    write_tiny_deadiff(model, models, "start_xl.safetensors")
+    start = StyleKitDEADiffLoader().load("start_xl.safetensors")[0]
+    cv = comfy_clip_vision_tiny(tmp_path)
+    with torch.inference_mode():
+        StyleKitDEADiffTrain().train(model, Pooled1280(), cv, vae, "pairs", 2, 1e-3, 1, 2, 0, "trained_xl", deadiff=start)
+    loaded = StyleKitDEADiffLoader().load("trained_xl.safetensors")[0]
+    assert loaded.split == {"style": SDXL_STYLE_BLOCKS, "content": SDXL_CONTENT_BLOCKS}
+    tokens = StyleKitDEADiffEncode().encode(loaded, cv, torch.rand(1, 64, 64, 3), "style", "", None)[0]
+    patched = StyleKitDEADiffApply().apply(model, tokens, 1.0, "official", False, 0.0, 1.0, "")[0]
+    routers = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert set(routers) == set(model_layers(model).select(SDXL_STYLE_BLOCKS))

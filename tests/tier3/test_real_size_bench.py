@@ -170,6 +170,45 @@ def test_catversion(tmp_path):
     _report_misses([r for r in ROWS if r.get("met") is False and r["config"].startswith("CatVersion")])
 
 
+@pytest.mark.parametrize("family", RUN_FAMILIES)
+def test_deadiff_training_step(family, tmp_path):
+    """One step of StyleKit DEADiff Train (batch 1) on the full UNet with DEADiff at the published size: the
+    Q-Formers (both), the ViT-L/14 reference encode, the target's VAE encode (a tiny VAE: its cost is not
+    DEADiff's), the frozen UNet's forward with the image tokens and the backward to the trainable set."""
+    if family != "sd15":
+        pytest.skip("the real-size text encoder here is CLIP-L (768): SDXL's 2048-wide text needs both encoders")
+    import folder_paths
+    from PIL import Image
+
+    import real_size as rs
+    from comfy_host import comfy_vae_tiny
+    from stylekit.nodes.deadiff import FOLDER
+    from stylekit.nodes.deadiff_train import StyleKitDEADiffTrain
+    side = rs.pixels(family)
+    data = tmp_path / "input" / "pairs"
+    data.mkdir(parents=True)
+    lines = []
+    for i in range(2):
+        for role in ("ref", "tgt"):
+            pixels = (rs.image(family, 10 + i, side)[0].numpy() * 255).astype("uint8")
+            Image.fromarray(pixels).save(data / f"{role}{i}.png")
+        lines.append(json.dumps({"kind": "style", "reference": f"ref{i}.png", "target": f"tgt{i}.png",
+                                 "caption": "a castle, ink wash"}))
+    (data / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    folder_paths.add_model_folder_path(FOLDER, str(tmp_path), is_default=True)
+    model = _model(family)
+    clip, cv, vae = rs.clip_text(), rs.clip_vision("l"), comfy_vae_tiny()
+    deadiff = rs.deadiff(model)
+    times = {}
+    for n in (1, 1, 3):  # the first run loads the models; a step is the difference of a 3- and a 1-step run / 2
+        with torch.inference_mode():
+            times[n] = rs.seconds(lambda: StyleKitDEADiffTrain().train(
+                model, clip, cv, vae, "pairs", n, 1e-4, 0, 1, 0, f"bench_{len(times)}_{n}", deadiff=deadiff))[0]
+    _row(family, 1, "DEADiff Train, one step (batch 1), one-off", one_off_s=round((times[3] - times[1]) / 2, 3),
+         note=f"1-step run {times[1]:.1f} s")
+
+
 @pytest.mark.parametrize("family,batch", [(f, b) for f in RUN_FAMILIES for b in BATCHES])  # one model build each
 def test_sampling(family, batch):
     """Per-step cost of each method's patched model vs the plain one (same call, same seed, interleaved)."""

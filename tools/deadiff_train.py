@@ -1,0 +1,139 @@
+"""Train DEADiff's Q-Formers on paired data, non-reconstructively, in one process or many.
+
+    python -m stylekit.tools.deadiff_train --data pairs/ --model SD15_FOLDER --clip-vision VIT_L_FOLDER \\
+        --out ComfyUI/models/deadiff/my_style.safetensors --steps 20000 --batch 32
+    accelerate launch --multi_gpu --num_processes 8 -m stylekit.tools.deadiff_train ...   (the same arguments)
+
+``--data``: a folder with ``pairs.jsonl`` (README, DEADiff training). ``--model``: a Stable Diffusion 1.5
+folder in the diffusers layout, or ``miniature`` (the world StyleKit trained itself; ``--clip-vision`` not
+needed). ``--batch`` is the global batch: it is cut into (processes x ``--accumulate``) equal shards, so
+the same arguments train the same model on 1 or N processes (see stylekit.models.deadiff_train).
+``--checkpoint`` is written every ``--checkpoint-every`` steps and resumed from when present: an
+interrupted run (Ctrl-C, a killed worker) loses at most that many steps. The result is written once, at
+the end, in the file format StyleKit DEADiff Loader reads; an existing file is never replaced without
+``--force``. Runs without accelerate installed as a single process.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: python tools/deadiff_train.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pack import run_tool
+    sys.exit(run_tool("deadiff_train"))
+
+import argparse
+import os
+import sys
+
+import torch
+
+from ..errors import InputError, StyleKitError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="deadiff_train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder holding pairs.jsonl and the images it names")
+    ap.add_argument("--model", required=True, help="an SD1.5 diffusers folder, or 'miniature'")
+    ap.add_argument("--clip-vision", help="a transformers CLIP ViT-L/14 vision folder (not for 'miniature')")
+    ap.add_argument("--out", required=True, help="the .safetensors to write (its folder is made if missing)")
+    ap.add_argument("--init", help="a DEADiff .safetensors to fine-tune (default: fresh Q-Formers, queries random)")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=8, help="the global batch (all processes together)")
+    ap.add_argument("--accumulate", type=int, default=1, help="shards each process runs in turn per step")
+    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (official 1e-4)")
+    ap.add_argument("--warmup", type=int, default=10_000, help="linear warm-up steps (official 10k)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", help="resumable training state (default: OUT with .ckpt.pt)")
+    ap.add_argument("--checkpoint-every", type=int, default=500)
+    ap.add_argument("--force", action="store_true", help="replace OUT if it exists (never done otherwise)")
+    return ap
+
+
+def _host(a, device):
+    """(model, encoders, shape of fresh Q-Formers) for --model."""
+    from ..models.clip_preprocess import deadiff_pixels
+    from ..models.deadiff import QFormerShape
+    from ..models.deadiff_data import PairEncoders
+    if a.model == "miniature":
+        from ..toy.deadiff import SHAPE, encoders
+        from ..toy.family import load_world
+        w = load_world()
+        return w.model, encoders(w), SHAPE
+    from ..bridge.folders import load_clip_vision_folder, load_sd_folder
+    if not a.clip_vision:
+        raise InputError("--clip-vision is needed with a model folder: DEADiff reads CLIP ViT-L/14's penultimate states")
+    model, clip, vae = load_sd_folder(a.model, device)
+    vision = load_clip_vision_folder(a.clip_vision, device)
+
+    def references(images):
+        return torch.cat([vision.model(pixel_values=deadiff_pixels(i[None]).to(device), intermediate_output=-2)[1]
+                          for i in images]).float()
+    return model, PairEncoders(references=references, latents=lambda t: vae.encode(t.to(device)),
+                               captions=lambda texts, latents: (torch.cat([clip.encode_from_tokens(clip.tokenize(c))
+                                                                           for c in texts]), None)), \
+        QFormerShape(vision=vision.model.hf.config.hidden_size)
+
+
+def run(a, log=print) -> str | None:
+    """Train as ``a`` says; returns the written file's path (the main process) or None (the others)."""
+    from ..files import output_target, write_new
+    from ..models.deadiff import load_deadiff, save_deadiff
+    from ..models.deadiff_data import manifest_loaders, read_pairs
+    from ..attention.layers import model_layers
+    from ..models.deadiff_inject import check_pairing, split_blocks
+    from ..models.deadiff_train import DEADiffTrainSettings, Processes, fresh_adapter, train_deadiff
+    device, processes, main = Processes.launched()
+    out = os.path.abspath(a.out)
+    target = output_target(os.path.dirname(out), os.path.basename(out), ".safetensors", numbered=False,
+                           force=a.force, field="--out")  # checked before anything heavy
+    settings = DEADiffTrainSettings(steps=a.steps, lr=a.lr, warmup=a.warmup, seed=a.seed, accumulate=a.accumulate)
+    pairs = read_pairs(a.data)  # every line checked before a model is loaded
+    if a.batch < 1 or a.batch % (processes.count * a.accumulate):
+        raise InputError(f"--batch {a.batch} does not split into {processes.count} processes x {a.accumulate} "
+                         "shards; give a multiple of them")
+    model, encoders, shape = _host(a, device)
+    if a.init:
+        adapter = load_deadiff(a.init)
+        check_pairing(adapter, model)
+        adapter.split = split_blocks(adapter, model_layers(model).family)  # the file records what it trained
+        if adapter.shape.vision != shape.vision:
+            raise InputError(f"--init {os.path.basename(a.init)}: its Q-Formers read {adapter.shape.vision}-wide CLIP "
+                             f"vision states, this host's CLIP vision gives {shape.vision}; give the CLIP vision it "
+                             "was trained with, or train from scratch")
+    else:
+        adapter = fresh_adapter(model, shape, seed=a.seed)
+    adapter.to(device)
+    loaders = manifest_loaders(pairs, encoders, a.batch, a.seed)
+    sigmas = model.model_sampling.sigmas.detach().float().cpu()
+
+    recent: list = []
+
+    def on_loss(done, loss):  # the global batch's loss, every 5 % of the run: the mean since the last line
+        recent.append(loss)
+        if main and (done == a.steps or done % max(1, a.steps // 20) == 0):
+            log(f"step {done}/{a.steps}  loss {sum(recent) / len(recent):.4f}")
+            recent.clear()
+    checkpoint = a.checkpoint or os.path.splitext(out)[0] + ".ckpt.pt"
+    losses = train_deadiff(model, adapter, loaders, sigmas, settings, checkpoint=checkpoint,
+                           checkpoint_every=a.checkpoint_every, processes=processes, on_loss=on_loss)
+    if not main:
+        return None
+    adapter.cpu()
+    path = save_deadiff(adapter, target, source=f"StyleKit DEADiff training, {a.steps} steps, seed {a.seed}")
+    log(f"wrote {path}  (loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f})")
+    return path
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        run(a)
+    except StyleKitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
