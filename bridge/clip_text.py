@@ -159,7 +159,7 @@ class BridgeCLIP:
     def encode_from_tokens(self, tokens, return_pooled=False):
         olds = {k: _set(self.patcher.model, k, v) for k, v in self.patcher.object_patches.items()}
         try:
-            cond, pooled = self.text_model(tokens["l"])
+            cond, pooled = self.text_model(tokens["l"].to(self.text_model.embeddings.token_embedding.weight.device))
         finally:
             for k, v in olds.items():
                 _set(self.patcher.model, k, v)

@@ -83,8 +83,10 @@ def text_to_image(patcher, clip, vae, prompt: str, negative: str, seed: int, ste
     from ..models.schedules import ddim_uniform_sigmas
     factor = 2 ** (len(vae.first_stage.config.block_out_channels) - 1)
     channels = vae.first_stage.config.latent_channels
+    device = next(patcher.unet.parameters()).device
     noise = torch.randn(1, channels, height // factor, width // factor, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        cond, uncond = (clip.encode_from_tokens(clip.tokenize(t)) for t in (prompt, negative))
-        latent = sample_euler_cfg(patcher, noise, ddim_uniform_sigmas(patcher.model_sampling, steps), cond, uncond, cfg)
+        cond, uncond = (clip.encode_from_tokens(clip.tokenize(t)).to(device) for t in (prompt, negative))
+        sigmas = ddim_uniform_sigmas(patcher.model_sampling, steps).to(device)
+        latent = sample_euler_cfg(patcher, noise.to(device), sigmas, cond, uncond, cfg)
     return vae.decode(latent)

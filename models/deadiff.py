@@ -131,6 +131,21 @@ class DEADiffAdapter(nn.Module):
         # "content": [...]}), as trained; None: the model family's default (models/deadiff_inject.py)
         self.split: dict | None = None
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()`` / ``.cpu()`` / ``.float()`` move the attn2 projections with the Q-Formers (they are kept in a
+        plain dict, keyed by block); a parameter stays the same object, as nn.Module moves its own."""
+        super()._apply(fn, *args, **kwargs)
+        for key, pair in self.attn2.items():
+            moved = []
+            for t in pair:
+                if isinstance(t, nn.Parameter):
+                    t.data = fn(t.data)
+                    moved.append(t)
+                else:
+                    moved.append(fn(t))
+            self.attn2[key] = tuple(moved)
+        return self
+
     @torch.no_grad()
     def encode(self, vision_hidden: torch.Tensor, branch: str) -> torch.Tensor:
         if vision_hidden.shape[-1] != self.shape.vision:

@@ -31,7 +31,7 @@ from ..files import open_image
 MANIFEST = "pairs.jsonl"
 KINDS = ("style", "content", "both")
 MAX_PAIRS = 1_000_000
-MAX_CAPTION = 1000            # characters; CLIP reads 77 tokens of it
+MAX_CAPTION = 1000            # characters
 MAX_MANIFEST_BYTES = 512 * 2 ** 20
 
 
@@ -126,6 +126,13 @@ class PairEncoders:
     captions: Callable[[list, torch.Tensor], tuple]
 
 
+def manifest_digest(folder: str) -> str:
+    """A short digest of the folder's manifest (which pairs, which captions): a training run's data identity."""
+    import hashlib
+    with open(os.path.join(folder, MANIFEST), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def read_image(path: str) -> torch.Tensor:
     """An image file as (H, W, 3) float32 in [0, 1] (RGB; through files.open_image's bounds)."""
     with open_image(path, os.path.basename(path)) as im:
@@ -135,8 +142,8 @@ def read_image(path: str) -> torch.Tensor:
 def step_rows(count: int, batch: int, seed: int, kind: str, step: int) -> torch.Tensor:
     """Indices of the ``batch`` pairs (of ``count`` of a kind) that step ``step`` trains on, drawn with
     replacement from a generator seeded by (seed, kind, step): the same on every process and after a resume."""
-    salt = KINDS.index(kind) + 1
-    g = torch.Generator().manual_seed((seed * 1_000_003 + salt * 100_003 + step) % 2 ** 63)
+    from .seeding import derived_seed
+    g = torch.Generator().manual_seed(derived_seed("deadiff rows", seed, kind, step))
     return torch.randint(count, (batch,), generator=g)
 
 

@@ -12,7 +12,6 @@ bridge in the command line, one process or many (``shard``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import InputError
 from .deadiff_data import MANIFEST
+from .seeding import derived_seed
 
 TEMPLATE = "a {subject}, {style}"
 MAX_WORDS = 1000      # entries of a list
@@ -63,9 +63,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
-def _cell_seed(seed: int, subject: str, style: str) -> int:
-    digest = hashlib.sha256(f"{seed}\0{subject}\0{style}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
 
 
 def plan_pairs(subjects: list[str], styles: list[str], per_style: int, per_subject: int, seed: int,
@@ -89,7 +86,7 @@ def plan_pairs(subjects: list[str], styles: list[str], per_style: int, per_subje
     order = {s: i for i, s in enumerate(subjects)}, {s: i for i, s in enumerate(styles)}
     cells = []
     for su, st in sorted(chosen, key=lambda c: (order[0][c[0]], order[1][c[1]])):
-        cs = _cell_seed(seed, su, st)
+        cs = derived_seed("deadiff pair", seed, su, st)
         cells.append(Cell(su, st, template.format(subject=su, style=st), cs,
                           f"{_slug(su)}__{_slug(st)}__{cs:x}.png"))
     lines = []

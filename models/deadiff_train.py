@@ -41,7 +41,7 @@ from ..errors import InputError
 from .deadiff import INSTRUCTION_IDS, DEADiffAdapter, QFormerShape
 from .deadiff_inject import DEADiffTokens, deadiff_model
 from .magicstyle import host_apply_model
-from .seeding import cpu_seeded
+from .seeding import cpu_seeded, derived_seed
 
 KINDS = ("style", "content", "both")
 PairLoader = Callable[[int, int, int], "PairBatch"]  # (step, shard, shards) -> that shard of the step's batch
@@ -122,8 +122,21 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0, split: dict | None 
         for branch in adapter.branches.values():
             nn.init.normal_(branch.query_tokens, std=0.02)
     adapter.split = {b: [tuple(k) for k in blocks] for b, blocks in (split or split_blocks(adapter, layers.family)).items()}
+    if set(adapter.split) != {"style", "content"} or set(adapter.split["style"]) & set(adapter.split["content"]):
+        raise InputError("a layer split gives the style and the content blocks, none in both")
     layers.select(adapter.split["style"]), layers.select(adapter.split["content"])  # blocks this model has
     return adapter.eval()
+
+
+def weights_digest(adapter: DEADiffAdapter) -> str:
+    """A short digest of the adapter's weights (every Q-Former tensor and attn2 projection): which starting
+    weights a run trains from, for its checkpoint's identity."""
+    import hashlib
+    h = hashlib.sha256()
+    tensors = [*adapter.state_dict().values(), *(t for kv in adapter.attn2.values() for t in kv)]
+    for t in tensors:
+        h.update(repr(float(t.detach().double().sum())).encode())
+    return h.hexdigest()[:16]
 
 
 def trainable(adapter: DEADiffAdapter) -> list[nn.Parameter]:
@@ -177,17 +190,27 @@ def _seed_dropout(device: torch.device, seed: int, step: int, shard: int) -> Non
     training GPU's (torch.manual_seed would reseed every GPU, which the caller's fork does not restore).
     Seeded per shard, dropout needs no state in a checkpoint and is the same whichever process runs the shard.
     Dropout on other backends (MPS) is not seeded."""
-    shard_seed = (seed * 1_000_003 + step * 1_009 + shard) % 2 ** 63
+    shard_seed = derived_seed("deadiff dropout", seed, step, shard)
     torch.default_generator.manual_seed(shard_seed)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         torch.cuda.default_generators[index].manual_seed(shard_seed)
 
 
-def _state(params, opt, sched, g, step: int, losses: list) -> dict:
+def _fingerprint(settings: DEADiffTrainSettings, shards: int, kinds: list, run_id: str) -> str:
+    """What a checkpoint must have been written with to be resumed: every setting but the step count (a run
+    may be continued for longer), the number of shards, the kinds of pairs, and the caller's ``run_id`` (the
+    data and the starting weights)."""
+    import dataclasses
+    import json
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("steps", "accumulate")}
+    return json.dumps({**fields, "shards": shards, "kinds": kinds, "run": run_id}, sort_keys=True)
+
+
+def _state(params, opt, sched, g, step: int, losses: list, fingerprint: str) -> dict:
     return {"step": step, "params": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
             "schedule": sched.state_dict(), "generator": g.get_state(),
-            "losses": torch.tensor(losses, dtype=torch.float64)}
+            "losses": torch.tensor(losses, dtype=torch.float64), "fingerprint": fingerprint}
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
@@ -198,11 +221,14 @@ def _save_checkpoint(path: str, state: dict) -> None:
     write_new(target, lambda tmp: torch.save(state, tmp))
 
 
-def _resume(path: str, params, opt, sched, g) -> tuple[int, list]:
+def _resume(path: str, params, opt, sched, g, fingerprint: str) -> tuple[int, list]:
     from .weights_file import load_weights_only
     state = load_weights_only(path, what="DEADiff training checkpoint")
     if len(state["params"]) != len(params) or any(a.shape != b.shape for a, b in zip(state["params"], params)):
         raise InputError(f"{os.path.basename(path)} was written for another DEADiff model; start without it")
+    if state.get("fingerprint") != fingerprint:
+        raise InputError(f"{os.path.basename(path)} was written by a run with other settings, data or starting "
+                         "weights; continue with those, or delete it (or choose another name) to start anew")
     with torch.no_grad():
         for p, saved in zip(params, state["params"]):
             p.copy_(saved)
@@ -214,7 +240,8 @@ def _resume(path: str, params, opt, sched, g) -> tuple[int, list]:
 
 def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, PairLoader], sigmas: torch.Tensor,
                   settings: DEADiffTrainSettings, progress=None, interrupted=None, checkpoint: str | None = None,
-                  checkpoint_every: int = 100, processes: Processes = Processes(), on_loss=None) -> list[float]:
+                  checkpoint_every: int = 100, processes: Processes = Processes(), on_loss=None,
+                  run_id: str = "") -> list[float]:
     """Train ``adapter`` in place on ``model`` (frozen); returns the loss of every step (the global batch's mean).
 
     ``loaders``: kind -> ``batch(step, shard, shards)``: shard ``shard`` of ``shards`` equal parts of that
@@ -224,6 +251,7 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, PairLoader]
     the draw generator, losses; by the first process only) and resumed from when present, so an interrupted
     run continues exactly. ``processes``: this process among data-parallel ones (see the module docstring).
     ``on_loss(step, loss)``: called after every step with the global batch's loss (a log, a loss curve).
+    ``run_id``: names the data and the starting weights; a checkpoint of another run is refused, not resumed.
     """
     kinds = [k for k in KINDS if k in loaders and settings.loader_weights.get(k, 0) > 0]
     if not kinds:
@@ -237,7 +265,7 @@ def train_deadiff(model, adapter: DEADiffAdapter, loaders: dict[str, PairLoader]
     device = params[0].device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every,
-                      kinds, params, g, processes, on_loss)
+                      kinds, params, g, processes, on_loss, run_id)
 
 
 def _draws(g: torch.Generator, settings, sigmas, first: PairBatch, shards: int):
@@ -253,17 +281,20 @@ def _draws(g: torch.Generator, settings, sigmas, first: PairBatch, shards: int):
 
 def _set_grads(params, grads: list, loss_sum: torch.Tensor, processes: Processes) -> None:
     """Sum this process's shard gradients (and mean loss, in place) over the processes into each ``.grad``;
-    one all-reduce of everything flattened (the kind, hence which gradients exist, is the same everywhere)."""
+    one all-reduce of everything flattened (the kind, hence which gradients exist, is the same everywhere).
+    A parameter the step's kind did not reach gets no gradient (None, not the last step's): AdamW skips it."""
     used = [i for i, gr in enumerate(grads) if gr is not None]
     flat = torch.cat([grads[i].flatten() for i in used] + [loss_sum.to(params[0]).view(1)])
     flat = processes.total(flat)
+    for p in params:
+        p.grad = None
     for i, part in zip(used, flat[:-1].split([params[i].numel() for i in used])):
         params[i].grad = part.view_as(params[i])
     loss_sum.copy_(flat[-1].double())
 
 
 def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every, kinds,
-           params, g, processes, on_loss=None) -> list[float]:
+           params, g, processes, on_loss=None, run_id="") -> list[float]:
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, settings.warmup))
     weights = torch.tensor([float(settings.loader_weights[k]) for k in kinds])
@@ -271,8 +302,9 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
     mine = range(processes.rank * settings.accumulate, (processes.rank + 1) * settings.accumulate)
     device = params[0].device
     start, losses = 0, []
+    fingerprint = _fingerprint(settings, shards, kinds, run_id)
     if checkpoint and os.path.exists(checkpoint):
-        start, losses = _resume(checkpoint, params, opt, sched, g)
+        start, losses = _resume(checkpoint, params, opt, sched, g, fingerprint)
     adapter.train()
     try:
         for step in range(start, settings.steps):
@@ -290,8 +322,6 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
                 _seed_dropout(device, settings.seed, step, shard)
                 loss = pair_loss(model, injected_tokens(adapter, batch, keep[rows], dropped), batch,
                                  sigma[rows].to(batch.target), noise[rows].to(batch.target))
-                if not torch.isfinite(loss):
-                    raise InputError(f"DEADiff training: loss is {loss.item()} at step {step}; lower the learning rate")
                 # gradients of the trainable set only: the host's frozen weights never receive a .grad
                 # (a branch the step's kind does not run gets none, and AdamW leaves it alone, as the official)
                 for i, grad in enumerate(torch.autograd.grad(loss / shards, params, allow_unused=True)):
@@ -299,6 +329,8 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
                         grads[i] = grad if grads[i] is None else grads[i] + grad
                 loss_sum += loss.detach().double().cpu() / shards
             _set_grads(params, grads, loss_sum, processes)
+            if not torch.isfinite(loss_sum):  # the global loss, after the reduce: every process stops together
+                raise InputError(f"DEADiff training: loss is {float(loss_sum)} at step {step}; lower the learning rate")
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             sched.step()
@@ -306,7 +338,7 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
             if on_loss is not None:
                 on_loss(step + 1, losses[-1])
             if checkpoint and processes.rank == 0 and ((step + 1) % checkpoint_every == 0 or step + 1 == settings.steps):
-                _save_checkpoint(checkpoint, _state(params, opt, sched, g, step + 1, losses))
+                _save_checkpoint(checkpoint, _state(params, opt, sched, g, step + 1, losses, fingerprint))
             if progress is not None:
                 progress(step + 1, settings.steps)
     finally:

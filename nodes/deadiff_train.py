@@ -1,6 +1,7 @@
 """DEADiff training nodes: Build Pairs (the host model draws a paired data set, as the paper's) and Train
 (the single-GPU path of the non-reconstructive training; tools/deadiff_pairs.py and tools/deadiff_train.py
 are the same code from a shell, under accelerate launch)."""
+import math
 import os
 
 import torch
@@ -8,11 +9,11 @@ import torch
 from ..errors import InputError
 from ..models.clip_preprocess import deadiff_pixels
 from ..models.deadiff import QFormerShape, adapter_from_state_dict, official_state_dict, save_deadiff
-from ..models.deadiff_data import PairEncoders, manifest_loaders, read_pairs
+from ..models.deadiff_data import PairEncoders, manifest_digest, manifest_loaders, read_pairs
 from ..models.deadiff_pairs import TEMPLATE, build_pairs, plan_pairs, word_list
 from ..attention.layers import model_layers
 from ..models.deadiff_inject import check_pairing, split_blocks
-from ..models.deadiff_train import DEADiffTrainSettings, fresh_adapter, train_deadiff
+from ..models.deadiff_train import DEADiffTrainSettings, fresh_adapter, train_deadiff, weights_digest
 from . import checks, comfy_glue, specs
 from .checks import boundary
 from .deadiff import FOLDER
@@ -38,8 +39,10 @@ def host_encoders(model, clip, clip_vision, vae, device) -> PairEncoders:
             context, extra = comfy_glue.model_conds(model, [[cond, {"pooled_output": pooled}]], targets[:1], device)
             contexts.append(context.float())
             extras.append(extra)
+        # a caption over 75 tokens is several chunks of 77: repeated to a common length, as ComfyUI batches conds
+        length = math.lcm(*(c.shape[1] for c in contexts))
         extra = {k: torch.cat([e[k] for e in extras]).float() for k in extras[0]} or None
-        return torch.cat(contexts), extra
+        return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts]), extra
     return PairEncoders(references, latents, captions)
 
 
@@ -102,8 +105,10 @@ class StyleKitDEADiffTrain:
             adapter.to(device)
             loaders = manifest_loaders(pairs, host_encoders(unet, clip, clip_vision, vae, device), batch_size, seed)
             sigmas = comfy_glue.model_sampling(unet).sigmas.detach().float().cpu()
+            run_id = f"{manifest_digest(folder)} {weights_digest(adapter)}"
             losses = train_deadiff(unet, adapter, loaders, sigmas, settings, comfy_glue.progress(steps),
-                                   comfy_glue.interrupted, checkpoint=state, checkpoint_every=max(1, min(500, steps // 10)))
+                                   comfy_glue.interrupted, checkpoint=state, checkpoint_every=max(1, min(500, steps // 10)),
+                                   run_id=run_id)
         adapter.cpu()
         path = save_deadiff(adapter, target, source=f"StyleKit DEADiff Train, {steps} steps, seed {seed}")
         os.remove(state)

@@ -79,10 +79,10 @@ def run(a, log=print) -> str | None:
     """Train as ``a`` says; returns the written file's path (the main process) or None (the others)."""
     from ..files import output_target, write_new
     from ..models.deadiff import load_deadiff, save_deadiff
-    from ..models.deadiff_data import manifest_loaders, read_pairs
+    from ..models.deadiff_data import manifest_digest, manifest_loaders, read_pairs
     from ..attention.layers import model_layers
     from ..models.deadiff_inject import check_pairing, split_blocks
-    from ..models.deadiff_train import DEADiffTrainSettings, Processes, fresh_adapter, train_deadiff
+    from ..models.deadiff_train import DEADiffTrainSettings, Processes, fresh_adapter, train_deadiff, weights_digest
     device, processes, main = Processes.launched()
     out = os.path.abspath(a.out)
     target = output_target(os.path.dirname(out), os.path.basename(out), ".safetensors", numbered=False,
@@ -115,12 +115,14 @@ def run(a, log=print) -> str | None:
             log(f"step {done}/{a.steps}  loss {sum(recent) / len(recent):.4f}")
             recent.clear()
     checkpoint = a.checkpoint or os.path.splitext(out)[0] + ".ckpt.pt"
+    run_id = f"{manifest_digest(a.data)} {weights_digest(adapter)} {a.model}"
     losses = train_deadiff(model, adapter, loaders, sigmas, settings, checkpoint=checkpoint,
-                           checkpoint_every=a.checkpoint_every, processes=processes, on_loss=on_loss)
+                           checkpoint_every=a.checkpoint_every, processes=processes, on_loss=on_loss, run_id=run_id)
     if not main:
         return None
     adapter.cpu()
     path = save_deadiff(adapter, target, source=f"StyleKit DEADiff training, {a.steps} steps, seed {a.seed}")
+    os.remove(checkpoint)  # the run is done: its state would only resume into the finished model
     log(f"wrote {path}  (loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f})")
     return path
 

@@ -288,3 +288,98 @@ def test_a_deadiff_for_sd15_is_refused_on_sdxl_before_training(sd15, sdxl):
     shape = QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4, vision=48, proj_hidden=64)
     with pytest.raises(UnsupportedModelError, match="image projections for 16 attn2 layers .made for SD1.5. but this SDXL UNet has 22"):
         check_pairing(fresh_adapter(sd15, shape), sdxl)
+
+
+def test_a_branch_its_step_does_not_run_does_not_move(sd15, adapter):
+    """A style step runs only the style Q-Former: the content one gets no gradient and AdamW leaves it exactly as
+    it was (no weight decay, no momentum from an earlier content step), and the other way round."""
+    trainable(adapter)
+    kinds, snaps = [], []
+    loaders = {k: (lambda step, shard, shards, k=k: (kinds.append(k), batch(k, adapter, seed=step))[1])
+               for k in ("style", "content")}
+
+    def snap(step, loss):
+        snaps.append({b: snapshot(adapter.branches[b].qformer) for b in ("style", "content")})
+    snap(0, 0.0)
+    train_deadiff(sd15, adapter, loaders, sd15.model_sampling.sigmas, DEADiffTrainSettings(steps=8, lr=1e-2, warmup=1),
+                  on_loss=snap)
+    assert {"style", "content"} <= set(kinds[1:]) and any(a != b for a, b in zip(kinds, kinds[1:]))  # both, alternating
+    for i, kind in enumerate(kinds):
+        other = "content" if kind == "style" else "style"
+        before, after = snaps[i][other], snaps[i + 1][other]
+        assert all(torch.equal(before[k], after[k]) for k in before), (i, kind)
+        assert any(not torch.equal(snaps[i][kind][k], snaps[i + 1][kind][k]) for k in before), (i, kind)
+
+
+def test_a_checkpoint_of_another_run_is_refused_not_resumed(sd15, tmp_path):
+    layers = model_layers(sd15)
+
+    def run(lr, run_id="data A"):
+        a = adapter_from_state_dict(tiny_deadiff_state_dict(layers, seed=1), heads=4)
+        train_deadiff(sd15, a, {"style": lambda step, shard, shards: batch("style", a, seed=step)},
+                      sd15.model_sampling.sigmas, DEADiffTrainSettings(steps=2, lr=lr, warmup=1),
+                      checkpoint=str(tmp_path / "c.pt"), checkpoint_every=1, run_id=run_id)
+    run(1e-2)
+    for lr, run_id in ((1e-3, "data A"), (1e-2, "data B")):
+        with pytest.raises(InputError, match="c.pt was written by a run with other settings, data or starting weights"):
+            run(lr, run_id)
+    run(1e-2)  # the same run resumes (at its end: nothing left to do)
+
+
+def test_shards_add_up_to_the_whole_batch(sd15_unet, monkeypatch):
+    """With dropout off, one step as 2 shards (accumulate 2) sets the gradients and reports the loss of 1 shard:
+    each shard's gradient is its mean loss's over the number of shards, so their sum is the gradient of the
+    batch mean. In float64 end to end: the two runs' matrix products are tiled differently for 4 and 2 rows,
+    and the instruction embeddings' gradients cancel by about 1e5 (in float32 they differ by 4 %), so float64
+    leaves differences near 1e-11 of each gradient's largest element; gradients that are zero in exact
+    arithmetic (the key biases': softmax ignores them) are roundoff of 1e-19 in both runs."""
+    import copy
+
+    import torch.nn as nn
+
+    from stylekit.bridge import BridgePatcher
+    model = BridgePatcher(copy.deepcopy(sd15_unet).double())
+    adapter = adapter_from_state_dict(tiny_deadiff_state_dict(model_layers(model), seed=1), heads=4).double()
+    for m in adapter.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attention_dropout"):  # the Q-Former's attention drops its weights functionally
+            m.attention_dropout = 0.0
+    start = {k: v.clone() for k, v in adapter.state_dict().items()}
+    attn2 = {k: (wk.clone(), wv.clone()) for k, (wk, wv) in adapter.attn2.items()}
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def record(params, *a, **k):
+        seen.append([None if p.grad is None else p.grad.clone() for p in params])
+        return real(params, *a, **k)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
+    whole = batch("style", adapter, n=4, seed=5)
+    whole = PairBatch("style", *(t.double() for t in (whole.reference, whole.target, whole.context)))
+
+    def loader(step, shard, shards):
+        n = 4 // shards
+        return PairBatch("style", *(t[shard * n:(shard + 1) * n] for t in (whole.reference, whole.target, whole.context)))
+    losses = {}
+    for accumulate in (1, 2):
+        adapter.load_state_dict(start)
+        adapter.attn2 = {k: (wk.clone(), wv.clone()) for k, (wk, wv) in attn2.items()}
+        losses[accumulate] = train_deadiff(model, adapter, {"style": loader}, model.model_sampling.sigmas,
+                                           DEADiffTrainSettings(steps=1, lr=1e-3, warmup=1, accumulate=accumulate,
+                                                                drop={"style": 0.0}))
+    one, two = seen
+    assert sum(g is not None for g in one) > 10
+    for a, b in zip(one, two):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-9 * float(a.abs().max()) + 1e-17)
+    assert losses[1][0] == pytest.approx(losses[2][0], rel=1e-6)  # logged in float32
+
+
+def test_moving_an_adapter_moves_its_image_projections(adapter):
+    """.to() reaches the attn2 projections (kept in a plain dict), and a trainable one stays the same parameter."""
+    params = trainable(adapter)
+    ids = [id(p) for p in params]
+    adapter.to(torch.float64)
+    assert all(t.dtype == torch.float64 for kv in adapter.attn2.values() for t in kv)
+    assert [id(p) for p in trainable(adapter)] == ids

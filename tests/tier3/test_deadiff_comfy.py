@@ -159,3 +159,18 @@ def test_train_on_sdxl_builds_its_y_and_keeps_its_split(comfy_nodes, tmp_path):
     patched = StyleKitDEADiffApply().apply(model, tokens, 1.0, "official", False, 0.0, 1.0, "")[0]
     routers = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert set(routers) == set(model_layers(model).select(SDXL_STYLE_BLOCKS))
+
+
+def test_captions_of_several_chunks_batch_with_short_ones(comfy_nodes, tmp_path):
+    """ComfyUI's CLIP encodes a caption over 75 tokens as several 77-token chunks: Train's encoders repeat each
+    context to a common length, as ComfyUI batches conditionings of different lengths, instead of failing."""
+    from comfy_host import comfy_clip_tiny, comfy_clip_vision_tiny, comfy_sd15_random, comfy_vae_tiny
+    from stylekit.nodes.deadiff_train import host_encoders
+    model, (clip, _), vae = comfy_sd15_random(), comfy_clip_tiny(), comfy_vae_tiny()
+    enc = host_encoders(model, clip, comfy_clip_vision_tiny(tmp_path), vae, torch.device("cpu"))
+    long = " ".join(["castle"] * 100)
+    with torch.inference_mode():
+        context, extra = enc.captions(["a cat", long], torch.zeros(2, 4, 8, 8))
+        short = enc.captions(["a cat"], torch.zeros(1, 4, 8, 8))[0]
+    assert context.shape[:2] == (2, 154) and extra is None
+    assert torch.equal(context[0], short[0].repeat(2, 1))
