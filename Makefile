@@ -14,7 +14,7 @@ export STYLEKIT_TEST_THREADS := $(TEST_THREADS)
 # The real-size benchmark's device: cpu, or gpu (ComfyUI's CUDA device)
 BENCH_DEVICE ?= cpu
 
-.PHONY: demo test test-comfy bench bench-real toy clean
+.PHONY: demo test test-comfy test-browser bench bench-real toy clean
 
 $(BIN)/.stylekit-installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ bench: $(BIN)/.stylekit-installed
 # run on request, never in CI. Tables: bench/real_<cpu|gpu>.{md,json}. Knobs: see the test's docstring, e.g.
 #   make bench-real COMFYUI_PATH=~/ComfyUI BENCH_DEVICE=gpu
 #   STYLEKIT_BENCH_FAMILIES=sd15 STYLEKIT_BENCH_BATCHES=1 STYLEKIT_BENCH_STEPS=2 make bench-real COMFYUI_PATH=...
+# The browser tier: every shipped workflow in ComfyUI's own frontend (headless Chromium from Debian's package:
+# apt install chromium; playwright from pip, never `playwright install`). Screenshots and report: out/browser/.
+#   make test-browser COMFYUI_PATH=~/ComfyUI-0.33.0
+test-browser: $(BIN)/.stylekit-installed
+	@test -n "$(COMFYUI_PATH)" || { echo "the browser tier runs ComfyUI's frontend: set COMFYUI_PATH"; exit 2; }
+	$(BIN)/pip install -q playwright
+	COMFYUI_PATH=$(COMFYUI_PATH) $(BIN)/python -m pytest tests/browser -m browser
+
 bench-real:
 	@test -n "$(COMFYUI_PATH)" || { echo "bench-real runs inside ComfyUI: set COMFYUI_PATH (and COMFYUI_PYTHON)"; exit 2; }
 	COMFYUI_PATH=$(COMFYUI_PATH) STYLEKIT_COMFY_DEVICE=$(BENCH_DEVICE) $(COMFYUI_PYTHON) -m pytest \

@@ -35,6 +35,29 @@ def test_ui_twin_is_the_same_graph(path):
     assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), SPECS)["nodes"]
 
 
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
+def test_no_two_nodes_overlap_at_the_size_the_frontend_draws_them(path):
+    """Every node is at least as large as ComfyUI's frontend draws its type (tools/dev/frontend_sizes.json,
+    measured in the browser tier), and no two boxes, title bar included, intersect."""
+    from stylekit.tools.dev.frontend_check import overlaps
+    from stylekit.tools.dev.ui_workflow import frontend_sizes
+    nodes = json.loads(path.read_text())["nodes"]
+    drawn = frontend_sizes()
+    for n in nodes:
+        w, h = drawn.get(n["type"], (0, 0))
+        assert n["size"][0] >= w and n["size"][1] >= h, (n["id"], n["type"], n["size"], (w, h))
+    assert overlaps([{**n, "id": str(n["id"])} for n in nodes]) == []
+
+
+def test_the_overlap_check_sees_an_overlap():
+    from stylekit.tools.dev.frontend_check import overlaps
+    a = {"id": "1", "pos": [0, 30], "size": [320, 100]}
+    assert overlaps([a, {"id": "2", "pos": [319, 30], "size": [100, 100]}]) == [["1", "2"]]
+    assert overlaps([a, {"id": "2", "pos": [0, 150], "size": [100, 100]}]) == [["1", "2"]]  # its title bar
+    assert overlaps([a, {"id": "2", "pos": [0, 160], "size": [100, 100]}]) == []
+    assert overlaps([a, {"id": "2", "pos": [320, 30], "size": [100, 100]}]) == []
+
+
 MODEL_FILE = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".pkl", ".sft")
 
 

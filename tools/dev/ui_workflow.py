@@ -2,7 +2,10 @@
 
     python -m stylekit.tools.dev.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
-Nodes keep their API ids; they are laid out in columns by graph depth. A loader node naming a file that
+Nodes keep their API ids; they are laid out in columns by graph depth, each node at the size ComfyUI's
+frontend draws it (``frontend_sizes.json``, measured by tools/dev/frontend_check.py; a type not measured
+yet is estimated from its slots and widgets), columns as wide as their widest node, so no two overlap
+(tests/tier1/test_workflows.py checks the geometry; the browser tier checks it as drawn). A loader node naming a file that
 ``stylekit.model_sources`` lists as a direct download carries it as ``properties.models`` (name, url,
 directory), which ComfyUI's frontend offers to download when the file is missing. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
@@ -18,10 +21,26 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/dev/
     sys.exit(run_tool("dev.ui_workflow"))
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from ...model_sources import models_property
 from ..workflow_check import WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow, widget_names
+
+
+TITLE, GAP, MIN_WIDTH = 30, 40, 320  # the frontend's title bar above a node's pos; space between nodes; width
+
+
+@lru_cache(maxsize=1)
+def frontend_sizes() -> dict:
+    return json.loads((Path(__file__).parent / "frontend_sizes.json").read_text())["sizes"]
+
+
+def node_size(typ: str, slots: int, widgets: int, multiline: int) -> list:
+    """[width, height] of a node as the frontend draws it: its measured smallest size, at least MIN_WIDTH wide;
+    a type not measured yet: 20 px a slot row, 24 a widget, 60 more a multiline text box (LiteGraph's sizes)."""
+    w, h = frontend_sizes().get(typ, (0, 6 + 20 * slots + 24 * widgets + 60 * multiline))
+    return [max(MIN_WIDTH, int(w)), int(h)]
 
 
 def api_to_ui(api: dict, specs: dict) -> dict:
@@ -72,18 +91,27 @@ def api_to_ui(api: dict, specs: dict) -> dict:
             if n == 2:
                 values.append("fixed")
         col = d(nid)
-        r = row.get(col, 0)
-        row[col] = r + 1
+        row.setdefault(col, []).append(len(nodes))
+        slots = max(len(inputs), len(spec["outputs"]))
+        multiline = sum(1 for _, decl, _ in widget_names(spec) if len(decl) > 1 and decl[1].get("multiline"))
+        size = node_size(api[nid]["class_type"], slots, len(values), multiline)
         properties = {"Node name for S&R": api[nid]["class_type"]}
         models = models_property(v for v in values if isinstance(v, str))
         if models:  # what the frontend offers to download when the file is missing
             properties["models"] = models
-        nodes.append({"id": ids[nid], "type": api[nid]["class_type"], "pos": [40 + 360 * col, 40 + 260 * r],
-                      "size": [320, 200], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
+        nodes.append({"id": ids[nid], "type": api[nid]["class_type"], "pos": [0, 0],
+                      "size": size, "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
                       "outputs": [], "properties": properties, "widgets_values": values})
         meta = api[nid].get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("title"), str):
             nodes[-1]["title"] = meta["title"]
+    x = GAP
+    for col in sorted(row):  # columns left to right, each as wide as its widest node; rows stacked by height
+        y = GAP + TITLE
+        for i in row[col]:
+            nodes[i]["pos"] = [x, y]
+            y += nodes[i]["size"][1] + TITLE + GAP
+        x += max(nodes[i]["size"][0] for i in row[col]) + GAP
     for node in nodes:
         spec = specs[node["type"]]
         node["outputs"] = [{"name": t, "type": t, "links": out_links[str(node["id"])].get(i, [])}

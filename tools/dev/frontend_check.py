@@ -1,0 +1,157 @@
+"""The browser tier: every shipped workflow loaded into ComfyUI's own frontend in a headless Chromium.
+
+    python -m stylekit.tools.dev.frontend_check --comfyui ~/ComfyUI [--chromium /usr/lib/chromium/chromium] [--out out/browser]
+
+Starts the ComfyUI at ``--comfyui`` (its own Python: ``<comfyui>/.venv/bin/python``, else ``python3``) on a
+free local port with a throw-away base directory whose custom_nodes/ holds this pack, opens its frontend in
+Chromium (Debian's package, driven by playwright from pip; never a downloaded browser build), loads each
+example_workflows/*.json as a user would (``app.loadGraphData``), and writes ``<out>/<name>.png`` and
+``<out>/report.json``: per workflow the node types the frontend does not know, the nodes the frontend drew
+larger than the file says (their size as drawn), the pairs of nodes whose boxes (title bar included)
+overlap, and the browser's console errors other than failed resource loads (the workflows name model
+files that are not installed). ``--sizes FILE`` also writes each node type's smallest size as the frontend
+computes it, which tools/dev/ui_workflow.py lays workflows out with. Exit 1 when any workflow has a
+missing node or an overlap.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: python tools/dev/frontend_check.py (any install)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
+    from _pack import run_tool
+    sys.exit(run_tool("dev.frontend_check"))
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parents[2]
+TITLE = 30  # LiteGraph's NODE_TITLE_HEIGHT: a node's box starts this far above its pos
+
+_MEASURE = """async (wf) => {
+    await window.app.loadGraphData(wf);
+    try { await window.app.extensionManager.command.execute("Comfy.Canvas.FitView"); } catch (e) {}
+    await new Promise(r => setTimeout(r, 500));
+    const LG = window.LiteGraph;
+    return {frontend: window.__COMFYUI_FRONTEND_VERSION__ || null, title: LG.NODE_TITLE_HEIGHT,
+            nodes: window.app.graph.nodes.map(n => ({id: String(n.id), type: n.type, pos: Array.from(n.pos),
+                size: Array.from(n.size), min: Array.from(n.computeSize()),
+                known: !!LG.registered_node_types[n.type]}))};
+}"""
+
+
+def overlaps(nodes: list, title: float = TITLE) -> list:
+    """Pairs of node ids whose boxes (pos, size, the title bar above pos) intersect."""
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - title, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in nodes]
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]:
+                out.append(sorted([a[0], b[0]]))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(comfyui: Path, base: Path, port: int, log):
+    python = next((str(p) for p in (comfyui / ".venv/bin/python", comfyui / "venv/bin/python") if p.exists()), "python3")
+    (base / "custom_nodes").mkdir(parents=True)
+    os.symlink(PACK, base / "custom_nodes" / "ComfyUI-StyleKit")
+    proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+                             str(base), "--disable-auto-launch"], cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info/StyleKitPatchMap", timeout=2)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"error: ComfyUI exited ({proc.returncode}); see {log.name}")
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"error: ComfyUI did not answer within 4 minutes; see {log.name}")
+
+
+def check(comfyui: Path, chromium: str, out: Path) -> dict:
+    """Load every example workflow in the frontend; the report (see the module docstring)."""
+    from playwright.sync_api import sync_playwright
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"workflows": {}}
+    with tempfile.TemporaryDirectory() as tmp, open(out / "comfyui.log", "w") as log:
+        port = _free_port()
+        server = _server(comfyui, Path(tmp) / "base", port, log)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
+                page = browser.new_page(viewport={"width": 1920, "height": 1080})
+                errors = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(f"http://127.0.0.1:{port}", wait_until="networkidle", timeout=180_000)
+                page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+                page.wait_for_timeout(2000)
+                page.keyboard.press("Escape")  # the template browser a first visit opens
+                for path in sorted((PACK / "example_workflows").glob("*.json")):
+                    errors.clear()
+                    got = page.evaluate(_MEASURE, json.loads(path.read_text()))
+                    for toast in page.locator(".p-toast-close-button").all():  # "missing models" notices
+                        toast.click()
+                    page.screenshot(path=str(out / f"{path.stem}.png"))
+                    saved = {str(n["id"]): n for n in json.loads(path.read_text())["nodes"]}
+                    report["frontend"] = got["frontend"]
+                    report["workflows"][path.stem] = {
+                        "missing": sorted({n["type"] for n in got["nodes"] if not n["known"]}),
+                        "grown": {n["id"]: n["size"] for n in got["nodes"]
+                                  if n["size"] != saved.get(n["id"], {}).get("size")},
+                        "overlaps": overlaps(got["nodes"], got["title"]),
+                        "errors": [e for e in errors if "Failed to load resource" not in e],
+                        "sizes": {n["type"]: n["min"] for n in got["nodes"]},
+                    }
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def smallest_sizes(report: dict) -> dict:
+    """Each node type's smallest size (the largest the frontend computed for it in any workflow), rounded up."""
+    sizes: dict = {}
+    for wf in report["workflows"].values():
+        for typ, (w, h) in wf["sizes"].items():
+            old = sizes.get(typ, [0, 0])
+            sizes[typ] = [max(old[0], -(-w // 1)), max(old[1], -(-h // 1))]
+    return {"frontend": report.get("frontend"), "sizes": {k: [int(v[0]), int(v[1])] for k, v in sorted(sizes.items())}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="frontend_check", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout with its frontend package")
+    ap.add_argument("--chromium", default="/usr/lib/chromium/chromium", help="the Chromium executable (Debian's)")
+    ap.add_argument("--out", type=Path, default=PACK / "out" / "browser", help="screenshots and report.json")
+    ap.add_argument("--sizes", type=Path, help="also write the node types' smallest sizes (JSON) here")
+    a = ap.parse_args(argv)
+    report = check(a.comfyui.resolve(), a.chromium, a.out)
+    if a.sizes:
+        a.sizes.write_text(json.dumps(smallest_sizes(report), indent=1) + "\n")
+    bad = {k: {f: v[f] for f in ("missing", "overlaps", "errors") if v[f]} for k, v in report["workflows"].items()}
+    bad = {k: v for k, v in bad.items() if v}
+    print(json.dumps(bad, indent=1) if bad else f"{len(report['workflows'])} workflows load clean in frontend "
+                                                 f"{report.get('frontend')}; screenshots in {a.out}")
+    return 1 if any(v.get("missing") or v.get("overlaps") for v in bad.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
