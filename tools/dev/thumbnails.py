@@ -1,8 +1,10 @@
 """Draw the thumbnail ComfyUI's template browser shows beside each example workflow:
-example_workflows/<name>.jpg, a small picture of the graph (its nodes where the workflow places them,
-coloured by pack, and its links).
+example_workflows/<name>.jpg. A workflow whose method the miniature world shows gets what it makes:
+cells of that method's ``make demo`` contact sheet (e.g. content | style | result, one row, with the
+sheet's column titles); the others (Flux: there is no miniature Flux) a small picture of the graph (its
+nodes where the workflow places them, coloured by pack, and its links).
 
-    python tools/dev/thumbnails.py        (needs Pillow, which ComfyUI and the dev venv have)
+    make demo && python tools/dev/thumbnails.py [--sheets out]     (needs Pillow)
 """
 from __future__ import annotations
 
@@ -46,17 +48,54 @@ def draw(workflow: dict):
     return img
 
 
+# workflow -> (make demo's sheet, its columns to show); the sheets' layout is toy/sheets.contact_sheet's
+RESULTS = {
+    "styleid_reproduction": ("styleid", (0, 1, 2)), "magicstyle_portrait": ("magicstyle", (0, 1, 2)),
+    "deadiff_style_transfer": ("deadiff", (0, 1, 3)), "deadiff_style_and_content": ("deadiff", (0, 1, 3)),
+    "stylestudio_adain_sd15": ("stylestudio", (0, 1, 4)), "stylestudio_sdxl": ("stylestudio", (0, 1, 4)),
+    "stylestudio_negative_style_image": ("stylestudio", (0, 6, 7)),
+    "catversion_generate": ("catversion", (0, 1, 2)), "catversion_train": ("catversion", (0, 2)),
+    "catversion_score": ("catversion", (0, 2)), "stylerdalle_stylize": ("stylerdalle", (0, 2)),
+    "stylerdalle_train_style": ("stylerdalle", (0, 1, 2)),
+}
+PICTURES = {"patch_map": "router_patch_map.png"}  # workflow -> a picture make demo draws whole (shrunk to 360 wide)
+CELL, PAD, HEAD = 128, 4, 28  # a sheet's cell (64 px x 2), gap, and title + column-title height
+
+
+def from_sheet(sheet, columns):
+    """One row of a contact sheet: the chosen columns' titles and first cells, side by side."""
+    from PIL import Image
+    out = Image.new("RGB", (len(columns) * (CELL + PAD) + PAD, HEAD - 14 + PAD + CELL + PAD), (24, 24, 24))
+    for i, c in enumerate(columns):
+        x = PAD + c * (CELL + PAD)
+        out.paste(sheet.crop((x, 14, x + CELL, HEAD + PAD + CELL)), (PAD + i * (CELL + PAD), 0))
+    return out
+
+
 def main(argv=None) -> int:
     import argparse
-    argparse.ArgumentParser(
+    ap = argparse.ArgumentParser(
         prog="thumbnails", description="Draw example_workflows/<name>.jpg, the template browser's picture of each "
-        "example workflow's graph (the pictures are replaced).").parse_args(argv)
+        "example workflow (the pictures are replaced).")
+    ap.add_argument("--sheets", type=Path, default=PACK / "out", help="make demo's output folder (its *_sheet.png)")
+    a = ap.parse_args(argv)
     folder = PACK / "example_workflows"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, where _pack.py is
     from _pack import pack_module
     files = pack_module("files")
+    from PIL import Image
     for path in sorted(folder.glob("*.json")):
-        image = draw(json.loads(path.read_text()))
+        sheet, columns = RESULTS.get(path.stem, (None, None))
+        made = a.sheets / (f"{sheet}_sheet.png" if sheet else PICTURES.get(path.stem, ""))
+        if (sheet or path.stem in PICTURES) and not made.is_file():
+            raise SystemExit(f"error: {made} is missing; run make demo first (or give --sheets)")
+        if sheet:
+            image = from_sheet(Image.open(made).convert("RGB"), columns)
+        elif path.stem in PICTURES:
+            image = Image.open(made).convert("RGB")
+            image = image.resize((360, round(image.height * 360 / image.width)), Image.LANCZOS)
+        else:
+            image = draw(json.loads(path.read_text()))
         target = files.output_target(str(folder), path.with_suffix(".jpg").name, "", numbered=False, force=True)
         files.write_new(target, lambda tmp, image=image: image.save(tmp, format="JPEG", quality=70, optimize=True))
     print(f"drew {len(list(folder.glob('*.json')))} thumbnails in {folder}")
