@@ -159,7 +159,8 @@ class BridgePatcher:
         try:
             ms = self.model_sampling
             t = ms.timestep(sigma).float()
-            eps = self.unet(ms.calculate_input(sigma, x).to(self.unet.dtype), t, encoder_hidden_states=context).sample
+            eps = self.unet(ms.calculate_input(sigma, x).to(self.unet.dtype), t,
+                            encoder_hidden_states=context.to(self.unet.dtype)).sample
         finally:
             self.unet.set_attn_processor(saved)
         return ms.calculate_denoised(sigma, eps.float(), x)

@@ -31,6 +31,9 @@ import torch
 from ..errors import InputError, StyleKitError
 
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="deadiff_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder holding pairs.jsonl and the images it names")
@@ -43,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--accumulate", type=int, default=1, help="shards each process runs in turn per step")
     ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (official 1e-4)")
     ap.add_argument("--warmup", type=int, default=10_000, help="linear warm-up steps (official 10k)")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                    help="the frozen model's dtype (fp16 / bf16 on a GPU halve its memory); what trains stays fp32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="resumable training state (default: OUT with .ckpt.pt)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
@@ -55,7 +60,10 @@ def _host(a, device):
     from ..models.clip_preprocess import deadiff_pixels
     from ..models.deadiff import QFormerShape
     from ..models.deadiff_data import PairEncoders
+    dtype = PRECISIONS[a.precision]
     if a.model == "miniature":
+        if dtype != torch.float32:
+            raise InputError("--precision: the miniature world runs in fp32; give --precision fp32")
         from ..toy.deadiff import SHAPE, encoders
         from ..toy.family import load_world
         w = load_world()
@@ -63,15 +71,16 @@ def _host(a, device):
     from ..bridge.folders import load_clip_vision_folder, load_sd_folder
     if not a.clip_vision:
         raise InputError("--clip-vision is needed with a model folder: DEADiff reads CLIP ViT-L/14's penultimate states")
-    model, clip, vae = load_sd_folder(a.model, device)
-    vision = load_clip_vision_folder(a.clip_vision, device)
+    model, clip, vae = load_sd_folder(a.model, device, dtype)
+    vision = load_clip_vision_folder(a.clip_vision, device, dtype)
 
     def references(images):
-        return torch.cat([vision.model(pixel_values=deadiff_pixels(i[None]).to(device), intermediate_output=-2)[1]
+        return torch.cat([vision.model(pixel_values=deadiff_pixels(i[None]).to(device, dtype), intermediate_output=-2)[1]
                           for i in images]).float()
-    return model, PairEncoders(references=references, latents=lambda t: vae.encode(t.to(device)),
-                               captions=lambda texts, latents: (torch.cat([clip.encode_from_tokens(clip.tokenize(c))
-                                                                           for c in texts]), None)), \
+
+    def captions(texts, latents):
+        return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in texts]).float(), None
+    return model, PairEncoders(references=references, latents=lambda t: vae.encode(t.to(device)), captions=captions), \
         QFormerShape(vision=vision.model.hf.config.hidden_size)
 
 

@@ -185,9 +185,11 @@ def write_tiny_sd_folder(root):
     tiny_clip_vision().save_pretrained(root / "vision")
 
 
-def test_an_sd15_folder_trains_from_the_command_line(data, tmp_path, sd15):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_sd15_folder_trains_from_the_command_line(data, tmp_path, sd15, precision):
     """--model with a diffusers folder and --clip-vision with a transformers one (the tiny models saved in those
-    layouts): the command line loads them, fine-tunes a DEADiff made for that UNet and writes it."""
+    layouts): the command line loads them, fine-tunes a DEADiff made for that UNet and writes it; with
+    --precision bf16 the frozen models run in bfloat16 while what trains stays float32."""
     from stylekit.attention.layers import model_layers
     from stylekit.files import output_target
     from stylekit.models.deadiff import adapter_from_state_dict, load_deadiff, save_deadiff
@@ -197,7 +199,9 @@ def test_an_sd15_folder_trains_from_the_command_line(data, tmp_path, sd15):
     init = save_deadiff(start, output_target(str(tmp_path), "start", ".safetensors", numbered=False))
     assert run_cli(["--model", str(tmp_path / "sd"), "--clip-vision", str(tmp_path / "sd" / "vision"), "--data", data,
                     "--out", str(tmp_path / "o.safetensors"), "--steps", "2", "--batch", "2", "--warmup", "1",
-                    "--lr", "1e-3", "--init", init]) == 0
+                    "--lr", "1e-3", "--init", init, "--precision", precision]) == 0
     trained = load_deadiff(tmp_path / "o.safetensors")
     moved = [k for k in start.attn2 if not torch.equal(start.attn2[k][0], trained.attn2[k][0])]
     assert moved and trained.split is not None
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for kv in trained.attn2.values() for t in kv)
+    assert not (tmp_path / "o.ckpt.pt").exists()  # the finished run's checkpoint is removed
