@@ -223,7 +223,7 @@ def _save_checkpoint(path: str, state: dict) -> None:
 
 def _resume(path: str, params, opt, sched, g, fingerprint: str) -> tuple[int, list]:
     from .weights_file import load_weights_only
-    state = load_weights_only(path, what="DEADiff training checkpoint")
+    state = load_weights_only(path, what="DEADiff training checkpoint", mmap=True)
     if len(state["params"]) != len(params) or any(a.shape != b.shape for a, b in zip(state["params"], params)):
         raise InputError(f"{os.path.basename(path)} was written for another DEADiff model; start without it")
     if state.get("fingerprint") != fingerprint:

@@ -186,13 +186,16 @@ def _stand_in(qualified: str) -> type:
     return type(name, (nn.Module,), {"__module__": module, "__qualname__": name})
 
 
+MAX_PICKLE_BYTES = 1 * 2 ** 30  # the official encoder.pkl is 97 MB, decoder.pkl 213 MB
+
+
 def convert_dalle_pickle(path: str) -> tuple[str, dict]:
     """Official ``encoder.pkl`` / ``decoder.pkl`` -> ("encoder" | "decoder", state dict), unpickling
     only the dVAE's own classes and the torch layers they hold."""
     stand_ins = [_stand_in(q) for q in DVAE_CLASSES]
     allowed = f"Allowed: {', '.join(DVAE_CLASSES)} and torch's {', '.join(c.__name__ for c in TORCH_LAYERS)}."
     obj = load_weights_only(path, DVAEWeightsError, "DALL-E dVAE pickle (openai/DALL-E encoder.pkl or decoder.pkl)",
-                            allowed, safe_globals=[*stand_ins, *TORCH_LAYERS])
+                            allowed, safe_globals=[*stand_ins, *TORCH_LAYERS], max_bytes=MAX_PICKLE_BYTES)
     kind = type(obj).__module__ + "." + type(obj).__qualname__
     if kind not in ("dall_e.encoder.Encoder", "dall_e.decoder.Decoder"):
         raise DVAEWeightsError(f"{shown(path)} holds a {kind}, not a DALL-E dVAE Encoder or Decoder")

@@ -113,10 +113,20 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
 
 
 def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
-                      hint: str = "", safe_globals=(), mmap: bool = False):
+                      hint: str = "", safe_globals=(), mmap: bool = False, max_bytes: int = MAX_WEIGHT_BYTES):
     """``torch.load(weights_only=True)``, with ``safe_globals`` (further classes) allowed and, for large
-    zip-format files, memory-mapped; a refusal or a corrupt file raises ``error`` naming the file."""
+    zip-format files, memory-mapped; a refusal or a corrupt file raises ``error`` naming the file.
+
+    A file torch would read whole (the legacy pre-1.6 format, which cannot be memory-mapped, or any file
+    when ``mmap`` is off) is refused when it is larger than ``max_bytes``, before torch allocates what it
+    declares: a small sparse file declaring gigabytes would otherwise cost them."""
+    import zipfile
     path = check_file(path, what, error)
+    whole = not (mmap and zipfile.is_zipfile(path))
+    if whole and os.path.getsize(path) > max_bytes:
+        raise error(f"{shown(path)} is {os.path.getsize(path) / 2 ** 20:,.0f} MB, more than a {what} ever holds "
+                    f"({max_bytes / 2 ** 20:,.0f} MB at most) in a format read whole into memory; it is not that "
+                    f"file.{' ' + hint if hint else ''}")
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             if mmap:
@@ -138,7 +148,7 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
     """A ``.bin`` / ``.pt`` dict of tensors, read weights-only and memory-mapped (a zip-format file), its
     tensors' declared sizes checked against ``max_bytes`` before any of them is read; anything else
     raises ``error``."""
-    obj = load_weights_only(path, error, what, hint, mmap=True)
+    obj = load_weights_only(path, error, what, hint, mmap=True, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise error(f"{shown(path)} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
 

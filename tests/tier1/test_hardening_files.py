@@ -277,3 +277,45 @@ def test_integer_weights_are_refused_from_the_header(tmp_path, sd15_layers, kind
     sd[key] = sd[key].to(torch.int32)
     save_file(sd, path, metadata=meta)
     refused(load, path, rf"{key}.*I32")
+
+
+def legacy_bomb(path, numel: int = 2 ** 28):
+    """A torch file in the legacy (pre-1.6, not zip) format, which torch reads whole and cannot memory-map,
+    holding {"x": a float32 tensor} whose storage declares ``numel`` elements (1 GB) over a sparse body: the
+    small file torch.save writes, its records of the size rewritten, the file extended."""
+    import struct
+    small = 123457
+    torch.save({"x": torch.zeros(small)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    # BININT in the pickle (the storage's size and the tensor's shape); the int64 record before the data
+    pickled, header = b"J" + struct.pack("<i", small), struct.pack("<q", small)
+    assert data.count(pickled) == 2 and data.count(header) == 1
+    data = data.replace(pickled, b"J" + struct.pack("<i", numel)).replace(header, struct.pack("<q", numel))
+    start = data.index(struct.pack("<q", numel)) + 8
+    with open(path, "wb") as f:
+        f.write(data[:start])
+        f.truncate(start + 4 * numel)
+
+
+def test_a_legacy_torch_file_declaring_a_gigabyte_is_refused_before_it_is_read(tmp_path):
+    """CatVersion's official pytorch_adapter.bin may be any torch file; one in the legacy format is read whole
+    (torch allocates and fills what its storages declare), so its size is checked first: a sparse 1 GB file
+    that says it holds one tensor of 2^28 floats is refused, and the child's memory grows by far less than
+    1 GB (before the check it grew by the whole gigabyte). A small legacy file still loads."""
+    import subprocess
+    import sys
+    path = tmp_path / "pytorch_adapter.bin"
+    legacy_bomb(path)
+    code = ("import resource; from stylekit.models.weights_file import load_tensor_dict\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"try:\n    load_tensor_dict({str(path)!r}, max_bytes=64 * 2 ** 20)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert "read whole into memory" in out and "pytorch_adapter.bin" in out, out
+    assert grew_mb(out) < 200, out
+    small = tmp_path / "small.bin"
+    torch.save({"x": torch.ones(3)}, small, _use_new_zipfile_serialization=False)
+    from stylekit.models.weights_file import load_tensor_dict
+    assert torch.equal(load_tensor_dict(str(small))["x"], torch.ones(3))
