@@ -63,6 +63,9 @@ def image_size(path: str, line: int, field: str) -> tuple[int, int]:
 def read_pairs(folder: str) -> list[Pair]:
     """The pairs ``folder``'s manifest names, each checked (see the module docstring)."""
     folder = os.path.realpath(folder)
+    if not os.path.isdir(folder):
+        from ..files import shown
+        raise InputError(f"the data folder {shown(folder)} does not exist; give the folder that holds {MANIFEST}")
     manifest = os.path.join(folder, MANIFEST)
     if not os.path.isfile(manifest):
         raise InputError(f"no {MANIFEST} in the data folder; write one line per pair (see the README, DEADiff training)")

@@ -22,7 +22,8 @@ if __name__ == "__main__" and not __package__:  # run by path: python tools/dead
 import argparse
 import sys
 
-from ..errors import InputError, StyleKitError
+from ..errors import InputError
+from . import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,13 +88,7 @@ def run(a, log=print) -> int:
 
 
 def main(argv=None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        run(a)
-    except StyleKitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_parser(), run, argv)
 
 
 if __name__ == "__main__":

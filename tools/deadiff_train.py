@@ -28,7 +28,8 @@ import sys
 
 import torch
 
-from ..errors import InputError, StyleKitError
+from ..errors import InputError
+from . import run_command
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -137,13 +138,7 @@ def run(a, log=print) -> str | None:
 
 
 def main(argv=None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        run(a)
-    except StyleKitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_parser(), run, argv)
 
 
 if __name__ == "__main__":
