@@ -15,7 +15,6 @@ Weights keep the official key names (``style_blip.Qformer.bert.…``, ``style_pr
 from __future__ import annotations
 
 import json
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,11 +296,23 @@ def layer_split(text: str | None, source: str) -> dict | None:
     except (ValueError, TypeError, KeyError) as e:
         raise DEADiffWeightsError(f"{source}: metadata layer_split is not a style/content block list ({e}); "
                                   "write the file again with StyleKit DEADiff Train") from None
-    bad = [k for b in BRANCHES for k in split[b] if k[0] not in ("input", "middle", "output")]
-    if bad or set(split["style"]) & set(split["content"]):
-        raise DEADiffWeightsError(f"{source}: metadata layer_split names {bad or 'a block in both branches'}; "
-                                  "write the file again with StyleKit DEADiff Train")
+    problem = split_problem(split)
+    if problem:
+        raise DEADiffWeightsError(f"{source}: metadata layer_split {problem}; write the file again with StyleKit "
+                                  "DEADiff Train")
     return split
+
+
+def split_problem(split: dict) -> str | None:
+    """What is wrong with a layer split ({"style": blocks, "content": blocks}, blocks (input|middle|output,
+    index)), or None: a branch missing, a block of no UNet part, a block in both branches."""
+    if set(split) != set(BRANCHES):
+        return f"gives {sorted(split)}, not the style and the content blocks"
+    bad = [k for b in BRANCHES for k in split[b] if k[0] not in ("input", "middle", "output")]
+    if bad:
+        return f"names {bad}, blocks of no UNet part (input, middle, output)"
+    both = set(split["style"]) & set(split["content"])
+    return f"gives {sorted(both)} to both branches" if both else None
 
 
 def read_checkpoint(path: Path) -> dict:

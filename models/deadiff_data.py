@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..files import open_image
+from ..files import open_image, shown
+from .seeding import derived_seed
 
 MANIFEST = "pairs.jsonl"
 KINDS = ("style", "content", "both")
@@ -64,7 +65,6 @@ def read_pairs(folder: str) -> list[Pair]:
     """The pairs ``folder``'s manifest names, each checked (see the module docstring)."""
     folder = os.path.realpath(folder)
     if not os.path.isdir(folder):
-        from ..files import shown
         raise InputError(f"the data folder {shown(folder)} does not exist; give the folder that holds {MANIFEST}")
     manifest = os.path.join(folder, MANIFEST)
     if not os.path.isfile(manifest):
@@ -145,9 +145,17 @@ def read_image(path: str) -> torch.Tensor:
 def step_rows(count: int, batch: int, seed: int, kind: str, step: int) -> torch.Tensor:
     """Indices of the ``batch`` pairs (of ``count`` of a kind) that step ``step`` trains on, drawn with
     replacement from a generator seeded by (seed, kind, step): the same on every process and after a resume."""
-    from .seeding import derived_seed
     g = torch.Generator().manual_seed(derived_seed("deadiff rows", seed, kind, step))
     return torch.randint(count, (batch,), generator=g)
+
+
+def shard_rows(batch: int, shard: int, shards: int) -> slice:
+    """The rows of shard ``shard`` of ``shards`` equal parts of a global batch of ``batch``."""
+    if batch % shards:
+        raise InputError(f"a batch of {batch} does not split into {shards} equal parts (processes x accumulate); "
+                         "give a batch that is a multiple of them")
+    n = batch // shards
+    return slice(shard * n, (shard + 1) * n)
 
 
 def manifest_loaders(pairs: list[Pair], encoders: PairEncoders, batch: int, seed: int) -> dict:
@@ -158,11 +166,7 @@ def manifest_loaders(pairs: list[Pair], encoders: PairEncoders, batch: int, seed
 
     def make(kind, of_kind):
         def loader(step, shard=0, shards=1):
-            if batch % shards:
-                raise InputError(f"a batch of {batch} does not split into {shards} equal parts (processes x "
-                                 "accumulate); give a batch that is a multiple of them")
-            n = batch // shards
-            rows = step_rows(len(of_kind), batch, seed, kind, step)[shard * n:(shard + 1) * n]
+            rows = step_rows(len(of_kind), batch, seed, kind, step)[shard_rows(batch, shard, shards)]
             chosen = [of_kind[int(i)] for i in rows]
             with torch.no_grad():
                 latents = encoders.latents(torch.stack([read_image(p.target) for p in chosen]))

@@ -4,9 +4,9 @@ Layer split (bytedance/DEADiff's, SD1.5): content tokens go to input 7, 8, middl
 tokens to input 1, 2, 4, 5 and output 5..11. SDXL (StyleKit's, by resolution as the official one): the
 content tokens go to the lowest resolution's blocks, input 7, 8, middle 0 and the first two of the decoder's,
 output 0, 1; the style tokens to the rest, input 4, 5 and output 2..5. A file trained by StyleKit carries
-the split it was trained with (``DEADiffAdapter.split``), and Apply uses that one. A branch that is off (style-only or content-only) still
-puts 16 zero tokens on its layers by default, as the official code does (their zero keys take
-softmax mass); ``zero_tokens=False`` leaves those layers unpatched instead.
+the split it was trained with (``DEADiffAdapter.split``), and Apply uses that one. A branch that is off
+(style-only or content-only) still puts 16 zero tokens on its layers by default, as the official code does
+(their zero keys take softmax mass); ``zero_tokens=False`` leaves those layers unpatched instead.
 """
 from __future__ import annotations
 

@@ -63,8 +63,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
-
-
 def plan_pairs(subjects: list[str], styles: list[str], per_style: int, per_subject: int, seed: int,
                template: str = TEMPLATE) -> PairPlan:
     """Each style over ``per_style`` subjects and each subject in ``per_subject`` styles (drawn from ``seed``);

@@ -28,6 +28,7 @@ computes: the same shards, the same draws, only the order of one final sum diffe
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -62,8 +63,8 @@ class DEADiffTrainSettings:
 
 @dataclass(frozen=True)
 class Processes:
-    """This process's place among the data-parallel ones: ``rank`` of ``count``, and ``sum_``, an in-place
-    all-reduce (sum) of a tensor over them (the CLI passes accelerate's). One process: nothing to reduce."""
+    """This process's place among the data-parallel ones: ``rank`` of ``count``, and ``sum_``, which returns a
+    tensor summed over them (an all-reduce; the CLI passes accelerate's). One process: nothing to reduce."""
     rank: int = 0
     count: int = 1
     sum_: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -105,7 +106,8 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0, split: dict | None 
     the text (SDXL's 2048 = CLIP-L's 768 then OpenCLIP-bigG's 1280, for 768-wide Q-Formers) start from the
     first columns of to_k / to_v, those that read CLIP-L's part of the text. ``split`` (blocks per branch)
     defaults to the family's and is stored with the adapter. Seeded, without touching the global random state."""
-    from .deadiff_inject import FAMILIES, split_blocks
+    from .deadiff import split_problem
+    from .deadiff_inject import FAMILIES, branch_keys, split_blocks
     layers = model_layers(model)
     if layers.is_dit:
         raise UnsupportedModelError("DEADiff injects image tokens into UNet cross-attention; a DiT has none")
@@ -122,10 +124,31 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0, split: dict | None 
         for branch in adapter.branches.values():
             nn.init.normal_(branch.query_tokens, std=0.02)
     adapter.split = {b: [tuple(k) for k in blocks] for b, blocks in (split or split_blocks(adapter, layers.family)).items()}
-    if set(adapter.split) != {"style", "content"} or set(adapter.split["style"]) & set(adapter.split["content"]):
-        raise InputError("a layer split gives the style and the content blocks, none in both")
-    layers.select(adapter.split["style"]), layers.select(adapter.split["content"])  # blocks this model has
+    problem = split_problem(adapter.split)
+    if problem:
+        raise InputError(f"the layer split {problem}")
+    branch_keys(adapter, layers)  # blocks this model has
     return adapter.eval()
+
+
+def start_adapter(model, shape: QFormerShape, seed: int = 0, given: DEADiffAdapter | None = None,
+                  name: str = "deadiff") -> DEADiffAdapter:
+    """What a run on ``model`` trains. Fine-tuning ``given`` (the input ``name``): it must fit the model layer
+    for layer and read the host's CLIP vision width (``shape.vision``); a float32 copy is trained (the given
+    one stays as it is, and may hold inference-mode tensors), recording the split it trains. Otherwise fresh
+    Q-Formers of ``shape`` (:func:`fresh_adapter`)."""
+    from .deadiff import adapter_from_state_dict, official_state_dict
+    from .deadiff_inject import check_pairing, split_blocks
+    if given is None:
+        return fresh_adapter(model, shape, seed=seed)
+    check_pairing(given, model)
+    if given.shape.vision != shape.vision:
+        raise InputError(f"{name}: its Q-Formers read {given.shape.vision}-wide CLIP vision states, this host's CLIP "
+                         f"vision gives {shape.vision}; give the CLIP vision it was trained with, or train from scratch")
+    tensors = {k: v.detach().clone().float() for k, v in official_state_dict(given).items()}
+    adapter = adapter_from_state_dict(tensors, heads=given.shape.heads, source=name)
+    adapter.split = split_blocks(given, model_layers(model).family)  # the file records what it trained
+    return adapter
 
 
 def weights_digest(adapter: DEADiffAdapter) -> str:
@@ -279,18 +302,18 @@ def _draws(g: torch.Generator, settings, sigmas, first: PairBatch, shards: int):
     return keep, dropped, sigma, noise
 
 
-def _set_grads(params, grads: list, loss_sum: torch.Tensor, processes: Processes) -> None:
-    """Sum this process's shard gradients (and mean loss, in place) over the processes into each ``.grad``;
-    one all-reduce of everything flattened (the kind, hence which gradients exist, is the same everywhere).
-    A parameter the step's kind did not reach gets no gradient (None, not the last step's): AdamW skips it."""
+def _set_grads(params, grads: list, loss: torch.Tensor, processes: Processes) -> float:
+    """Sum this process's shard gradients over the processes into each ``.grad``, and its share of the batch's
+    mean loss, which is returned; one all-reduce of everything flattened (the kind, hence which gradients
+    exist, is the same everywhere). A parameter the step's kind did not reach gets no gradient (None, not the
+    last step's): AdamW skips it."""
     used = [i for i, gr in enumerate(grads) if gr is not None]
-    flat = torch.cat([grads[i].flatten() for i in used] + [loss_sum.to(params[0]).view(1)])
-    flat = processes.total(flat)
+    flat = processes.total(torch.cat([grads[i].flatten() for i in used] + [loss.to(params[0]).view(1)]))
     for p in params:
         p.grad = None
     for i, part in zip(used, flat[:-1].split([params[i].numel() for i in used])):
         params[i].grad = part.view_as(params[i])
-    loss_sum.copy_(flat[-1].double())
+    return float(flat[-1])
 
 
 def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, checkpoint, checkpoint_every, kinds,
@@ -328,13 +351,13 @@ def _train(model, adapter, loaders, sigmas, settings, progress, interrupted, che
                     if grad is not None:
                         grads[i] = grad if grads[i] is None else grads[i] + grad
                 loss_sum += loss.detach().double().cpu() / shards
-            _set_grads(params, grads, loss_sum, processes)
-            if not torch.isfinite(loss_sum):  # the global loss, after the reduce: every process stops together
-                raise InputError(f"DEADiff training: loss is {float(loss_sum)} at step {step}; lower the learning rate")
+            global_loss = _set_grads(params, grads, loss_sum, processes)
+            if not math.isfinite(global_loss):  # the global loss, after the reduce: every process stops together
+                raise InputError(f"DEADiff training: loss is {global_loss} at step {step}; lower the learning rate")
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             sched.step()
-            losses.append(float(loss_sum))
+            losses.append(global_loss)
             if on_loss is not None:
                 on_loss(step + 1, losses[-1])
             if checkpoint and processes.rank == 0 and ((step + 1) % checkpoint_every == 0 or step + 1 == settings.steps):

@@ -8,12 +8,10 @@ import torch
 
 from ..errors import InputError
 from ..models.clip_preprocess import deadiff_pixels
-from ..models.deadiff import QFormerShape, adapter_from_state_dict, official_state_dict, save_deadiff
+from ..models.deadiff import QFormerShape, save_deadiff
 from ..models.deadiff_data import PairEncoders, manifest_digest, manifest_loaders, read_pairs
 from ..models.deadiff_pairs import TEMPLATE, build_pairs, plan_pairs, word_list
-from ..attention.layers import model_layers
-from ..models.deadiff_inject import check_pairing, split_blocks
-from ..models.deadiff_train import DEADiffTrainSettings, fresh_adapter, train_deadiff, weights_digest
+from ..models.deadiff_train import DEADiffTrainSettings, start_adapter, train_deadiff, weights_digest
 from . import checks, comfy_glue, specs
 from .checks import boundary
 from .deadiff import FOLDER
@@ -88,20 +86,18 @@ class StyleKitDEADiffTrain:
             pairs = read_pairs(folder)  # every line checked before a tensor is made
         except InputError as e:
             raise InputError(f"data_folder {shown}: {e}") from None
-        if deadiff is not None:
-            check_pairing(deadiff, model)
         settings = DEADiffTrainSettings(steps=steps, lr=learning_rate, warmup=warmup, seed=seed)
         state = os.path.join(target.folder, os.path.splitext(target.name)[0] + STATE)
         # ComfyUI runs nodes under inference_mode: the adapter (and every tensor autograd keeps) is made outside it
         with torch.inference_mode(False), torch.enable_grad():
+            shape = QFormerShape(vision=comfy_glue.vision_hidden_states(clip_vision, torch.zeros(1, 3, 224, 224)).shape[-1])
+            # a DEADiff to fine-tune is checked (refused before the UNet loads) and copied; fresh Q-Formers start
+            # from the loaded UNet's text K/V
+            adapter = None if deadiff is None else start_adapter(model, shape, seed, deadiff)
             unet = comfy_glue.trainable(model)
             device = comfy_glue.load(unet)
-            if deadiff is None:
-                width = comfy_glue.vision_hidden_states(clip_vision, torch.zeros(1, 3, 224, 224)).shape[-1]
-                adapter = fresh_adapter(unet, QFormerShape(vision=width), seed=seed)
-            else:
-                adapter = _copy(deadiff)
-                adapter.split = split_blocks(deadiff, model_layers(model).family)  # the file records what it trained
+            if adapter is None:
+                adapter = start_adapter(unet, shape, seed)
             adapter.to(device)
             loaders = manifest_loaders(pairs, host_encoders(unet, clip, clip_vision, vae, device), batch_size, seed)
             sigmas = comfy_glue.model_sampling(unet).sigmas.detach().float().cpu()
@@ -113,12 +109,6 @@ class StyleKitDEADiffTrain:
         path = save_deadiff(adapter, target, source=f"StyleKit DEADiff Train, {steps} steps, seed {seed}")
         os.remove(state)
         return {"ui": {"text": [f"saved {path}"]}, "result": (adapter, loss_curve(losses))}
-
-
-def _copy(adapter):
-    """A trainable copy of a loaded DEADiff, made outside inference mode (the input stays as the Loader gave it)."""
-    tensors = {k: v.detach().clone().float() for k, v in official_state_dict(adapter).items()}
-    return adapter_from_state_dict(tensors, heads=adapter.shape.heads, source="the deadiff input")
 
 
 class StyleKitDEADiffBuildPairs:

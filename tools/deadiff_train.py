@@ -90,9 +90,7 @@ def run(a, log=print) -> str | None:
     from ..files import output_target, write_new
     from ..models.deadiff import load_deadiff, save_deadiff
     from ..models.deadiff_data import manifest_digest, manifest_loaders, read_pairs
-    from ..attention.layers import model_layers
-    from ..models.deadiff_inject import check_pairing, split_blocks
-    from ..models.deadiff_train import DEADiffTrainSettings, Processes, fresh_adapter, train_deadiff, weights_digest
+    from ..models.deadiff_train import DEADiffTrainSettings, Processes, start_adapter, train_deadiff, weights_digest
     device, processes, main = Processes.launched()
     out = os.path.abspath(a.out)
     target = output_target(os.path.dirname(out), os.path.basename(out), ".safetensors", numbered=False,
@@ -103,16 +101,8 @@ def run(a, log=print) -> str | None:
         raise InputError(f"--batch {a.batch} does not split into {processes.count} processes x {a.accumulate} "
                          "shards; give a multiple of them")
     model, encoders, shape = _host(a, device)
-    if a.init:
-        adapter = load_deadiff(a.init)
-        check_pairing(adapter, model)
-        adapter.split = split_blocks(adapter, model_layers(model).family)  # the file records what it trained
-        if adapter.shape.vision != shape.vision:
-            raise InputError(f"--init {os.path.basename(a.init)}: its Q-Formers read {adapter.shape.vision}-wide CLIP "
-                             f"vision states, this host's CLIP vision gives {shape.vision}; give the CLIP vision it "
-                             "was trained with, or train from scratch")
-    else:
-        adapter = fresh_adapter(model, shape, seed=a.seed)
+    given = load_deadiff(a.init) if a.init else None
+    adapter = start_adapter(model, shape, a.seed, given, name=f"--init {os.path.basename(a.init or '')}")
     adapter.to(device)
     loaders = manifest_loaders(pairs, encoders, a.batch, a.seed)
     sigmas = model.model_sampling.sigmas.detach().float().cpu()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..models.deadiff import QFormerShape
+from ..models.deadiff_data import PairEncoders, shard_rows
 from ..models.deadiff_train import DEADiffTrainSettings, PairBatch, fresh_adapter, train_deadiff
 from . import world
 from .family import ToyWorld, images_tensor
@@ -60,8 +61,6 @@ def encoders(w: ToyWorld):
     its CLIP vision tower at 64 px (area-resized), targets through its VAE, captions through its CLIP."""
     import torch.nn.functional as F
 
-    from ..models.deadiff_data import PairEncoders
-
     def at_64(image):
         small = F.interpolate(image.permute(2, 0, 1)[None], size=(world.SIZE, world.SIZE), mode="area")
         return small.permute(0, 2, 3, 1)
@@ -77,12 +76,9 @@ def loaders(w: ToyWorld, batch: int, seed: int) -> dict:
 
     def make(kind, salt):
         def at(step, shard=0, shards=1):
-            if batch % shards:
-                raise ValueError(f"a batch of {batch} does not split into {shards} equal shards")
-            n = batch // shards
-            pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)[shard * n:(shard + 1) * n]
+            pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)[shard_rows(batch, shard, shards)]
             refs, targets = [r for r, _ in pairs], [t for _, t in pairs]
-            context = empty.expand(n, -1, -1) if kind == "both" else \
+            context = empty.expand(len(pairs), -1, -1) if kind == "both" else \
                 torch.cat([w.encode(world.caption(t)) for t in targets])
             return PairBatch(kind, vision_states(w, images_tensor(refs)), w.to_latent(images_tensor(targets)), context)
         return at

@@ -383,3 +383,45 @@ def test_moving_an_adapter_moves_its_image_projections(adapter):
     adapter.to(torch.float64)
     assert all(t.dtype == torch.float64 for kv in adapter.attn2.values() for t in kv)
     assert [id(p) for p in trainable(adapter)] == ids
+
+
+def test_a_bad_layer_split_is_refused_in_a_file_and_at_training(sd15, tmp_path):
+    """One check (models.deadiff.split_problem) reads a file's layer_split metadata and a split given to the
+    trainer: a block in both branches, a block of no UNet part, a branch missing."""
+    from safetensors.torch import load_file, save_file
+
+    from stylekit.errors import WeightFileError
+    from stylekit.files import output_target
+    from stylekit.models.deadiff import QFormerShape, load_deadiff, save_deadiff
+    from stylekit.models.deadiff_train import fresh_adapter
+    shape = QFormerShape(hidden=32, layers=1, heads=4, intermediate=64, positions=32, queries=4, vision=48, proj_hidden=64)
+    path = save_deadiff(fresh_adapter(sd15, shape), output_target(str(tmp_path), "good", ".safetensors", numbered=False))
+    tensors = load_file(path)
+    cases = {'{"style": [["output", 5]], "content": [["output", 5]]}': "gives \\[\\('output', 5\\)\\] to both branches",
+             '{"style": [["decoder", 5]], "content": []}': "names \\[\\('decoder', 5\\)\\], blocks of no UNet part",
+             '{"style": [["output", 5]]}': "is not a style/content block list"}
+    for i, (text, message) in enumerate(cases.items()):
+        bad = str(tmp_path / f"bad{i}.safetensors")
+        save_file(tensors, bad, metadata={"qformer_heads": "4", "layer_split": text})
+        with pytest.raises(WeightFileError, match=f"metadata layer_split {message}"):
+            load_deadiff(bad)
+    with pytest.raises(InputError, match="the layer split gives \\[\\('output', 5\\)\\] to both branches"):
+        fresh_adapter(sd15, shape, split={"style": [("output", 5)], "content": [("output", 5)]})
+    with pytest.raises(InputError, match="the layer split gives \\['style'\\], not the style and the content blocks"):
+        fresh_adapter(sd15, shape, split={"style": [("output", 5)]})
+
+
+def test_fine_tuning_refuses_a_deadiff_for_another_clip_vision_and_copies_the_one_given(sd15, adapter):
+    """start_adapter (the Train node's and the command line's start): the given DEADiff must read the host's CLIP
+    vision width, and what trains is a float32 copy with the split it trains (the given one untouched)."""
+    import dataclasses
+    from stylekit.models.deadiff import official_state_dict
+    from stylekit.models.deadiff_inject import CONTENT_BLOCKS, STYLE_BLOCKS
+    from stylekit.models.deadiff_train import start_adapter
+    with pytest.raises(InputError, match="deadiff: its Q-Formers read 48-wide CLIP vision states, this host's CLIP "
+                                         "vision gives 64"):
+        start_adapter(sd15, dataclasses.replace(adapter.shape, vision=64), given=adapter)
+    copy = start_adapter(sd15, adapter.shape, given=adapter)
+    assert copy is not adapter and copy.split == {"style": STYLE_BLOCKS, "content": CONTENT_BLOCKS}
+    mine, given = official_state_dict(copy), official_state_dict(adapter)
+    assert all(torch.equal(mine[k], given[k].float()) for k in given)
