@@ -11,7 +11,9 @@ the same arguments train the same model on 1 or N processes (see stylekit.models
 ``--checkpoint`` is written every ``--checkpoint-every`` steps and resumed from when present: an
 interrupted run (Ctrl-C, a killed worker) loses at most that many steps. The result is written once, at
 the end, in the file format StyleKit DEADiff Loader reads; an existing file is never replaced without
-``--force``. Runs without accelerate installed as a single process.
+``--force``. Runs without accelerate installed as a single process. ``--logdir``: the loss of every step
+as TensorBoard events (the main process writes them, at the global step, so a resumed run continues the
+curve).
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", help="resumable training state (default: OUT with .ckpt.pt)")
     ap.add_argument("--checkpoint-every", type=int, default=500)
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists (never done otherwise)")
+    ap.add_argument("--logdir", help="also write the loss of every step as TensorBoard events here "
+                                     "(needs the tensorboard package; view with: tensorboard --logdir LOGDIR)")
     return ap
 
 
@@ -85,6 +89,16 @@ def _host(a, device):
         QFormerShape(vision=vision.model.hf.config.hidden_size)
 
 
+def tensorboard(logdir: str):
+    """A TensorBoard SummaryWriter on ``logdir``, refused with the fix when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise InputError("--logdir: TensorBoard logging needs the tensorboard package; pip install tensorboard, "
+                         "or leave --logdir out (the loss is printed either way)") from e
+    return SummaryWriter(os.path.abspath(logdir))
+
+
 def run(a, log=print) -> str | None:
     """Train as ``a`` says; returns the written file's path (the main process) or None (the others)."""
     from ..files import output_target, write_new
@@ -100,6 +114,7 @@ def run(a, log=print) -> str | None:
     if a.batch < 1 or a.batch % (processes.count * a.accumulate):
         raise InputError(f"--batch {a.batch} does not split into {processes.count} processes x {a.accumulate} "
                          "shards; give a multiple of them")
+    writer = tensorboard(a.logdir) if a.logdir and main else None  # refused before a model is loaded
     model, encoders, shape = _host(a, device)
     given = load_deadiff(a.init) if a.init else None
     adapter = start_adapter(model, shape, a.seed, given, name=f"--init {os.path.basename(a.init or '')}")
@@ -111,13 +126,19 @@ def run(a, log=print) -> str | None:
 
     def on_loss(done, loss):  # the global batch's loss, every 5 % of the run: the mean since the last line
         recent.append(loss)
+        if writer is not None:
+            writer.add_scalar("deadiff/loss", loss, done)
         if main and (done == a.steps or done % max(1, a.steps // 20) == 0):
             log(f"step {done}/{a.steps}  loss {sum(recent) / len(recent):.4f}")
             recent.clear()
     checkpoint = a.checkpoint or os.path.splitext(out)[0] + ".ckpt.pt"
     run_id = f"{manifest_digest(a.data)} {weights_digest(adapter)} {a.model}"
-    losses = train_deadiff(model, adapter, loaders, sigmas, settings, checkpoint=checkpoint,
-                           checkpoint_every=a.checkpoint_every, processes=processes, on_loss=on_loss, run_id=run_id)
+    try:
+        losses = train_deadiff(model, adapter, loaders, sigmas, settings, checkpoint=checkpoint,
+                               checkpoint_every=a.checkpoint_every, processes=processes, on_loss=on_loss, run_id=run_id)
+    finally:
+        if writer is not None:
+            writer.close()
     if not main:
         return None
     adapter.cpu()

@@ -2,6 +2,7 @@
 and `accelerate launch` give the same model, the data loaders read what the manifest pairs, and bad input is
 refused before any model is loaded."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -162,6 +163,26 @@ def test_pairs_drawn_by_the_host_train_from_the_command_line(tmp_path, capsys):
                     "--steps", "2", "--batch", "2", "--warmup", "1"]) == 0
     from stylekit.models.deadiff import load_deadiff
     assert load_deadiff(tmp_path / "m.safetensors").shape.hidden == 64
+
+
+def test_the_loss_of_every_step_goes_to_tensorboard(data, tmp_path, capsys):
+    """--logdir: TensorBoard events hold one loss per step (steps 1..N), the first the one the run reports."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    args = [*TRAIN[2:], "--data", data, "--out", str(tmp_path / "m.safetensors"), "--logdir", str(tmp_path / "logs")]
+    assert run_cli(args) == 0
+    first = float(capsys.readouterr().out.split("(loss ")[1].split(" ->")[0])
+    events = EventAccumulator(str(tmp_path / "logs")).Reload().Scalars("deadiff/loss")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert abs(events[0].value - first) <= 5e-5 and all(math.isfinite(e.value) for e in events)
+
+
+def test_logdir_without_tensorboard_is_refused_before_training(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    args = [*TRAIN[2:], "--data", data, "--out", str(tmp_path / "m.safetensors"), "--logdir", str(tmp_path / "logs")]
+    assert run_cli(args) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "logs").exists()
 
 
 def write_tiny_sd_folder(root):
