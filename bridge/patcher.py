@@ -5,6 +5,7 @@ import copy
 
 import torch
 
+from ..errors import InputError
 from .layers import layers_per_block, processor_key
 from .processor import RouterAttnProcessor
 from .schedule import DiscreteSchedule
@@ -22,6 +23,11 @@ class LatentFormat:
 
     def __init__(self, latent_channels: int):
         self.latent_channels = latent_channels
+
+
+def sdxl_time_ids(ids, batch: int) -> torch.Tensor:
+    """SDXL's six size ids (height, width, crop_h, crop_w, target_height, target_width), one row per sample."""
+    return torch.tensor([float(v) for v in ids]).expand(batch, 6).clone()
 
 
 class BridgeModel:
@@ -142,14 +148,32 @@ class BridgePatcher:
         to = transformer_options if transformer_options is not None else self.model_options["transformer_options"]
         return self._run(x, sigma, context, dict(to), **extra)
 
+    def _sdxl_conditioned(self) -> bool:
+        """An SDXL UNet: besides the context it takes the pooled text and six size ids (diffusers' text_time)."""
+        return getattr(getattr(self.unet, "config", None), "addition_embed_type", None) == "text_time"
+
     def _extra_conds(self, options: dict) -> dict:
-        """A diffusers UNet takes the prompt's context only."""
-        return {}
+        """A diffusers SD1.5 UNet takes the prompt's context only; an SDXL one also the pooled text
+        (``pooled_output``) and the size ids ComfyUI's SDXL builds ``y`` from, in its order: height, width,
+        crop_h, crop_w, target_height, target_width (diffusers' original size, crop corner, target size)."""
+        pooled = options.get("pooled_output")
+        if not self._sdxl_conditioned() or pooled is None:
+            return {}
+        h, w = options.get("height", 1024), options.get("width", 1024)
+        ids = [h, w, options.get("crop_h", 0), options.get("crop_w", 0), options.get("target_height", h),
+               options.get("target_width", w)]
+        return {"text_embeds": Cond(pooled), "time_ids": Cond(sdxl_time_ids(ids, pooled.shape[0]))}
 
     def _latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
-    def _run(self, x, sigma, context, to: dict, **unused):
+    def _run(self, x, sigma, context, to: dict, text_embeds=None, time_ids=None, **unused):
+        added = None
+        if self._sdxl_conditioned():
+            if text_embeds is None or time_ids is None:
+                raise InputError("this SDXL UNet needs the pooled text (text_embeds) and the size ids (time_ids) "
+                                 "besides the context: encode the prompt with the SDXL text encoders")
+            added = {"text_embeds": text_embeds.to(x.device, self.unet.dtype), "time_ids": time_ids.to(x.device)}
         to.setdefault("sigmas", sigma)
         to["original_shape"] = list(x.shape)
         to.setdefault("transformer_index", 0)
@@ -160,7 +184,7 @@ class BridgePatcher:
             ms = self.model_sampling
             t = ms.timestep(sigma).float()
             eps = self.unet(ms.calculate_input(sigma, x).to(self.unet.dtype), t,
-                            encoder_hidden_states=context.to(self.unet.dtype)).sample
+                            encoder_hidden_states=context.to(self.unet.dtype), added_cond_kwargs=added).sample
         finally:
             self.unet.set_attn_processor(saved)
         return ms.calculate_denoised(sigma, eps.float(), x)

@@ -85,8 +85,13 @@ def text_to_image(patcher, clip, vae, prompt: str, negative: str, seed: int, ste
     channels = vae.first_stage.config.latent_channels
     device = next(patcher.unet.parameters()).device
     noise = torch.randn(1, channels, height // factor, width // factor, generator=torch.Generator().manual_seed(seed))
+    def encode(text):  # the model's inputs for a prompt, as ComfyUI's samplers build them (SDXL: pooled text, sizes)
+        context, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        conds = patcher.model.extra_conds(cross_attn=context, pooled_output=pooled, width=width, height=height,
+                                          target_width=width, target_height=height)
+        return {k: c.cond.to(device) for k, c in conds.items()}
     with torch.no_grad():
-        cond, uncond = (clip.encode_from_tokens(clip.tokenize(t)).to(device) for t in (prompt, negative))
+        cond, uncond = encode(prompt), encode(negative)
         sigmas = ddim_uniform_sigmas(patcher.model_sampling, steps).to(device)
         latent = sample_euler_cfg(patcher, noise.to(device), sigmas, cond, uncond, cfg)
     return vae.decode(latent)

@@ -19,8 +19,9 @@ def tiny_sd15_unet(seed: int = 0, channels=(32, 32, 64, 64), context_dim: int = 
     ).eval()
 
 
-def tiny_sdxl_unet(seed: int = 0, channels=(32, 32, 64), context_dim: int = 64, depths=(1, 2, 2)):
-    """SDXL layout (attention in input 4,5,7,8 / middle / output 0..5), tiny widths, depth > 1."""
+def tiny_sdxl_unet(seed: int = 0, channels=(32, 32, 64), context_dim: int = 64, depths=(1, 2, 2), **config):
+    """SDXL layout (attention in input 4,5,7,8 / middle / output 0..5), tiny widths, depth > 1; ``config``:
+    further UNet2DConditionModel arguments (SDXL's text_time conditioning)."""
     from diffusers import UNet2DConditionModel
     torch.manual_seed(seed)
     return UNet2DConditionModel(
@@ -29,7 +30,7 @@ def tiny_sdxl_unet(seed: int = 0, channels=(32, 32, 64), context_dim: int = 64, 
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=list(depths), cross_attention_dim=context_dim,
-        attention_head_dim=4, norm_num_groups=32, use_linear_projection=True,
+        attention_head_dim=4, norm_num_groups=32, use_linear_projection=True, **config,
     ).eval()
 
 

@@ -5,7 +5,8 @@
     accelerate launch --multi_gpu --num_processes 8 -m stylekit.tools.deadiff_train ...   (the same arguments)
 
 ``--data``: a folder with ``pairs.jsonl`` (README, DEADiff training). ``--model``: a Stable Diffusion 1.5
-folder in the diffusers layout, or ``miniature`` (the world StyleKit trained itself; ``--clip-vision`` not
+or SDXL folder in the diffusers layout (SDXL's pooled text and size ids built as its pipeline builds
+them, the sizes the targets' own), or ``miniature`` (the world StyleKit trained itself; ``--clip-vision`` not
 needed). ``--batch`` is the global batch: it is cut into (processes x ``--accumulate``) equal shards, so
 the same arguments train the same model on 1 or N processes (see stylekit.models.deadiff_train).
 ``--checkpoint`` is written every ``--checkpoint-every`` steps and resumed from when present: an
@@ -40,7 +41,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="deadiff_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder holding pairs.jsonl and the images it names")
-    ap.add_argument("--model", required=True, help="an SD1.5 diffusers folder, or 'miniature'")
+    ap.add_argument("--model", required=True, help="an SD1.5 or SDXL diffusers folder, or 'miniature'")
     ap.add_argument("--clip-vision", help="a transformers CLIP ViT-L/14 vision folder (not for 'miniature')")
     ap.add_argument("--out", required=True, help="the .safetensors to write (its folder is made if missing)")
     ap.add_argument("--init", help="a DEADiff .safetensors to fine-tune (default: fresh Q-Formers, queries random)")
@@ -73,18 +74,27 @@ def _host(a, device):
         from ..toy.family import load_world
         w = load_world()
         return w.model, encoders(w), SHAPE
-    from ..bridge.folders import load_clip_vision_folder, load_sd_folder
+    from ..bridge.folders import BridgeSDXLCLIP, load_clip_vision_folder, load_sd_folder
+    from ..bridge.patcher import sdxl_time_ids
     if not a.clip_vision:
         raise InputError("--clip-vision is needed with a model folder: DEADiff reads CLIP ViT-L/14's penultimate states")
     model, clip, vae = load_sd_folder(a.model, device, dtype)
     vision = load_clip_vision_folder(a.clip_vision, device, dtype)
+    sdxl = isinstance(clip, BridgeSDXLCLIP)
+    scale = 2 ** (len(vae.first_stage.config.block_out_channels) - 1)  # pixels per latent
 
     def references(images):
         return torch.cat([vision.model(pixel_values=deadiff_pixels(i[None]).to(device, dtype), intermediate_output=-2)[1]
                           for i in images]).float()
 
     def captions(texts, latents):
-        return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in texts]).float(), None
+        if not sdxl:
+            return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in texts]).float(), None
+        encoded = [clip.encode_from_tokens(clip.tokenize(c), return_pooled=True) for c in texts]
+        # SDXL's size ids: the targets' own size (one size a batch), uncropped, as target size too
+        height, width = (side * scale for side in latents.shape[-2:])
+        ids = sdxl_time_ids([height, width, 0, 0, height, width], len(texts))
+        return torch.cat([c for c, _ in encoded]), {"text_embeds": torch.cat([p for _, p in encoded]), "time_ids": ids}
     return model, PairEncoders(references=references, latents=lambda t: vae.encode(t.to(device)), captions=captions), \
         QFormerShape(vision=vision.model.hf.config.hidden_size)
 

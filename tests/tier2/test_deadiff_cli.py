@@ -185,10 +185,12 @@ def test_logdir_without_tensorboard_is_refused_before_training(data, tmp_path, c
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "logs").exists()
 
 
-def write_tiny_sd_folder(root):
+def write_tiny_sd_folder(root, sdxl: bool = False):
     """A Stable Diffusion folder in the diffusers layout with the tiny test models and a byte-level BPE
-    tokenizer over single characters (no vocabulary can be downloaded), and a CLIP vision folder."""
-    from tiny_models import tiny_bridge_vae, tiny_clip_text, tiny_clip_vision, tiny_sd15_unet
+    tokenizer over single characters (no vocabulary can be downloaded), and a CLIP vision folder. ``sdxl``:
+    SDXL's layout: a second, projected text encoder and tokenizer, the two contexts side by side (32 + 32),
+    and a UNet conditioned on the pooled text and six size ids (diffusers' text_time, ids 8 wide)."""
+    from tiny_models import tiny_bridge_vae, tiny_clip_text, tiny_clip_vision, tiny_sd15_unet, tiny_sdxl_unet
     # byte-level BPE's alphabet: printable bytes as themselves, the others shifted past 255 (GPT-2's table)
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     shifted = [b for b in range(256) if b not in printable]
@@ -198,10 +200,22 @@ def write_tiny_sd_folder(root):
     (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
     (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
     (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
-    text = tiny_clip_text(width=64, vocab=len(vocab))
+    text = tiny_clip_text(width=32 if sdxl else 64, vocab=len(vocab))
     text.config.bos_token_id, text.config.eos_token_id = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     text.save_pretrained(root / "text_encoder")
-    tiny_sd15_unet(seed=0).save_pretrained(root / "unet")
+    if sdxl:
+        import shutil
+
+        from transformers import CLIPTextModelWithProjection
+        shutil.copytree(root / "tokenizer", root / "tokenizer_2")
+        torch.manual_seed(1)
+        config = dict(text.config.to_dict(), projection_dim=16)
+        second = CLIPTextModelWithProjection(type(text.config).from_dict(config)).eval()
+        second.save_pretrained(root / "text_encoder_2")
+        tiny_sdxl_unet(seed=0, addition_embed_type="text_time", addition_time_embed_dim=8,
+                       projection_class_embeddings_input_dim=16 + 6 * 8).save_pretrained(root / "unet")
+    else:
+        tiny_sd15_unet(seed=0).save_pretrained(root / "unet")
     tiny_bridge_vae().first_stage.save_pretrained(root / "vae")
     tiny_clip_vision().save_pretrained(root / "vision")
 
@@ -226,3 +240,69 @@ def test_an_sd15_folder_trains_from_the_command_line(data, tmp_path, sd15, preci
     assert moved and trained.split is not None
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for kv in trained.attn2.values() for t in kv)
     assert not (tmp_path / "o.ckpt.pt").exists()  # the finished run's checkpoint is removed
+
+
+def test_an_sdxl_folder_encodes_as_diffusers_sdxl_pipeline_does(tmp_path):
+    """The SDXL folder's text through the bridge: context and pooled output equal diffusers'
+    StableDiffusionXLPipeline.encode_prompt (the independent reference), and the size ids ComfyUI's SDXL
+    options name (height, width, crop_h, crop_w, target_height, target_width) equal the pipeline's
+    _get_add_time_ids; the bridge's denoised output is the UNet's with those added conditions, and
+    without them the SDXL UNet is refused with the fix."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from stylekit.bridge.folders import load_sd_folder
+    from stylekit.bridge.sampling import calc_cond_batch
+    from stylekit.errors import InputError
+    write_tiny_sd_folder(tmp_path / "xl", sdxl=True)
+    model, clip, vae = load_sd_folder(str(tmp_path / "xl"))
+    pipe = StableDiffusionXLPipeline(vae=vae.first_stage, text_encoder=clip.text_l, text_encoder_2=clip.text_g,
+                                     tokenizer=clip.tokenizer_l, tokenizer_2=clip.tokenizer_g, unet=model.unet,
+                                     scheduler=EulerDiscreteScheduler())
+    prompt = "a red striped circle"
+    context, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+    with torch.no_grad():
+        ref_context, _, ref_pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+    assert context.shape == (1, 77, 64) and torch.equal(context, ref_context) and torch.equal(pooled, ref_pooled)
+    conds = model.model.extra_conds(cross_attn=context, pooled_output=pooled, height=96, width=128, crop_h=8, crop_w=4,
+                                    target_height=64, target_width=80)
+    ref_ids = pipe._get_add_time_ids((96, 128), (8, 4), (64, 80), torch.float32, text_encoder_projection_dim=16)
+    assert torch.equal(conds["time_ids"].cond, ref_ids) and conds["text_embeds"].cond is pooled
+    x, sigma = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([2.0])
+    got = calc_cond_batch(model, [{"c_crossattn": context, "text_embeds": pooled, "time_ids": ref_ids}], x, sigma)[0]
+    ms = model.model_sampling
+    with torch.no_grad():
+        eps = model.unet(ms.calculate_input(sigma, x), ms.timestep(sigma).float(), encoder_hidden_states=context,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": ref_ids}).sample
+    assert torch.equal(got, ms.calculate_denoised(sigma, eps, x))
+    with pytest.raises(InputError, match="SDXL UNet needs the pooled text"):
+        calc_cond_batch(model, [context], x, sigma)
+    from stylekit.bridge.sampling import text_to_image  # what tools/deadiff_pairs draws with: SDXL's conds too
+    image = text_to_image(model, clip, vae, prompt, "", seed=0, steps=2, cfg=5.0, width=32, height=32)
+    assert image.shape == (1, 32, 32, 3) and torch.isfinite(image).all()
+
+
+def test_an_sdxl_folder_trains_from_the_command_line(data, tmp_path, capsys):
+    """--model with an SDXL folder: the pooled text and the targets' size ids condition the UNet, a DEADiff made
+    for that UNet fine-tunes and is written with SDXL's layer split; a folder with half of SDXL's second
+    encoder is refused naming what is missing."""
+    from stylekit.attention.layers import model_layers
+    from stylekit.bridge.folders import load_sd_folder
+    from stylekit.files import output_target
+    from stylekit.models.deadiff import adapter_from_state_dict, load_deadiff, save_deadiff
+    from stylekit.models.deadiff_inject import SDXL_STYLE_BLOCKS
+    from tiny_models import tiny_deadiff_state_dict
+    write_tiny_sd_folder(tmp_path / "xl", sdxl=True)
+    model, _, _ = load_sd_folder(str(tmp_path / "xl"))
+    start = adapter_from_state_dict(tiny_deadiff_state_dict(model_layers(model), seed=1), heads=4)
+    init = save_deadiff(start, output_target(str(tmp_path), "start", ".safetensors", numbered=False))
+    args = ["--model", str(tmp_path / "xl"), "--clip-vision", str(tmp_path / "xl" / "vision"), "--data", data,
+            "--out", str(tmp_path / "o.safetensors"), "--steps", "2", "--batch", "2", "--warmup", "1", "--lr", "1e-3",
+            "--init", init]
+    assert run_cli(args) == 0
+    trained = load_deadiff(tmp_path / "o.safetensors")
+    assert [k for k in start.attn2 if not torch.equal(start.attn2[k][0], trained.attn2[k][0])]
+    assert sorted(tuple(b) for b in trained.split["style"]) == sorted(SDXL_STYLE_BLOCKS)
+    import shutil
+    shutil.rmtree(tmp_path / "xl" / "tokenizer_2")
+    assert run_cli([*args[:6], "--out", str(tmp_path / "p.safetensors"), *args[8:]]) == 2
+    assert "has no tokenizer_2 subfolder" in capsys.readouterr().err
