@@ -148,7 +148,7 @@ def demo_styleid(d: Demo, preset="StyleID", n: int = 4, steps: int = 50):
 
 def demo_deadiff(d: Demo, n: int = 4):
     """DEADiff on the miniature world: Q-Formers trained by StyleKit's DEADiff trainer (make toy). The prompt
-    names a shape, colour and texture, the reference shows others; DEADiff's style tokens against the plain
+    names a shape only ("a circle"), the reference shows another shape, colour and texture; DEADiff's style tokens against the plain
     IP-Adapter at the weight whose texture agreement matches DEADiff's."""
     from .toy import effects, world
     from .toy.family import images_tensor
@@ -157,7 +157,8 @@ def demo_deadiff(d: Demo, n: int = 4):
     match = f"ip_{figures['ip_matched_weight']:g}"
     sheet = contact_sheet([("prompt, drawn", images_tensor(im["prompts"])), ("reference", images_tensor(im["references"])),
                            ("no tokens", im["none"]), ("DEADiff", im["deadiff"]), (f"IP-A {match[3:]}", im[match])],
-                          labels=[world.caption(s) for s in im["prompts"]], title="miniature world: DEADiff vs IP-Adapter")
+                          labels=[world.caption(s, omit=effects.DEADIFF_PROMPT_OMITS) for s in im["prompts"]],
+                          title="miniature world: DEADiff vs IP-Adapter")
     return {"sheet": sheet, "effects": _figures(figures), "report": {"pairs": n}}
 
 
@@ -174,8 +175,8 @@ def demo_catversion(d: Demo, n: int = 4):
 
 
 def demo_stylestudio(d: Demo, n: int = 4):
-    """StyleStudio on the miniature world's IP-Adapter: the prompt names shape, colour and texture, the
-    reference shows others; add vs cross-modal AdaIN, the teacher, and a negative style image."""
+    """StyleStudio on the miniature world's IP-Adapter: the prompt names shape, colour and background but no
+    texture, the reference shows another shape, colour and texture; add vs cross-modal AdaIN, the teacher, and a negative style image."""
     from .toy import effects, world
     from .toy.family import images_tensor
     from .toy.sheets import contact_sheet
@@ -184,7 +185,8 @@ def demo_stylestudio(d: Demo, n: int = 4):
                            ("no adapter", im["none"]), ("add", im["add"]), ("AdaIN", im["adain"]),
                            ("AdaIN+teacher", im["teacher"]), ("negative", images_tensor(im["negatives"])),
                            ("AdaIN+neg.", im["negative"])],
-                          labels=[world.caption(s) for s in im["prompts"]], title="miniature world: StyleStudio")
+                          labels=[world.caption(s, omit=effects.STYLESTUDIO_PROMPT_OMITS) for s in im["prompts"]],
+                          title="miniature world: StyleStudio")
     return {"sheet": sheet, "effects": _figures(figures), "report": {"pairs": n}}
 
 

@@ -5,7 +5,9 @@ Pairs, as the paper builds them: a **style** pair shares only palette and textur
 shape elsewhere, same foreground colour, texture and background), a **content** pair only the shape
 and its layout (another colour, texture and background), and **both** is an image with itself. The
 references are read as DEADiff reads them: the penultimate hidden states of the (miniature) CLIP vision
-tower. The trainer sees the target's caption for style and content pairs and the empty caption for both.
+tower. The trainer sees the target's caption with what the reference brings left out (a style pair's
+names only the shape, a content pair's only the style: :data:`CAPTION_OMITS`) and the empty caption for
+both.
 """
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ DEADIFF_FILE = "toy_deadiff.safetensors"
 # "content" 4180), which is all the instruction embedding table is ever asked for.
 SHAPE = QFormerShape(hidden=64, layers=2, heads=4, intermediate=128, vocab=4181, positions=8, queries=8, vision=64,
                      proj_hidden=128)
+
+
+# What the target's caption leaves out, so the reference's tokens must carry it: a style pair's caption names
+# only the content (the shape: "a circle"), a content pair's only the style ("a red striped on a blue
+# background"). A caption naming everything would leave the tokens nothing to learn.
+CAPTION_OMITS = {"style": ("colour", "texture", "background"), "content": ("shape",)}
 
 
 def pair_scenes(kind: str, n: int, seed: int) -> list[tuple]:
@@ -79,7 +87,7 @@ def loaders(w: ToyWorld, batch: int, seed: int) -> dict:
             pairs = pair_scenes(kind, batch, seed * 1_000_003 + salt * 100_003 + step)[shard_rows(batch, shard, shards)]
             refs, targets = [r for r, _ in pairs], [t for _, t in pairs]
             context = empty.expand(len(pairs), -1, -1) if kind == "both" else \
-                torch.cat([w.encode(world.caption(t)) for t in targets])
+                torch.cat([w.encode(world.caption(t, omit=CAPTION_OMITS[kind])) for t in targets])
             return PairBatch(kind, vision_states(w, images_tensor(refs)), w.to_latent(images_tensor(targets)), context)
         return at
     return {kind: make(kind, i + 1) for i, kind in enumerate(("style", "content", "both"))}
@@ -116,6 +124,6 @@ def write_pair_folder(folder, per_kind: int, seed: int = 0) -> str:
                 names[role] = f"{kind}_{i:04d}_{role}.png"
                 Image.fromarray((world.render([scene])[0] * 255).round().astype(np.uint8)).save(root / names[role])
             lines.append({"kind": kind, "reference": names["reference"], "target": names["target"],
-                          "caption": world.caption(tgt)})
+                          "caption": world.caption(tgt, omit=CAPTION_OMITS.get(kind, ()))})
     (root / "pairs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return str(root)

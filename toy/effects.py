@@ -168,10 +168,17 @@ def feature_fusion(w: ToyWorld, n: int = 16, seed: int = 0, preset: str = "Style
     return {k: round(float(v), 4) for k, v in figures.items()}, FusionRun(content, style, result, recon)
 
 
+# What each method's prompt leaves to the reference (world.caption's ``omit``), as the papers' prompts do:
+# StyleStudio's name the content and a colour (its text-alignment claim) but no texture; DEADiff's name
+# the content only ("a circle"), the style coming from the image.
+STYLESTUDIO_PROMPT_OMITS = ("texture",)
+DEADIFF_PROMPT_OMITS = ("colour", "texture", "background")
+
+
 def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, steps: int = 20, cfg: float = 5.0,
                   teacher: float = 0.4) -> tuple[dict, dict]:
-    """StyleStudio on the miniature IP-Adapter. A prompt names a shape, a colour and a texture; the style
-    reference has another shape, colour and texture. Read: does the sample keep the prompt's colour and
+    """StyleStudio on the miniature IP-Adapter. A prompt names a shape, a colour and a background, not the
+    texture; the style reference has another shape, colour and texture. Read: does the sample keep the prompt's colour and
     shape (text alignment) and take the reference's texture, with the plain ``add`` fusion and with
     cross-modal AdaIN at the same weight? With a negative style image (the reference redrawn in a third
     texture): how often does that third texture appear, with and without it? With the teacher (first
@@ -186,7 +193,7 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
     out = {k: [] for k in ("none", "add", "adain", "negative", "teacher")}
     negatives = []
     for i, (prompt, ref) in enumerate(pairs):
-        cond = w.encode(world.caption(prompt))
+        cond = w.encode(world.caption(prompt, omit=STYLESTUDIO_PROMPT_OMITS))
         feats = w.image_embeds(images_tensor([ref]))
         third = next(t for t in world.TEXTURES if t not in (prompt.texture, ref.texture))
         negatives.append(dataclasses.replace(ref, texture=third))
@@ -296,8 +303,8 @@ def stylerdalle(w: ToyWorld, n: int = 24, seed: int = 0) -> tuple[dict, dict]:
 
 def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.0, steps: int = 20, cfg: float = 5.0,
             ip_weights=(0.25, 0.5, 0.75, 1.0)) -> tuple[dict, dict]:
-    """DEADiff's headline trade-off. A prompt names a shape, colour and texture; the reference has another
-    of each. With DEADiff's style tokens (the reference through the style Q-Former, on the style layers):
+    """DEADiff's headline trade-off. A prompt names a shape only ("a circle"); the reference has another
+    shape, colour and texture. With DEADiff's style tokens (the reference through the style Q-Former, on the style layers):
     how often does the sample take the reference's texture while keeping the prompt's shape? The plain
     IP-Adapter on the same seeds at each of ``ip_weights``: at the weight whose texture agreement is
     closest to DEADiff's (matched texture), how often does it keep the prompt's shape?"""
@@ -314,7 +321,7 @@ def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.
         states = vision_states(w, images_tensor(refs))
         embeds = w.image_embeds(images_tensor(refs))
         for i, prompt in enumerate(prompts):
-            cond = w.encode(world.caption(prompt))
+            cond = w.encode(world.caption(prompt, omit=DEADIFF_PROMPT_OMITS))
             noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
             tokens = DEADiffTokens(adapter, style=adapter.encode(states[i:i + 1], "style"))
             models = {"none": w.model, "deadiff": deadiff_model(w.model, tokens, img_weight=weight)}

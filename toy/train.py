@@ -7,7 +7,10 @@ Stages, in order (each reads what the earlier ones wrote):
 2. ``vae``: reconstruction (MSE) + a small KL term; afterwards ``scaling_factor`` = 1 / std of the latents.
 3. ``probes``: the judges, on world images, half of them passed through the VAE (what they will read).
 4. ``unet``: eps-prediction on SD's scaled-linear schedule with Min-SNR-5 weighting, conditioned on the
-   frozen CLIP text tower's last hidden states, captions dropped 10 % of the time; EMA weights ship.
+   frozen CLIP text tower's last hidden states, captions dropped 10 % of the time; then a second phase
+   (``unet_partial``) on captions that leave each field out half of the time; EMA weights ship.
+5. ``ip_adapter``: image reconstruction through the frozen UNet on those partial captions.
+6-8. ``catversion``, ``stylerdalle``, ``deadiff``: StyleKit's own trainers (see each function).
 
 Every batch is drawn from the world with a seed made of (seed, stage, step), so a run resumed from a
 checkpoint (saved every ``checkpoint_every`` steps in ``work/``) draws exactly the batches it would
@@ -48,15 +51,17 @@ class Plan:
     unet_steps: int = 7000
     unet_batch: int = 32
     unet_lr: float = 6e-4
+    unet_partial_steps: int = 1000  # then captions that name part of the scene (train_unet's phase 2)
+    unet_partial_lr: float = 2e-4
     unet_hidden: float = 0.2  # the share of the UNet's circles drawn as hearts (CatVersion's concept, never named)
-    adapter_steps: int = 600
+    adapter_steps: int = 2000
     adapter_batch: int = 32
-    adapter_lr: float = 5e-4
+    adapter_lr: float = 1e-3
     catversion_steps: int = 1000
     dvae_steps: int = 800
     dalle_pre_steps: int = 1000
     dalle_rl_steps: int = 150
-    deadiff_steps: int = 600
+    deadiff_steps: int = 2000
     deadiff_batch: int = 16
     deadiff_lr: float = 1e-3
     ema: float = 0.998
@@ -210,14 +215,26 @@ def train_probes(plan: Plan, work: Path, seed: int, vae, log=print):
 
 
 # --- 4. UNet -------------------------------------------------------------------------------------------
-def caption_table(clip, tok: WordTokenizer) -> tuple[dict, torch.Tensor]:
-    """Last hidden states of the frozen text tower for every caption the world can write (and "")."""
-    caps = [""] + sorted({world.caption(world.Scene(s, c, t, b)) for s in world.SHAPES for c in world.COLOURS
-                          for t in world.TEXTURES for b in world.COLOURS if b != c})
+def caption_table(clip, tok: WordTokenizer, partial: bool = False) -> tuple[dict, torch.Tensor]:
+    """Last hidden states of the frozen text tower for every caption the world can write (and ""); with
+    ``partial`` also every caption that leaves fields out (:func:`world.caption`'s ``omit``)."""
+    omits = [()] if not partial else \
+        [tuple(f for k, f in enumerate(world.NAMED) if m >> k & 1) for m in range(2 ** len(world.NAMED))]
+    caps = [""] + sorted({world.caption(world.Scene(s, c, t, b), o) for s in world.SHAPES for c in world.COLOURS
+                          for t in world.TEXTURES for b in world.COLOURS if b != c for o in omits})
     with torch.no_grad():
         states = torch.cat([clip.text_model(input_ids=tok.batch(caps[i:i + 256])).last_hidden_state
                             for i in range(0, len(caps), 256)])
     return {c: i for i, c in enumerate(caps)}, states
+
+
+def partial_caption(scene, draws: torch.Tensor, omit_rate: float = 0.5, drop: float = 0.05) -> str:
+    """A training caption that names part of the scene: empty at ``drop`` (draws[-1]), otherwise each field named with
+    probability 1 - ``omit_rate`` (draws[k] for world.NAMED[k]). Real captions leave out most of what their
+    images show, and what a caption leaves out is what an image prompt must carry."""
+    if float(draws[-1]) < drop:
+        return ""
+    return world.caption(scene, tuple(f for f, u in zip(world.NAMED, draws.tolist()) if u < omit_rate))
 
 
 def train_unet(plan: Plan, work: Path, seed: int, clip, vae, log=print):
@@ -229,22 +246,29 @@ def train_unet(plan: Plan, work: Path, seed: int, clip, vae, log=print):
     snr = acp / (1 - acp)
     scale = vae.config.scaling_factor
 
-    def step(i):
-        g = torch.Generator().manual_seed(batch_seed(seed, "unet", i))
-        scenes = world.with_hidden(scenes_for(seed, "unet", i, plan.unet_batch), plan.unet_hidden,
-                                   batch_seed(seed, "unet", i) + 1)
+    def batch(k):
+        """Step ``k``'s generator, scenes (some circles drawn as hearts) and latents."""
+        g = torch.Generator().manual_seed(batch_seed(seed, "unet", k))
+        scenes = world.with_hidden(scenes_for(seed, "unet", k, plan.unet_batch), plan.unet_hidden,
+                                   batch_seed(seed, "unet", k) + 1)
         with torch.no_grad():
             post = vae.encode(images_tensor(scenes).permute(0, 3, 1, 2) * 2 - 1).latent_dist
             x0 = (post.mean + post.std * torch.randn(post.mean.shape, generator=g)) * scale
-        caps = [world.caption(s) if float(torch.rand((), generator=g)) >= plan.caption_drop else "" for s in scenes]
-        ctx = states[[index[c] for c in caps]]
-        t = torch.randint(0, 1000, (len(scenes),), generator=g)
+        return g, scenes, x0
+
+    def loss(g, x0, ctx):
+        t = torch.randint(0, 1000, (len(x0),), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         a = acp[t].float().view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         pred = unet(xt, t, encoder_hidden_states=ctx).sample
         w = (snr[t].clamp(max=5.0) / snr[t]).float()
         return (w * (pred - eps).pow(2).mean((1, 2, 3))).mean()
+
+    def step(i):
+        g, scenes, x0 = batch(i)
+        caps = [world.caption(s) if float(torch.rand((), generator=g)) >= plan.caption_drop else "" for s in scenes]
+        return loss(g, x0, states[[index[c] for c in caps]])
 
     @torch.no_grad()
     def follow():  # the EMA follows every optimiser step (and is checkpointed with the model)
@@ -253,6 +277,19 @@ def train_unet(plan: Plan, work: Path, seed: int, clip, vae, log=print):
 
     Stage("unet", unet.parameters(), plan.unet_lr, plan.unet_steps, work, seed, warmup=100, log=log).run(
         step, {"model": unet, "ema": ema}, plan.checkpoint_every, after_step=follow)
+    # phase 2: captions that leave fields out (partial_caption), so a prompt may name only part of an image
+    # and leave the rest to an image prompt, as real prompts do; its own warm-up and cosine, its batches
+    # continuing phase 1's seeds
+    partial_index, partial_states = caption_table(clip, WordTokenizer(), partial=True)
+
+    def step2(i):
+        g, scenes, x0 = batch(plan.unet_steps + i)
+        draws = torch.rand(len(scenes), len(world.NAMED) + 1, generator=g)
+        caps = [partial_caption(s, u, drop=plan.caption_drop) for s, u in zip(scenes, draws)]
+        return loss(g, x0, partial_states[[partial_index[c] for c in caps]])
+
+    Stage("unet_partial", unet.parameters(), plan.unet_partial_lr, plan.unet_partial_steps, work, seed, log=log).run(
+        step2, {"model": unet, "ema": ema}, plan.checkpoint_every, after_step=follow)
     return ema
 
 
@@ -278,7 +315,8 @@ class _DecoupledAttn2:
 
 def train_ip_adapter(plan: Plan, work: Path, seed: int, clip, vae, unet, log=print):
     """The usual IP-Adapter objective: eps-MSE with the target image's own CLIP embedding as the image
-    prompt (5 % of embeddings and 5 % of captions dropped); the UNet and CLIP stay frozen. to_k_ip /
+    prompt (5 % of embeddings and 5 % of captions dropped, each field of the others left out at 50 %:
+    :func:`partial_caption`); the UNet and CLIP stay frozen. to_k_ip /
     to_v_ip start as copies of each layer's to_k / to_v, as in the IP-Adapter paper."""
     torch.manual_seed(seed)
     unet = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -293,7 +331,7 @@ def train_ip_adapter(plan: Plan, work: Path, seed: int, clip, vae, unet, log=pri
                 ip.to_v_ip.weight.copy_(attn.to_v.weight)
             procs[name] = _DecoupledAttn2(ip.to_k_ip, ip.to_v_ip, tokens)
     unet.set_attn_processor(procs)
-    index, states = caption_table(clip, WordTokenizer())
+    index, states = caption_table(clip, WordTokenizer(), partial=True)
     acp = 1.0 / (1.0 + DiscreteSchedule().sigmas.double() ** 2)
     scale = vae.config.scaling_factor
 
@@ -306,7 +344,7 @@ def train_ip_adapter(plan: Plan, work: Path, seed: int, clip, vae, unet, log=pri
             emb = family.image_embeds(clip, img)
         keep = (torch.rand(len(scenes), 1, generator=g) >= 0.05).float()
         tokens["now"] = adapter.image_proj(emb * keep)
-        caps = [world.caption(s) if float(torch.rand((), generator=g)) >= 0.05 else "" for s in scenes]
+        caps = [partial_caption(s, torch.rand(len(world.NAMED) + 1, generator=g)) for s in scenes]
         t = torch.randint(0, 1000, (len(scenes),), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         a = acp[t].float().view(-1, 1, 1, 1)

@@ -45,9 +45,21 @@ class Scene:
         return self.colour, self.texture, self.background
 
 
-def caption(scene: Scene) -> str:
-    shape = HIDDEN_SHAPES.get(scene.shape, scene.shape)
-    return f"a {scene.colour} {scene.texture} {shape} on a {scene.background} background"
+NAMED = ("colour", "texture", "shape", "background")  # what a caption can name, in its word order
+
+
+def caption(scene: Scene, omit=()) -> str:
+    """The caption naming the scene, ``"a red striped circle on a blue background"``; the fields in
+    ``omit`` (of :data:`NAMED`) are left out, as real captions leave out most of what an image shows:
+    ``omit=("texture",)`` gives ``"a red circle on a blue background"``."""
+    unknown = set(omit) - set(NAMED)
+    if unknown:
+        raise ValueError(f"a caption names {NAMED}; cannot omit {sorted(unknown)}")
+    words = ["a"] + [HIDDEN_SHAPES.get(scene.shape, scene.shape) if f == "shape" else getattr(scene, f)
+                     for f in NAMED[:3] if f not in omit]
+    if "background" not in omit:
+        words += ["on", "a", scene.background, "background"]
+    return " ".join(words)
 
 
 def random_scenes(n: int, seed: int, shapes=SHAPES, **fixed) -> list[Scene]:

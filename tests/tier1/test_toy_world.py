@@ -47,6 +47,39 @@ def test_captions_and_labels_name_the_same_things():
         assert s.background != s.colour and set(words) <= set(world.VOCABULARY)
 
 
+def test_a_caption_can_leave_fields_out():
+    s = world.Scene("heart", "red", "striped", "blue")
+    assert world.caption(s, omit=("texture",)) == "a red circle on a blue background"
+    assert world.caption(s, omit=("colour", "texture", "background")) == "a circle"
+    assert world.caption(s, omit=("shape", "background")) == "a red striped"
+    assert world.caption(s, omit=()) == world.caption(s)
+    with pytest.raises(ValueError, match="size"):
+        world.caption(s, omit=("size",))
+
+
+def test_partial_captions_name_each_field_at_their_rate_and_are_all_in_the_caption_table():
+    """partial_caption leaves each field out at ``omit_rate`` and the whole caption at ``drop`` (within
+    4 standard deviations over 4000 draws); every caption it can write has text states in the partial
+    caption table, and the full table is the partial one's subset."""
+    from stylekit.toy.train import caption_table, partial_caption
+    scenes = world.random_scenes(4000, seed=5)
+    draws = torch.rand(len(scenes), len(world.NAMED) + 1, generator=torch.Generator().manual_seed(0))
+    caps = [partial_caption(s, u, omit_rate=0.3, drop=0.1) for s, u in zip(scenes, draws)]
+    n = len(caps)
+    assert abs(sum(c == "" for c in caps) / n - 0.1) < 4 * (0.1 * 0.9 / n) ** 0.5
+    named = [c for c in caps if c]
+    for s, c in zip(scenes, caps):
+        if c:
+            assert set(c.split()) <= set(world.caption(s).split())
+    share = sum(" on a " in c for c in named) / len(named)  # the background named
+    assert abs(share - 0.7) < 4 * (0.21 / len(named)) ** 0.5
+    torch.manual_seed(0)
+    clip = family.build("clip").eval()
+    index, states = caption_table(clip, family.WordTokenizer(), partial=True)
+    full, _ = caption_table(clip, family.WordTokenizer())
+    assert set(caps) <= set(index) and set(full) < set(index) and len(states) == len(index)
+
+
 def test_the_hidden_concept_is_captioned_by_its_base_class_and_never_drawn_at_random():
     heart = world.Scene("heart", "red", "plain", "blue")
     assert world.caption(heart) == "a red plain circle on a blue background"
