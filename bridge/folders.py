@@ -59,12 +59,12 @@ def load_sd_folder(folder: str, device: torch.device | str = "cpu", dtype: torch
         text_g = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2", local_files_only=True)
         tokenizer_g = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", local_files_only=True)
         clip = BridgeSDXLCLIP(text, tokenizer, text_g.to(device, dtype).eval().requires_grad_(False), tokenizer_g)
-        return BridgePatcher(unet, _schedule(folder).to(device)), clip, BridgeVAE(vae)
-    length = tokenizer.model_max_length
+    else:
+        length = tokenizer.model_max_length
 
-    def tokenize(caption: str) -> list[int]:
-        return tokenizer(caption, padding="max_length", max_length=length, truncation=True).input_ids
-    clip = BridgeCLIP(clip_text_from_transformers(text).to(device, dtype), length=length, tokenizer=tokenize)
+        def tokenize(caption: str) -> list[int]:
+            return tokenizer(caption, padding="max_length", max_length=length, truncation=True).input_ids
+        clip = BridgeCLIP(clip_text_from_transformers(text).to(device, dtype), length=length, tokenizer=tokenize)
     return BridgePatcher(unet, _schedule(folder).to(device)), clip, BridgeVAE(vae)
 
 

@@ -85,6 +85,7 @@ def text_to_image(patcher, clip, vae, prompt: str, negative: str, seed: int, ste
     channels = vae.first_stage.config.latent_channels
     device = next(patcher.unet.parameters()).device
     noise = torch.randn(1, channels, height // factor, width // factor, generator=torch.Generator().manual_seed(seed))
+
     def encode(text):  # the model's inputs for a prompt, as ComfyUI's samplers build them (SDXL: pooled text, sizes)
         context, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         conds = patcher.model.extra_conds(cross_attn=context, pooled_output=pooled, width=width, height=height,

@@ -74,13 +74,11 @@ def _host(a, device):
         from ..toy.family import load_world
         w = load_world()
         return w.model, encoders(w), SHAPE
-    from ..bridge.folders import BridgeSDXLCLIP, load_clip_vision_folder, load_sd_folder
-    from ..bridge.patcher import sdxl_time_ids
+    from ..bridge.folders import load_clip_vision_folder, load_sd_folder
     if not a.clip_vision:
         raise InputError("--clip-vision is needed with a model folder: DEADiff reads CLIP ViT-L/14's penultimate states")
     model, clip, vae = load_sd_folder(a.model, device, dtype)
     vision = load_clip_vision_folder(a.clip_vision, device, dtype)
-    sdxl = isinstance(clip, BridgeSDXLCLIP)
     scale = 2 ** (len(vae.first_stage.config.block_out_channels) - 1)  # pixels per latent
 
     def references(images):
@@ -88,13 +86,15 @@ def _host(a, device):
                           for i in images]).float()
 
     def captions(texts, latents):
-        if not sdxl:
-            return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in texts]).float(), None
+        """The model's inputs for the captions, built by the host's extra_conds as ComfyUI's samplers build them
+        (SDXL: the pooled text and size ids, the targets' own size, uncropped, as target size too)."""
         encoded = [clip.encode_from_tokens(clip.tokenize(c), return_pooled=True) for c in texts]
-        # SDXL's size ids: the targets' own size (one size a batch), uncropped, as target size too
         height, width = (side * scale for side in latents.shape[-2:])
-        ids = sdxl_time_ids([height, width, 0, 0, height, width], len(texts))
-        return torch.cat([c for c, _ in encoded]), {"text_embeds": torch.cat([p for _, p in encoded]), "time_ids": ids}
+        conds = model.model.extra_conds(cross_attn=torch.cat([c for c, _ in encoded]).float(),
+                                        pooled_output=torch.cat([p for _, p in encoded]), width=width, height=height,
+                                        target_width=width, target_height=height)
+        extra = {k: c.cond for k, c in conds.items() if k != "c_crossattn"}
+        return conds["c_crossattn"].cond, extra or None
     return model, PairEncoders(references=references, latents=lambda t: vae.encode(t.to(device)), captions=captions), \
         QFormerShape(vision=vision.model.hf.config.hidden_size)
 
