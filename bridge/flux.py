@@ -17,6 +17,7 @@ import torch
 from ..attention.functional import split_sdpa_attention as split_attention
 from ..attention.options import DEFAULT_ATTENTION
 from ..attention.rope import apply_rope, embed_ids
+from .installed import parameter_dtype, processors_installed
 from .patcher import BridgePatcher, Cond
 from .schedule import FlowSchedule
 
@@ -133,10 +134,8 @@ class FluxBridgePatcher(BridgePatcher):
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
         pe = embed_ids(torch.cat([txt_ids, img_ids])[None], t.config.axes_dims_rope, 10000)
         state = {"transformer_options": to, "pe": pe, "txt_len": context.shape[1]}
-        saved = t.attn_processors
-        t.set_attn_processor(self._processors(state))
-        try:
-            dtype = t.dtype
+        with processors_installed(t, self._processors(state)):
+            dtype = parameter_dtype(t)
             if y is None:
                 y = torch.zeros(b, t.config.pooled_projection_dim, device=x.device)
             if not t.config.guidance_embeds:
@@ -146,7 +145,5 @@ class FluxBridgePatcher(BridgePatcher):
             v = t(hidden_states=patchify(xp).to(dtype), encoder_hidden_states=context.to(dtype),
                   pooled_projections=y.to(dtype), timestep=self.model_sampling.timestep(sigma).to(dtype),
                   img_ids=img_ids, txt_ids=txt_ids, guidance=None if guidance is None else guidance.to(dtype)).sample
-        finally:
-            t.set_attn_processor(saved)
         v = unpatchify(v.float(), xp.shape)[..., :h, :w]
         return self.model_sampling.calculate_denoised(sigma, v, x)

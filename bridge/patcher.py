@@ -6,6 +6,7 @@ import copy
 import torch
 
 from ..errors import InputError
+from .installed import attention_layers, parameter_dtype, processors_installed
 from .layers import layers_per_block, processor_key
 from .processor import RouterAttnProcessor
 from .schedule import DiscreteSchedule
@@ -140,7 +141,7 @@ class BridgePatcher:
     def _processors(self, state):
         per_level = layers_per_block(self.unet)
         return {name: RouterAttnProcessor(state, *processor_key(name, per_level))
-                for name in self.unet.attn_processors}
+                for name in attention_layers(self.unet)}
 
     def apply_model(self, x, sigma, context, transformer_options=None, **extra):
         """The denoised x0 for ``x = x0 + sigma*eps``, running the patches in ``transformer_options`` (this
@@ -168,25 +169,20 @@ class BridgePatcher:
         return int(self.unet.config.in_channels)
 
     def _run(self, x, sigma, context, to: dict, text_embeds=None, time_ids=None, **unused):
-        added = None
+        added, dtype = None, parameter_dtype(self.unet)
         if self._sdxl_conditioned():
             if text_embeds is None or time_ids is None:
                 raise InputError("this SDXL UNet needs the pooled text (text_embeds) and the size ids (time_ids) "
                                  "besides the context: encode the prompt with the SDXL text encoders")
-            added = {"text_embeds": text_embeds.to(x.device, self.unet.dtype), "time_ids": time_ids.to(x.device)}
+            added = {"text_embeds": text_embeds.to(x.device, dtype), "time_ids": time_ids.to(x.device)}
         to.setdefault("sigmas", sigma)
         to["original_shape"] = list(x.shape)
         to.setdefault("transformer_index", 0)
         state = {"transformer_options": to}
-        saved = self.unet.attn_processors
-        self.unet.set_attn_processor(self._processors(state))
-        try:
-            ms = self.model_sampling
-            t = ms.timestep(sigma).float()
-            eps = self.unet(ms.calculate_input(sigma, x).to(self.unet.dtype), t,
-                            encoder_hidden_states=context.to(self.unet.dtype), added_cond_kwargs=added).sample
-        finally:
-            self.unet.set_attn_processor(saved)
+        ms = self.model_sampling
+        with processors_installed(self.unet, self._processors(state)):
+            eps = self.unet(ms.calculate_input(sigma, x).to(dtype), ms.timestep(sigma).float(),
+                            encoder_hidden_states=context.to(dtype), added_cond_kwargs=added).sample
         return ms.calculate_denoised(sigma, eps.float(), x)
 
     def eps(self, x, sigma, context, transformer_options=None):

@@ -118,6 +118,16 @@ def style_pairs(n: int, seed: int):
 
 
 @dataclass
+class Inverted:
+    """Content and style pairs inverted once (StyleID's pipeline, empty prompt), for any number of fusions."""
+    content: list
+    style: list
+    inversions: list            # one Inversion per pair
+    sigmas: torch.Tensor        # the schedule to sample
+    reconstruction: torch.Tensor  # IMAGE (n, 64, 64, 3): each content inverted, then sampled with no fusion
+
+
+@dataclass
 class FusionRun:
     content: list
     style: list
@@ -125,30 +135,34 @@ class FusionRun:
     reconstruction: torch.Tensor  # the content inverted, then sampled with no fusion
 
 
-def feature_fusion(w: ToyWorld, n: int = 16, seed: int = 0, preset: str = "StyleID", steps: int = 25,
-                   weight: float = 1.0, adain: bool = True, settings=None, blocks=STYLEID_BLOCKS) -> tuple[dict, FusionRun]:
-    """Invert content and style (empty prompt, DDIM ``steps``), sample with Feature Fusion on the StyleID
-    blocks from the (AdaIN-ed) inverted content latent, and read the results: the shape should be the
-    content's, the texture, colour and background the style's. The same inverted latent sampled with no
-    fusion (and no AdaIN) should give the content back."""
+def invert_pairs(w: ToyWorld, n: int = 16, seed: int = 0, steps: int = 25, blocks=STYLEID_BLOCKS) -> Inverted:
+    """Invert ``n`` (content, style) pairs (empty prompt, StyleID's DDIM ``steps``, features of ``blocks``)
+    and sample each content's inverted latent plainly: what every Feature Fusion preset starts from, and
+    the control with fusion off."""
     pairs = style_pairs(n, seed)
-    content = [c for c, _ in pairs]
-    style = [s for _, s in pairs]
+    content, style = [c for c, _ in pairs], [s for _, s in pairs]
     lat_c, lat_s = w.to_latent(images_tensor(content)), w.to_latent(images_tensor(style))
     empty = w.encode("")
     schedule = styleid_schedule(w.model.model_sampling, steps)  # StyleID's pipeline, as DDIM Invert runs it
-    blocks = tuple(model_layers(w.model).select(blocks))
-    fused, inverted = [], []
-    sig = schedule.sample_sigmas
+    policy = StorePolicy(layers=tuple(model_layers(w.model).select(blocks)))
     with torch.no_grad():
-        for i in range(n):
-            inv = invert_pair(w.model, lat_c[i:i + 1], lat_s[i:i + 1], empty, schedule, StorePolicy(layers=blocks))
-            styled = fusion_model(w.model, inv, settings or PRESETS[preset], weight=weight)
-            fused.append(sample_euler_cfg(styled, None, sig, empty, start=start_latent(inv, adain)))
-            inverted.append(inv.result.latent[0:1])
-        # fusion off: every content's inverted latent sampled plainly, in one batch
-        plain = [sample_euler_cfg(w.model, None, sig, empty.expand(n, -1, -1), start=torch.cat(inverted))]
-    result, recon = w.to_image(torch.cat(fused)), w.to_image(torch.cat(plain))
+        inversions = [invert_pair(w.model, lat_c[i:i + 1], lat_s[i:i + 1], empty, schedule, policy) for i in range(n)]
+        start = torch.cat([inv.result.latent[0:1] for inv in inversions])
+        plain = sample_euler_cfg(w.model, None, schedule.sample_sigmas, empty.expand(n, -1, -1), start=start)
+    return Inverted(content, style, inversions, schedule.sample_sigmas, w.to_image(plain))
+
+
+def feature_fusion(w: ToyWorld, inverted: Inverted, preset: str = "StyleID", weight: float = 1.0, adain: bool = True,
+                   settings=None) -> tuple[dict, FusionRun]:
+    """Sample each inverted pair with Feature Fusion (``preset``, or ``settings``) from the (AdaIN-ed)
+    inverted content latent, and read the results: the shape should be the content's, the texture,
+    colour and background the style's. The same inverted latent sampled with no fusion (and no AdaIN)
+    should give the content back."""
+    content, style, empty = inverted.content, inverted.style, w.encode("")
+    with torch.no_grad():
+        fused = [sample_euler_cfg(fusion_model(w.model, inv, settings or PRESETS[preset], weight=weight), None,
+                                  inverted.sigmas, empty, start=start_latent(inv, adain)) for inv in inverted.inversions]
+    result, recon = w.to_image(torch.cat(fused)), inverted.reconstruction
     r, p = w.probes.read(result), w.probes.read(recon)
     figures = {
         "fusion_shape_from_content": _agree(r, content, "shape").mean(),
@@ -191,7 +205,7 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
     sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
     uncond = w.encode("")
     out = {k: [] for k in ("none", "add", "adain", "negative", "teacher")}
-    negatives = []
+    negatives, conds, noises = [], [], []
     for i, (prompt, ref) in enumerate(pairs):
         cond = w.encode(world.caption(prompt, omit=STYLESTUDIO_PROMPT_OMITS))
         feats = w.image_embeds(images_tensor([ref]))
@@ -200,8 +214,7 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
         neg = w.image_embeds(images_tensor(negatives[-1:]))
         noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
         adain = style_adapter_model(w.model, adapter, feats, fusion="cross-modal AdaIN", preset="all", weight=weight)
-        models = {"none": w.model,
-                  "add": style_adapter_model(w.model, adapter, feats, fusion="add", preset="all", weight=weight),
+        models = {"add": style_adapter_model(w.model, adapter, feats, fusion="add", preset="all", weight=weight),
                   "adain": adain,
                   "negative": style_adapter_model(w.model, adapter, feats, neg, fusion="cross-modal AdaIN",
                                                   preset="all", weight=weight),
@@ -209,6 +222,10 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
         with torch.no_grad():
             for k, m in models.items():
                 out[k].append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
+        conds.append(cond)
+        noises.append(noise)
+    with torch.no_grad():  # no adapter: one model for every pair, so one batch (as one KSampler would draw it)
+        out["none"] = [sample_euler_cfg(w.model, torch.cat(noises), sig, torch.cat(conds), uncond.expand(n, -1, -1), cfg)]
     images = {k: w.to_image(torch.cat(v)) for k, v in out.items()}
     read = {k: w.probes.read(v) for k, v in images.items()}
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
@@ -317,6 +334,7 @@ def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.
     uncond = w.encode("")
     ip = w.adapter()
     runs = {k: [] for k in ("none", "deadiff", *(f"ip_{x:g}" for x in ip_weights))}
+    conds, noises = [], []
     with torch.no_grad():
         states = vision_states(w, images_tensor(refs))
         embeds = w.image_embeds(images_tensor(refs))
@@ -324,11 +342,15 @@ def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.
             cond = w.encode(world.caption(prompt, omit=DEADIFF_PROMPT_OMITS))
             noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
             tokens = DEADiffTokens(adapter, style=adapter.encode(states[i:i + 1], "style"))
-            models = {"none": w.model, "deadiff": deadiff_model(w.model, tokens, img_weight=weight)}
+            models = {"deadiff": deadiff_model(w.model, tokens, img_weight=weight)}
             for x in ip_weights:
                 models[f"ip_{x:g}"] = style_adapter_model(w.model, ip, embeds[i:i + 1], fusion="add", preset="all", weight=x)
             for k, m in models.items():
                 runs[k].append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
+            conds.append(cond)
+            noises.append(noise)
+        # no tokens: one model for every pair, so one batch
+        runs["none"] = [sample_euler_cfg(w.model, torch.cat(noises), sig, torch.cat(conds), uncond.expand(n, -1, -1), cfg)]
     images = {k: w.to_image(torch.cat(v)) for k, v in runs.items()}
     read = {k: w.probes.read(v) for k, v in images.items()}
     figures = {}

@@ -59,10 +59,16 @@ def test_text_to_image_follows_the_prompt(t2i, head):
     on_not_off(f"t2i_{head}", on[head], off[head], (on, off))
 
 
+@pytest.fixture(scope="module")
+def inverted(toy):
+    # StyleID's published 50 steps: its skipped top step costs the round trip more at fewer (README); both
+    # presets fuse the same inversions, as two Feature Fusion nodes fed by one DDIM Invert
+    return effects.invert_pairs(toy, n=effects.N_PAIRS, seed=5, steps=50)
+
+
 @pytest.fixture(scope="module", params=["StyleID", "MagicStyle"])
-def fusion(request, toy):
-    # StyleID's published 50 steps: its skipped top step costs the round trip more at fewer (README)
-    figures, _ = effects.feature_fusion(toy, n=effects.N_PAIRS, seed=5, preset=request.param, steps=50)
+def fusion(request, toy, inverted):
+    figures, _ = effects.feature_fusion(toy, inverted, preset=request.param)
     return request.param, figures
 
 

@@ -151,3 +151,26 @@ def test_clip_vision_runs_in_chunks_and_refuses_strips():
     torch.testing.assert_close(got, one_by_one, atol=1e-5, rtol=1e-5)  # batch size changes only the reduction order
     with pytest.raises(InputError, match="up to 16:1"):
         vision_features(cv, torch.rand(1, 8, 200, 3), field="image")
+
+
+def test_processors_are_put_back_after_a_failing_call_and_must_match_the_layers(sd15):
+    """The bridge swaps processors on the layers it found once: an error inside a call leaves every layer
+    running what it ran before (the very objects), and a set of processors for other layers is refused."""
+    import pytest
+
+    from stylekit.bridge.installed import attention_layers, processors_installed
+    before = dict(sd15.unet.attn_processors)
+    assert list(attention_layers(sd15.unet)) == list(before)
+
+    class Boom:
+        def __call__(self, *a, **k):
+            raise RuntimeError("boom")
+    x, ctx = inputs(seed=3)
+    with pytest.raises(RuntimeError, match="boom"):
+        with processors_installed(sd15.unet, {name: Boom() for name in before}):
+            sd15.unet(x, torch.tensor([500.0]), encoder_hidden_states=ctx)
+    after = sd15.unet.attn_processors
+    assert all(after[name] is p for name, p in before.items())
+    with pytest.raises(ValueError, match="do not match"):
+        with processors_installed(sd15.unet, dict(list(before.items())[1:])):
+            pass
