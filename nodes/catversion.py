@@ -23,6 +23,9 @@ from .images import loss_curve
 
 FOLDER = "catversion"
 MAX_SCORED = 512  # CatVersion Score's batches: each image is compared with every image of the other
+MAX_TRAIN_IMAGES = 64  # CatVersion Train: the paper trains on 3-5 images; the pool (and its mirror images) is VAE-encoded at once
+MAX_TRAIN_SIDE = 1024  # SD1.5 (the paper: 512 px); the UNet runs with gradients at this size every step
+MIN_TRAIN_SIDE = 64  # an 8x8 latent: the UNet halves it three times
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
 CATEGORY = "StyleKit/CatVersion"
 
@@ -86,7 +89,8 @@ class StyleKitCatVersionTrain:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8)."),
+            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8).",
+                                  MAX_TRAIN_IMAGES, MAX_TRAIN_SIDE),
             "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
             "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),
             "vae": ("VAE", {"tooltip": "Its VAE, to encode the images once."}),
@@ -104,6 +108,8 @@ class StyleKitCatVersionTrain:
     def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
         if model_layers(model).family != "sd15":
             raise InputError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
+        checks.at_most(images, MAX_TRAIN_IMAGES, "images", "the paper trains on a handful; all are encoded at once")
+        checks.image_sides(images, "images", MAX_TRAIN_SIDE, MIN_TRAIN_SIDE, "every step runs the UNet with gradients at that size")
         target = comfy_glue.output_target(FOLDER, filename)  # checked before training, written after
         chosen = checks.layer_list(layers)
         settings = TrainSettings(steps=steps, lr=learning_rate, batch=batch_size, seed=seed)

@@ -231,6 +231,19 @@ def at_most(images: torch.Tensor, limit: int, field: str, why: str) -> torch.Ten
     return images
 
 
+def image_sides(images: torch.Tensor, field: str, most: int, least: int, why: str) -> torch.Tensor:
+    """Refuse IMAGE (B, H, W, C) in ``field`` with a side over ``most`` px (what the method does at that size:
+    ``why``) or under ``least`` px."""
+    h, w = images.shape[1], images.shape[2]
+    if max(h, w) > most:
+        raise InputError(f"{field} is {w}x{h} px; this node takes sides of at most {most} px ({why}): "
+                         "scale the images down first (e.g. ImageScale)")
+    if min(h, w) < least:
+        raise InputError(f"{field} is {w}x{h} px; this node takes sides of at least {least} px: scale the images up "
+                         "or crop a larger region")
+    return images
+
+
 def latent_for(model, samples: torch.Tensor, field: str) -> torch.Tensor:
     """Latents (B, C, H, W) of ``field`` whose channels are the model's (an SD latent on Flux, or the
     reverse, is refused naming both instead of failing inside the network)."""

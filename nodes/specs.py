@@ -26,10 +26,12 @@ class Choices(list):
         return self.aliases.get(value, value)
 
 
-def image(tooltip: str, at_most: int | None = None) -> tuple:
-    """An IMAGE input; ``at_most``: the batch the node takes (its check, ``checks.at_most``, uses the same
-    number), stated in the tooltip."""
+def image(tooltip: str, at_most: int | None = None, max_side: int | None = None) -> tuple:
+    """An IMAGE input; ``at_most``: the batch the node takes, ``max_side``: the longest side it takes (its
+    checks, ``checks.at_most`` and ``checks.image_sides``, use the same numbers), stated in the tooltip."""
     limit = f" At most {at_most} images." if at_most else ""
+    if max_side:
+        limit += f" Sides of at most {max_side} px (scale larger images down first)."
     return ("IMAGE", {"tooltip": tooltip + limit + IMAGE_TOOLTIP})
 
 

@@ -231,8 +231,45 @@ def test_a_node_takes_the_batch_its_tooltip_states_and_refuses_one_more(world, m
 
 
 def test_every_checked_batch_limit_is_stated():
-    """The nodes that check a batch limit state it in a tooltip (five IMAGE inputs of three nodes)."""
+    """The nodes that check a batch limit state it in a tooltip (six IMAGE inputs of four nodes)."""
     assert {(p.values[0], p.values[1]) for p in stated_limits()} == {
         ("StyleKitStyleAdapter", "image"), ("StyleKitStyleAdapter", "negative_style_image"),
         ("StyleKitDEADiffEncode", "image"), ("StyleKitCatVersionScore", "reference"),
-        ("StyleKitCatVersionScore", "generated")}
+        ("StyleKitCatVersionScore", "generated"), ("StyleKitCatVersionTrain", "images")}
+
+
+def stated_sides():
+    """(node, input, N) for every IMAGE input whose tooltip says "Sides of at most N px"."""
+    import re
+    for node_id, cls in sorted(NODES.items()):
+        spec = cls.INPUT_TYPES()
+        for name, decl in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+            found = re.search(r"Sides of at most (\d+) px", decl[1].get("tooltip", "")) if decl[0] == "IMAGE" else None
+            if found:
+                yield pytest.param(node_id, name, int(found.group(1)), id=f"{node_id}-{name}")
+
+
+@pytest.mark.parametrize("node_id,name,limit", list(stated_sides()))
+def test_a_node_takes_the_side_its_tooltip_states_and_refuses_a_longer_one(world, monkeypatch, tmp_path, node_id, name,
+                                                                          limit):
+    """Refused before any work (no progress step), naming the field, both sides and the fix; an image as large
+    as the stated side gets past the check, a sliver is refused too."""
+    monkeypatch.chdir(tmp_path)
+
+    def stop(*a, **k):
+        raise Enough
+    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
+    cls = NODES[node_id]
+    call = valid_call(node_id, world)
+    for shape in ((1, limit + 8, 64, 3), (1, 64, limit + 8, 3)):
+        h, w = shape[1], shape[2]
+        with pytest.raises(StyleKitError, match=f"{name} is {w}x{h} px; this node takes sides of at most {limit} px.*scale"):
+            getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(*shape)}))
+    with pytest.raises(StyleKitError, match=f"{name} is 8x{limit} px; this node takes sides of at least"):
+        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(1, limit, 8, 3)}))
+    with pytest.raises(Enough):
+        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(1, limit, 64, 3)}))
+
+
+def test_every_checked_side_limit_is_stated():
+    assert {(p.values[0], p.values[1]) for p in stated_sides()} == {("StyleKitCatVersionTrain", "images")}
