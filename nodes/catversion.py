@@ -89,7 +89,7 @@ class StyleKitCatVersionTrain:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides must be multiples of 8).",
+            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides of at least 64 px, multiples of 8).",
                                   MAX_TRAIN_IMAGES, MAX_TRAIN_SIDE),
             "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
             "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),
