@@ -25,7 +25,7 @@ FOLDER = "catversion"
 MAX_SCORED = 512  # CatVersion Score's batches: each image is compared with every image of the other
 MAX_TRAIN_IMAGES = 64  # CatVersion Train: the paper trains on 3-5 images; the pool (and its mirror images) is VAE-encoded at once
 MAX_TRAIN_SIDE = 1024  # SD1.5 (the paper: 512 px); the UNet runs with gradients at this size every step
-MIN_TRAIN_SIDE = 64  # an 8x8 latent: the UNet halves it three times
+MIN_TRAIN_SIDE = 32  # a 4x4 latent: the UNet halves it three times, to 1x1
 comfy_glue.register_folder(FOLDER, (".safetensors", ".bin"))
 CATEGORY = "StyleKit/CatVersion"
 
@@ -89,7 +89,7 @@ class StyleKitCatVersionTrain:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides of at least 64 px, multiples of 8).",
+            "images": specs.image("A handful of images of the concept (the paper uses 512 px; sides of at least 32 px, multiples of 8).",
                                   MAX_TRAIN_IMAGES, MAX_TRAIN_SIDE),
             "model": ("MODEL", {"tooltip": "The SD1.5 model to train against (frozen)."}),
             "clip": ("CLIP", {"tooltip": "Its CLIP (frozen; the prefix goes into its last layers)."}),

@@ -261,14 +261,14 @@ def test_a_node_takes_the_side_its_tooltip_states_and_refuses_a_longer_one(world
     monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
     cls = NODES[node_id]
     call = valid_call(node_id, world)
-    for shape in ((1, limit + 8, 64, 3), (1, 64, limit + 8, 3)):
+    for shape in ((1, limit + 8, 32, 3), (1, 32, limit + 8, 3)):
         h, w = shape[1], shape[2]
         with pytest.raises(StyleKitError, match=f"{name} is {w}x{h} px; this node takes sides of at most {limit} px.*scale"):
             getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(*shape)}))
     with pytest.raises(StyleKitError, match=f"{name} is 8x{limit} px; this node takes sides of at least"):
         getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(1, limit, 8, 3)}))
     with pytest.raises(Enough):
-        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(1, limit, 64, 3)}))
+        getattr(cls(), cls.FUNCTION)(**dict(call, **{name: torch.rand(1, limit, 32, 3)}))
 
 
 def test_every_checked_side_limit_is_stated():
