@@ -170,11 +170,7 @@ def weights(obj):
 @pytest.mark.parametrize("node_id,name,index", list(cases()))
 def test_node_takes_or_refuses_boundary_values(world, monkeypatch, tmp_path, node_id, name, index):
     monkeypatch.chdir(tmp_path)  # outside ComfyUI nodes write here: nothing may land anywhere else
-
-    def stop(*a, **k):
-        raise Enough
-    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
-    monkeypatch.setattr(comfy_glue, "interrupted", stop)
+    monkeypatch.setattr(comfy_glue, "interrupted", stop_at_first_step(monkeypatch))
     cls = NODES[node_id]
     spec = cls.INPUT_TYPES()
     decl = {**spec.get("required", {}), **spec.get("optional", {})}[name]
@@ -199,25 +195,35 @@ def test_the_valid_call_works(world, monkeypatch, tmp_path, node_id):
     assert getattr(cls(), cls.FUNCTION)(**valid_call(node_id, world)) is not None
 
 
-def stated_limits():
-    """(node, input, N) for every IMAGE input whose tooltip says "At most N images"."""
+def stated_inputs(pattern: str):
+    """(node, input, N) for every IMAGE input whose tooltip states a limit N as ``pattern`` (one number group) reads it."""
     import re
     for node_id, cls in sorted(NODES.items()):
         spec = cls.INPUT_TYPES()
         for name, decl in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-            found = re.search(r"At most (\d+) images", decl[1].get("tooltip", "")) if decl[0] == "IMAGE" else None
+            found = re.search(pattern, decl[1].get("tooltip", "")) if decl[0] == "IMAGE" else None
             if found:
                 yield pytest.param(node_id, name, int(found.group(1)), id=f"{node_id}-{name}")
+
+
+def stated_limits():
+    """(node, input, N) for every IMAGE input whose tooltip says "At most N images"."""
+    return stated_inputs(r"At most (\d+) images")
+
+
+def stop_at_first_step(monkeypatch):
+    """A node's first progress step raises Enough: what a node refuses, it refuses before any work."""
+    def stop(*a, **k):
+        raise Enough
+    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
+    return stop
 
 
 @pytest.mark.parametrize("node_id,name,limit", list(stated_limits()))
 def test_a_node_takes_the_batch_its_tooltip_states_and_refuses_one_more(world, monkeypatch, tmp_path, node_id, name,
                                                                          limit):
     monkeypatch.chdir(tmp_path)
-
-    def stop(*a, **k):
-        raise Enough
-    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
+    stop_at_first_step(monkeypatch)
     cls = NODES[node_id]
     call = valid_call(node_id, world)
     with pytest.raises(StyleKitError, match=f"{name} holds {limit + 1} images; this node takes at most {limit}"):
@@ -240,13 +246,7 @@ def test_every_checked_batch_limit_is_stated():
 
 def stated_sides():
     """(node, input, N) for every IMAGE input whose tooltip says "Sides of at most N px"."""
-    import re
-    for node_id, cls in sorted(NODES.items()):
-        spec = cls.INPUT_TYPES()
-        for name, decl in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-            found = re.search(r"Sides of at most (\d+) px", decl[1].get("tooltip", "")) if decl[0] == "IMAGE" else None
-            if found:
-                yield pytest.param(node_id, name, int(found.group(1)), id=f"{node_id}-{name}")
+    return stated_inputs(r"Sides of at most (\d+) px")
 
 
 @pytest.mark.parametrize("node_id,name,limit", list(stated_sides()))
@@ -255,10 +255,7 @@ def test_a_node_takes_the_side_its_tooltip_states_and_refuses_a_longer_one(world
     """Refused before any work (no progress step), naming the field, both sides and the fix; an image as large
     as the stated side gets past the check, a sliver is refused too."""
     monkeypatch.chdir(tmp_path)
-
-    def stop(*a, **k):
-        raise Enough
-    monkeypatch.setattr(comfy_glue, "progress", lambda total: stop)
+    stop_at_first_step(monkeypatch)
     cls = NODES[node_id]
     call = valid_call(node_id, world)
     for shape in ((1, limit + 8, 32, 3), (1, 32, limit + 8, 3)):
