@@ -271,8 +271,7 @@ def load_deadiff(path: str | Path) -> DEADiffAdapter:
         return positive_int(meta.get("qformer_heads", 12), "metadata qformer_heads", path.name, DEADiffWeightsError)
 
     def structure(tensors, meta):  # every name and shape, on meta tensors, before a byte of them is read
-        with torch.device("meta"):
-            adapter_from_state_dict(tensors, heads=heads(meta), source=path.name)
+        adapter_from_state_dict(tensors, heads=heads(meta), source=path.name)
 
     sd, meta = read_safetensors(str(path), f"DEADiff weights extracted by StyleKit ({ARCHITECTURE})",
                                 "Extract them again with StyleKit DEADiff Extract.", DEADiffWeightsError,

@@ -167,18 +167,24 @@ def dvae_from_state_dict(sd: dict, part: str, name: str = "weights") -> nn.Modul
 
 
 def load_dvae(path: str) -> tuple[DVAEEncoder | None, DVAEDecoder | None]:
-    """A StyleKit dVAE file (safetensors, keys ``encoder.*`` and/or ``decoder.*``)."""
+    """A StyleKit dVAE file (safetensors, keys ``encoder.*`` and/or ``decoder.*``); every name and shape
+    checked on the header (meta tensors) before a tensor is read."""
+    name = os.path.basename(path)
     sd, _ = read_safetensors(path, "a StyleKit dVAE file (.safetensors with encoder.* / decoder.* tensors)",
                              "Convert the official encoder.pkl / decoder.pkl with StyleKit StylerDALLE Convert.",
                              DVAEWeightsError, names=lambda k: k.startswith(("encoder.", "decoder.")),
-                             max_bytes=2 ** 30)  # the official dVAE: about 0.4 GB in fp32
+                             max_bytes=2 ** 30,  # the official dVAE: about 0.4 GB in fp32
+                             structure=lambda tensors, _meta: _dvae_parts(tensors, name))
     require_finite(sd, path, DVAEWeightsError)
+    return _dvae_parts(sd, name)
+
+
+def _dvae_parts(sd: dict, name: str) -> tuple[DVAEEncoder | None, DVAEDecoder | None]:
     parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} for p in ("encoder", "decoder")}
     if not any(parts.values()):
-        raise DVAEWeightsError(f"{os.path.basename(path)}: no encoder.* or decoder.* keys; convert the official "
+        raise DVAEWeightsError(f"{name}: no encoder.* or decoder.* keys; convert the official "
                                "encoder.pkl / decoder.pkl with `python -m stylekit.tools.dalle_convert`")
-    return tuple(dvae_from_state_dict(parts[p], p, os.path.basename(path)) if parts[p] else None
-                 for p in ("encoder", "decoder"))
+    return tuple(dvae_from_state_dict(parts[p], p, name) if parts[p] else None for p in ("encoder", "decoder"))
 
 
 def _stand_in(qualified: str) -> type:

@@ -236,20 +236,25 @@ def _grouped(flat: dict) -> dict:
     return groups
 
 
+def _tensor_groups(groups: dict, name: str) -> dict:
+    for head, group in groups.items():
+        if not isinstance(group, dict) or not all(isinstance(t, torch.Tensor) for t in group.values()):
+            raise AdapterWeightsError(f"{name}: {head!r} is a {type(group).__name__}, not a dict of tensors; expected {WHAT}")
+    return groups
+
+
 def _read(path: str) -> dict:
     name = os.path.basename(path)
     if path.endswith(".safetensors"):
         def structure(tensors, _meta):  # names and shapes on meta tensors, before a byte of them is read
-            with torch.device("meta"):
-                _from_groups(_grouped(tensors), name)
+            _from_groups(_grouped(tensors), name)
         flat, _ = read_safetensors(path, WHAT, "", AdapterWeightsError, keep=_kept, max_bytes=MAX_BYTES,
                                    dtypes=floating, structure=structure)  # CSGO's other groups stay unread
         groups = _grouped(flat)
     else:
-        groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.", max_bytes=MAX_BYTES)
-    for head, group in groups.items():
-        if not isinstance(group, dict) or not all(isinstance(t, torch.Tensor) for t in group.values()):
-            raise AdapterWeightsError(f"{name}: {head!r} is a {type(group).__name__}, not a dict of tensors; expected {WHAT}")
+        groups = load_tensor_dict(path, AdapterWeightsError, WHAT, "Convert it to .safetensors.", max_bytes=MAX_BYTES,
+                                  structure=lambda meta: _from_groups(_tensor_groups(meta, name), name))
+    for head, group in _tensor_groups(groups, name).items():
         require_finite({f"{head}.{k}": t for k, t in group.items()}, path, AdapterWeightsError)
     return groups
 

@@ -234,17 +234,23 @@ def translator_config(sd: dict) -> dict:
 MAX_BYTES = 2 * 2 ** 30  # what a translator file may declare
 
 
+def _heads(meta: dict, name: str) -> int:
+    return positive_int(meta.get("heads", 8), "metadata heads", name, StylerDALLEWeightsError)
+
+
 def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslator:
     """A translator checkpoint: ours (.safetensors, heads in the metadata) or the official
     ``model.state_dict()`` saved with torch.save (.pt, read with weights_only; 8 heads)."""
     name = os.path.basename(path)
     what = "StylerDALLE translator (StyleKit .safetensors or the official model.state_dict() .pt)"
-    if path.endswith(".safetensors"):
-        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=MAX_BYTES)
-        heads = heads or positive_int(meta.get("heads", 8), "metadata heads", name, StylerDALLEWeightsError)
+    if path.endswith(".safetensors"):  # every name and shape checked on meta tensors before one is read
+        def structure(tensors, meta):
+            load_translator_state(tensors, heads or _heads(meta, name), name)
+        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=MAX_BYTES, structure=structure)
+        heads = heads or _heads(meta, name)
     else:
         sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.",
-                              max_bytes=MAX_BYTES)
+                              max_bytes=MAX_BYTES, structure=lambda meta: load_translator_state(meta, heads or 8, name))
     require_finite(sd, path, StylerDALLEWeightsError)
     return load_translator_state(sd, heads or 8, name)
 

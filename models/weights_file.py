@@ -77,8 +77,8 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
     The header is checked before any tensor is read, so a file costs memory only for what passes:
     a tensor whose name ``names(name)`` refuses, a kept tensor whose header dtype ``dtypes(name, dtype)``
     refuses, or kept tensors declaring more than ``max_bytes`` in all refuse the file; then
-    ``structure(meta_tensors, metadata)`` checks the format's names and shapes on meta tensors (shape and
-    dtype, no data) and raises ``error`` if they do not form it. Only then are the tensors read, lazily
+    ``structure(meta_tensors, metadata)``, run with meta as the default device, checks the format's names
+    and shapes on meta tensors (shape and dtype, no data) and raises ``error`` if they do not form it. Only then are the tensors read, lazily
     (memory-mapped) one by one."""
     path = check_file(path, what, error)
     from safetensors import safe_open
@@ -99,8 +99,9 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
                 shapes[k] = (shape, dtype)
             _declared_within(declared, max_bytes, what)
             if structure is not None:
-                structure({k: torch.empty(s, dtype=FLOAT_DTYPES.get(d, torch.float32), device="meta")
-                           for k, (s, d) in shapes.items()}, meta)
+                with torch.device("meta"):  # what the check builds costs no memory either
+                    structure({k: torch.empty(s, dtype=FLOAT_DTYPES.get(d, torch.float32))
+                               for k, (s, d) in shapes.items()}, meta)
             tensors = {k: f.get_tensor(k) for k in chosen}
     except WeightFileError:
         raise
@@ -144,10 +145,12 @@ def load_weights_only(path: str, error: type[WeightFileError] = WeightFileError,
 
 
 def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, what: str = "tensor file",
-                     hint: str = "", max_bytes: int = MAX_WEIGHT_BYTES) -> dict:
+                     hint: str = "", max_bytes: int = MAX_WEIGHT_BYTES, structure=None) -> dict:
     """A ``.bin`` / ``.pt`` dict of tensors, read weights-only and memory-mapped (a zip-format file), its
-    tensors' declared sizes checked against ``max_bytes`` before any of them is read; anything else
-    raises ``error``."""
+    tensors' declared sizes checked against ``max_bytes`` before any of them is read; then, as
+    :func:`read_safetensors` does, ``structure(meta_dict)`` checks the format's names and shapes on the same
+    dict with every tensor a meta tensor (shape and dtype, no data) and raises ``error`` if they do not form
+    it. Anything else raises ``error``."""
     obj = load_weights_only(path, error, what, hint, mmap=True, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise error(f"{shown(path)} holds a {type(obj).__name__}, not a dict of weights; expected a {what}")
@@ -162,7 +165,19 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
         _declared_within(sum(t.numel() * t.element_size() for t in leaves(obj)), max_bytes, f"a {what}")
     except _Refused as e:
         raise error(f"{shown(path)}: {e}") from None
+    if structure is not None:
+        with torch.device("meta"):
+            structure(_as_meta(obj))
     return obj
+
+
+def _as_meta(o):
+    """``o`` with every tensor in it (nested dicts) replaced by a meta tensor of its shape and dtype."""
+    if isinstance(o, torch.Tensor):
+        return torch.empty(o.shape, dtype=o.dtype, device="meta")
+    if isinstance(o, dict):
+        return {k: _as_meta(v) for k, v in o.items()}
+    return o
 
 
 def require_finite(tensors: dict, path: str, error: type[WeightFileError] = WeightFileError) -> dict:

@@ -26,6 +26,7 @@ from stylekit.models.stylerdalle import load_translator, save_translator
 
 @pytest.fixture(scope="module")
 def sd15_layers():
+    import stylekit.bridge  # noqa: F401  (registers diffusers' UNet layout, which the tiny UNet has)
     return model_layers(tiny_sd15_unet(seed=0))
 
 
@@ -244,26 +245,113 @@ def header_of(path) -> tuple[dict, dict]:
         return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}, f.metadata()
 
 
-SHAPE_BOMBS = {  # loader -> (function, module, tensor grown to 3 GB in a header that is otherwise the good file's)
-    "deadiff": ("load_deadiff", "stylekit.models.deadiff", "style_blip.Qformer.bert.embeddings.word_embeddings.weight"),
-    "ip-adapter safetensors": ("load_adapter", "stylekit.models.ip_adapter", "image_proj.proj.weight"),
+SHAPE_BOMBS = {  # loader -> (function, module, a tensor of the good file, GB it grows to: under the format's bound)
+    "deadiff": ("load_deadiff", "stylekit.models.deadiff", "style_blip.Qformer.bert.embeddings.word_embeddings.weight", 3),
+    "ip-adapter safetensors": ("load_adapter", "stylekit.models.ip_adapter", "image_proj.proj.weight", 3),
+    "translator": ("load_translator", "stylekit.models.stylerdalle", "outNet.bias", 1.5),
+    "dvae": ("load_dvae", "stylekit.models.dvae", "decoder.blocks.output.conv.b", 0.75),
 }
+
+
+def grown(shape, gb: float) -> tuple:
+    """A shape of the same rank as ``shape`` holding ``gb`` GB of float32."""
+    n = int(gb * 2 ** 28)
+    return (n // 2 ** 10, 2 ** 10) if len(shape) == 2 else (n,)
 
 
 @pytest.mark.parametrize("kind", sorted(SHAPE_BOMBS))
 def test_a_file_whose_shapes_do_not_fit_is_refused_before_reading(tmp_path, sd15_layers, kind):
-    """The names are the format's and the total is under its bound, but one tensor is 3 GB and fits nothing
-    else: the loader checks every shape on the header (meta tensors) and refuses before reading, so the
-    child's memory grows by far less than 3 GB."""
-    func, module, key = SHAPE_BOMBS[kind]
+    """The names are the format's and the total is under its bound, but one tensor is 0.75-3 GB and fits
+    nothing else: the loader checks every shape on the header (meta tensors) and refuses before reading, so
+    the child's memory grows by far less than what the tensor declares (the translator and the dVAE read
+    theirs first before: +4.1 GB and +1.9 GB)."""
+    func, module, key, gb = SHAPE_BOMBS[kind]
     _, good = good_files(str(tmp_path / "good"), sd15_layers)[kind]
     tensors, meta = header_of(good)
     dtype, shape = tensors[key]
-    tensors[key] = ("F32", (3 * 2 ** 18, 2 ** 10)) if len(shape) == 2 else ("F32", (3 * 2 ** 28,))
+    tensors[key] = ("F32", grown(shape, gb))
     path = tmp_path / "bomb.safetensors"
     sparse_safetensors(path, tensors, meta)
     out = load_in_child(func, module, path)
     assert "WeightsError" in out and "shape" in out and "bomb.safetensors" in out, out
+    assert grew_mb(out) < 200, out
+
+
+class _HolesForZeros:
+    """A writable, seekable file whose all-zero writes become holes (a sparse file)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.tell, self.seek, self.flush = f.tell, f.seek, f.flush
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        if b.count(0) == len(b):
+            self.f.seek(len(b), 1)
+        else:
+            self.f.write(b)
+        return len(b)
+
+
+def sparse_torch_file(path, obj: dict, key: tuple, numel: int):
+    """A zip-format torch file (what torch.save writes, memory-mapped on load) holding ``obj`` with
+    ``obj[key[0]][key[1]]...`` a 1-D float32 tensor of ``numel`` zeros over a sparse record: a
+    few KB on disk however large it says it is. torch.save writes the dict with that tensor at a size no
+    other tensor has; its size is then rewritten in the pickle and its record written as holes."""
+    import struct
+    import zipfile
+    small = 100003  # pickled as a 4-byte BININT: the storage's size and the tensor's shape
+    *parents, last = key
+    holder = obj
+    for name in parents:
+        holder = holder[name]
+    holder[last] = torch.zeros(small)
+    plain = str(path) + ".small"
+    torch.save(obj, plain)
+    pickled = b"J" + struct.pack("<i", small)
+    with zipfile.ZipFile(plain) as src, open(path, "wb") as raw:
+        records = [i for i in src.infolist() if "/data/" in i.filename and i.file_size == 4 * small]
+        assert len(records) == 1
+        with zipfile.ZipFile(_HolesForZeros(raw), "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                if info.filename.endswith("/data.pkl"):
+                    assert data.count(pickled) == 2
+                    data = data.replace(pickled, b"J" + struct.pack("<i", numel))
+                if info is records[0]:
+                    zero, left = bytes(2 ** 20), 4 * numel
+                    with dst.open(info.filename, "w", force_zip64=True) as w:
+                        while left:
+                            w.write(zero[:min(left, len(zero))])
+                            left -= min(left, len(zero))
+                else:
+                    dst.writestr(info.filename, data)
+    os.remove(plain)
+
+
+TORCH_SHAPE_BOMBS = {  # a .bin / .pt the loader reads through torch: (function, module, good file, tensor, GB)
+    "ip-adapter bin": ("load_adapter", "stylekit.models.ip_adapter", "adapter.bin", ("image_proj", "norm_out.weight"), 3),
+    "translator pt": ("load_translator", "stylekit.models.stylerdalle", None, ("outNet.bias",), 1.5),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TORCH_SHAPE_BOMBS))
+def test_a_torch_file_whose_shapes_do_not_fit_is_refused_before_reading(tmp_path, sd15_layers, kind):
+    """The same for the torch formats (the IP-Adapter's .bin, the official translator's .pt): the good file with
+    one tensor grown to 1.5-3 GB (under the format's bound), a sparse zip-format file that torch memory-maps.
+    The loader checks every name and shape on meta tensors of what torch.load gave before it touches one, so
+    the child's memory grows by far less than the tensor declares (before, the finite check read it first: the
+    child grew by 8.3 GB for the adapter's 3 GB tensor, 4.1 GB for the translator's 1.5 GB)."""
+    func, module, good, key, gb = TORCH_SHAPE_BOMBS[kind]
+    if good:
+        obj = torch.load(good_files(str(tmp_path / "good"), sd15_layers)[kind][1], weights_only=True)
+    else:
+        obj = dict(tiny_translator(seed=2).state_dict())
+    path = tmp_path / f"bomb{os.path.splitext(good or '.pt')[1]}"
+    sparse_torch_file(path, obj, key, int(gb * 2 ** 28))
+    assert os.stat(path).st_blocks * 512 < 2 ** 20  # sparse: what it declares is not on disk
+    out = load_in_child(func, module, path)
+    assert "WeightsError" in out and path.name in out, out
     assert grew_mb(out) < 200, out
 
 
