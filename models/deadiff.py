@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import WeightFileError
 from ..files import OutputTarget, output_target, shown, write_new
-from .weights_file import floating, load_weights_only, positive_int, read_safetensors, require_finite
+from .weights_file import as_meta, floating, load_weights_only, positive_int, read_safetensors, require_finite
 
 BRANCHES = ("style", "content")
 # bert-base-uncased ids of "[CLS] <word> [SEP]"; LAVIS adds [DEC] as id 30522 (unused here)
@@ -241,6 +241,9 @@ def adapter_from_state_dict(sd: dict, heads: int = 12, source: str = "state dict
     return adapter.eval()
 
 
+MAX_BYTES = 4 * 2 ** 30  # what an extracted DEADiff file may declare (its two Q-Formers at fp32 stay well under it)
+
+
 def extract_deadiff(official_sd: dict, progress=None) -> dict:
     """The non-SD part of ``deadiff_v1.ckpt``'s state dict: Q-Formers, ln_vision, projections, i_to_k/v.
     ``progress(done, total)`` is called as the kept tensors are copied out of the checkpoint."""
@@ -248,16 +251,19 @@ def extract_deadiff(official_sd: dict, progress=None) -> dict:
     if not isinstance(sd, dict):
         raise DEADiffWeightsError(f"the checkpoint's state_dict is a {type(sd).__name__}, not a dict of tensors")
     keep = [k for k, v in sd.items() if isinstance(v, torch.Tensor) and (_module_name(k) or attn2_key(k))]
+    declared = sum(sd[k].numel() * sd[k].element_size() for k in keep)
+    if declared > MAX_BYTES:
+        raise DEADiffWeightsError(f"the checkpoint's DEADiff tensors declare {declared / 2 ** 20:,.0f} MB, more than "
+                                  f"DEADiff's image encoder ever holds ({MAX_BYTES / 2 ** 20:,.0f} MB); it is not "
+                                  "deadiff_v1.ckpt")
+    with torch.device("meta"):  # every name and shape, on meta tensors, before a byte is copied or a module built
+        adapter_from_state_dict(as_meta({k: sd[k] for k in keep}), heads=1, source="extracted tensors")
     out = {}
     for i, k in enumerate(keep):
         out[k] = sd[k].detach().contiguous()
         if progress is not None:
             progress(i + 1, len(keep))
-    adapter_from_state_dict(out, heads=1, source="extracted tensors")  # shapes only; validates before writing
     return out
-
-
-MAX_BYTES = 4 * 2 ** 30  # what an extracted DEADiff file may declare (its two Q-Formers at fp32 stay well under it)
 
 
 def load_deadiff(path: str | Path) -> DEADiffAdapter:

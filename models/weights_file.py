@@ -167,16 +167,17 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
         raise error(f"{shown(path)}: {e}") from None
     if structure is not None:
         with torch.device("meta"):
-            structure(_as_meta(obj))
+            structure(as_meta(obj))
     return obj
 
 
-def _as_meta(o):
-    """``o`` with every tensor in it (nested dicts) replaced by a meta tensor of its shape and dtype."""
+def as_meta(o):
+    """``o`` with every tensor in it (nested dicts) replaced by a meta tensor of its shape and dtype: what a
+    structure check reads, with no data."""
     if isinstance(o, torch.Tensor):
         return torch.empty(o.shape, dtype=o.dtype, device="meta")
     if isinstance(o, dict):
-        return {k: _as_meta(v) for k, v in o.items()}
+        return {k: as_meta(v) for k, v in o.items()}
     return o
 
 

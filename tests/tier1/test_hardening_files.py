@@ -355,6 +355,28 @@ def test_a_torch_file_whose_shapes_do_not_fit_is_refused_before_reading(tmp_path
     assert grew_mb(out) < 200, out
 
 
+def test_a_checkpoint_whose_shapes_would_build_a_huge_encoder_is_refused_before_extracting(tmp_path, sd15_layers):
+    """DEADiff Extract sizes the Q-Formers from the checkpoint's tensors: a checkpoint whose ln_vision.weight says
+    the vision width is 2^22 (a 16 MB tensor, a sparse file) made it build cross-attention projections that
+    wide before any shape was refused (the child grew by 4.1 GB). The names and shapes are now checked on
+    meta tensors first, so the child grows by far less, and nothing is written."""
+    sd = {k: v.contiguous() for k, v in tiny_deadiff_state_dict(sd15_layers, seed=1).items()}
+    path = tmp_path / "deadiff_v1.ckpt"
+    sparse_torch_file(path, {"state_dict": sd}, ("state_dict", "style_blip.ln_vision.weight"), 2 ** 22)
+    code = (f"import resource\nfrom pathlib import Path\nfrom stylekit.models.deadiff import extract_file\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"try:\n    extract_file(Path({str(path)!r}), Path({str(tmp_path / 'out.safetensors')!r}))\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert "DEADiffWeightsError" in out and "has shape" in out, out
+    assert grew_mb(out) < 200, out
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 @pytest.mark.parametrize("kind,key", [("deadiff", "style_proj_layer.dense1.weight"),
                                       ("ip-adapter safetensors", "ip_adapter.1.to_k_ip.weight")])
 def test_integer_weights_are_refused_from_the_header(tmp_path, sd15_layers, kind, key):
