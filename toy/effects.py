@@ -191,6 +191,28 @@ STYLESTUDIO_PROMPT_OMITS = ("texture",)
 DEADIFF_PROMPT_OMITS = ("colour", "texture", "background")
 
 
+def _pair_noise(seed: int, i: int) -> torch.Tensor:
+    return torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
+
+
+def sample_pairs(w: ToyWorld, captions: list[str], models_of, seed: int, steps: int, cfg: float) -> dict:
+    """Images of each pair's prompt (``captions[i]``) under each model ``models_of(i)`` gives (name -> patched
+    model), pair i's noise drawn from ``seed * 1000 + i``; and under the unpatched model as ``"none"``, every
+    pair in one batch (one model for all, as one KSampler would draw it)."""
+    sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
+    uncond = w.encode("")
+    noises = [_pair_noise(seed, i) for i in range(len(captions))]
+    out = {}
+    with torch.no_grad():
+        conds = [w.encode(c) for c in captions]
+        for i, (cond, noise) in enumerate(zip(conds, noises)):
+            for k, m in models_of(i).items():
+                out.setdefault(k, []).append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
+        out["none"] = [sample_euler_cfg(w.model, torch.cat(noises), sig, torch.cat(conds),
+                                        uncond.expand(len(conds), -1, -1), cfg)]
+    return {k: w.to_image(torch.cat(v)) for k, v in out.items()}
+
+
 def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, steps: int = 20, cfg: float = 5.0,
                   teacher: float = 0.4) -> tuple[dict, dict]:
     """StyleStudio on the miniature IP-Adapter. A prompt names a shape, a colour and a background, not the
@@ -206,33 +228,24 @@ def style_adapter(w: ToyWorld, n: int = 16, seed: int = 0, weight: float = 1.0, 
     from ..models.stylestudio import style_adapter_model, teacher_model
     adapter = w.adapter()
     pairs = scene_pairs(n, seed)
-    sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
-    uncond = w.encode("")
-    out = {k: [] for k in ("none", "add", "adain", "negative", "teacher")}
-    negatives, conds, noises = [], [], []
-    for i, (prompt, ref) in enumerate(pairs):
-        cond = w.encode(world.caption(prompt, omit=STYLESTUDIO_PROMPT_OMITS))
-        feats = w.image_embeds(images_tensor([ref]))
+    negatives = []
+    for prompt, ref in pairs:  # the reference on its shape and layout, in colours neither image has
         taken = (prompt.colour, prompt.background, ref.colour, ref.background)
         colour = next(c for c in world.COLOURS if c not in taken)
         background = next(c for c in world.COLOURS if c not in (*taken, colour))
         negatives.append(dataclasses.replace(ref, colour=colour, background=background))
-        neg = w.image_embeds(images_tensor(negatives[-1:]))
-        noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
+
+    def models_of(i):
+        feats = w.image_embeds(images_tensor([pairs[i][1]]))
+        neg = w.image_embeds(images_tensor(negatives[i:i + 1]))
         adain = style_adapter_model(w.model, adapter, feats, fusion="cross-modal AdaIN", preset="all", weight=weight)
-        models = {"add": style_adapter_model(w.model, adapter, feats, fusion="add", preset="all", weight=weight),
-                  "adain": adain,
-                  "negative": style_adapter_model(w.model, adapter, feats, neg, fusion="cross-modal AdaIN",
-                                                  preset="all", weight=weight),
-                  "teacher": teacher_model(adain, teacher, 0.0)}
-        with torch.no_grad():
-            for k, m in models.items():
-                out[k].append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
-        conds.append(cond)
-        noises.append(noise)
-    with torch.no_grad():  # no adapter: one model for every pair, so one batch (as one KSampler would draw it)
-        out["none"] = [sample_euler_cfg(w.model, torch.cat(noises), sig, torch.cat(conds), uncond.expand(n, -1, -1), cfg)]
-    images = {k: w.to_image(torch.cat(v)) for k, v in out.items()}
+        return {"add": style_adapter_model(w.model, adapter, feats, fusion="add", preset="all", weight=weight),
+                "adain": adain,
+                "negative": style_adapter_model(w.model, adapter, feats, neg, fusion="cross-modal AdaIN",
+                                                preset="all", weight=weight),
+                "teacher": teacher_model(adain, teacher, 0.0)}
+    captions = [world.caption(prompt, omit=STYLESTUDIO_PROMPT_OMITS) for prompt, _ in pairs]
+    images = sample_pairs(w, captions, models_of, seed, steps, cfg)
     read = {k: w.probes.read(v) for k, v in images.items()}
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
     layout_gap = lambda k: (read[k]["layout"][:, :2] - read["none"]["layout"][:, :2]).abs().mean()  # noqa: E731
@@ -336,31 +349,21 @@ def deadiff(w: ToyWorld, adapter, n: int = 16, seed: int = 0, weight: float = 1.
     from .deadiff import vision_states
     pairs = scene_pairs(n, seed)
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-    sig = ddim_uniform_sigmas(w.model.model_sampling, steps)
-    uncond = w.encode("")
     ip = w.adapter()
-    runs = {k: [] for k in ("none", "deadiff", *(f"ip_{x:g}" for x in ip_weights))}
-    conds, noises = [], []
     with torch.no_grad():
         states = vision_states(w, images_tensor(refs))
         embeds = w.image_embeds(images_tensor(refs))
-        for i, prompt in enumerate(prompts):
-            cond = w.encode(world.caption(prompt, omit=DEADIFF_PROMPT_OMITS))
-            noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed * 1000 + i))
-            tokens = DEADiffTokens(adapter, style=adapter.encode(states[i:i + 1], "style"))
-            models = {"deadiff": deadiff_model(w.model, tokens, img_weight=weight)}
-            for x in ip_weights:
-                models[f"ip_{x:g}"] = style_adapter_model(w.model, ip, embeds[i:i + 1], fusion="add", preset="all", weight=x)
-            for k, m in models.items():
-                runs[k].append(sample_euler_cfg(m, noise, sig, cond, uncond, cfg))
-            conds.append(cond)
-            noises.append(noise)
-        # no tokens: one model for every pair, so one batch
-        runs["none"] = [sample_euler_cfg(w.model, torch.cat(noises), sig, torch.cat(conds), uncond.expand(n, -1, -1), cfg)]
-    images = {k: w.to_image(torch.cat(v)) for k, v in runs.items()}
+
+    def models_of(i):
+        tokens = DEADiffTokens(adapter, style=adapter.encode(states[i:i + 1], "style"))
+        return {"deadiff": deadiff_model(w.model, tokens, img_weight=weight),
+                **{f"ip_{x:g}": style_adapter_model(w.model, ip, embeds[i:i + 1], fusion="add", preset="all", weight=x)
+                   for x in ip_weights}}
+    captions = [world.caption(prompt, omit=DEADIFF_PROMPT_OMITS) for prompt in prompts]
+    images = sample_pairs(w, captions, models_of, seed, steps, cfg)
     read = {k: w.probes.read(v) for k, v in images.items()}
     figures = {}
-    for k in runs:
+    for k in images:
         figures[f"{k}_texture_from_reference"] = float(_agree(read[k], refs, "texture").mean())
         figures[f"{k}_shape_from_prompt"] = float(_agree(read[k], prompts, "shape").mean())
     match = min(ip_weights, key=lambda x: abs(figures[f"ip_{x:g}_texture_from_reference"]
