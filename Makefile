@@ -26,7 +26,7 @@ $(BIN)/.stylekit-installed: pyproject.toml requirements.txt
 demo: $(BIN)/.stylekit-installed
 	$(BIN)/python -m stylekit.demo --out out
 
-# Retrain the miniature world into toy/weights (about 2 h 40 min on 2 CPU cores; an interrupted run resumes
+# Retrain the miniature world into toy/weights (about 2 h 50 min on 2 CPU cores; an interrupted run resumes
 # from toy_work/). Never part of demo or test, which use the shipped weights.
 toy: $(BIN)/.stylekit-installed
 	$(BIN)/python -m stylekit.toy.train --out toy/weights --work toy_work --force

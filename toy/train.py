@@ -61,9 +61,9 @@ class Plan:
     dvae_steps: int = 800
     dalle_pre_steps: int = 1000
     dalle_rl_steps: int = 150
-    deadiff_steps: int = 2000
+    deadiff_steps: int = 4000
     deadiff_batch: int = 16
-    deadiff_lr: float = 1e-3
+    deadiff_lr: float = 3e-3
     ema: float = 0.998
     caption_drop: float = 0.1
     checkpoint_every: int = 100
