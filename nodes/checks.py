@@ -216,11 +216,21 @@ def input_subfolder_name(value) -> None:
     input_folder(value, "data_folder", exists=False)
 
 
+def choice_problem(field: str, choices, value) -> str | None:
+    """Why ``value`` is no choice of combo ``field`` (a list, or :class:`Choices` with its hidden aliases
+    accepted), or None."""
+    if choices.accepts(value) if isinstance(choices, Choices) else value in choices:
+        return None
+    shown = list(choices) if len(choices) <= 20 else f"the {len(choices)} choices in its list"
+    return f"{field} {value!r} is not one of {shown}: pick one in the node (a file must be in its models folder)"
+
+
 def one_of(choices: Choices, field: str):
-    """A combo's check when its node validates it itself: a visible choice or a hidden alias."""
+    """A combo's check when its node validates it itself (:func:`choice_problem`)."""
     def check(value) -> None:
-        if not choices.accepts(value):
-            raise InputError(f"{field} {value!r} is not one of {list(choices)}")
+        problem = choice_problem(field, choices, value)
+        if problem:
+            raise InputError(problem)
     return check
 
 

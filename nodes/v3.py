@@ -19,7 +19,7 @@ import inspect
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .specs import Choices
+from .checks import choice_problem
 
 # V1 option key -> V3 keyword, per widget type; any other key is refused (it would be dropped silently)
 _WIDGETS = {
@@ -86,14 +86,6 @@ def combos_of(declared: dict) -> dict:
     return {name: decl[0] for section in declared.values() for name, decl in section.items() if isinstance(decl[0], list)}
 
 
-def combo_check(name: str, choices: list, value) -> str | None:
-    """Why ``value`` is no choice of combo ``name`` (a hidden alias accepted), or None."""
-    if choices.accepts(value) if isinstance(choices, Choices) else value in choices:
-        return None
-    shown = list(choices) if len(choices) <= 20 else f"the {len(choices)} choices in its list"
-    return f"{name} {value!r} is not one of {shown}: pick one in the node (a file must be in its models folder)"
-
-
 def v3_node(node_id: str, cls) -> type:
     """An ``io.ComfyNode`` for ``cls``: its schema, its body as ``execute``, and ``validate_inputs``: every combo's
     choice (0.3.64 does not check a V3 combo itself; with this, both releases refuse a stale or mistyped choice
@@ -118,7 +110,7 @@ def v3_node(node_id: str, cls) -> type:
         def validate_inputs(_, **values):
             choices = combos_of(cls.INPUT_TYPES())  # read afresh, once: file choices follow the folders
             for name in combos:
-                problem = None if values.get(name) is None else combo_check(name, choices[name], values[name])
+                problem = None if values.get(name) is None else choice_problem(name, choices[name], values[name])
                 if problem:
                     return problem
             return check(**{k: values.get(k) for k in checked}) if check is not None else True
