@@ -209,17 +209,22 @@ BOMBS = {  # loader -> a header declaring 1-3 GB in names the format accepts
 }
 
 
-def load_in_child(func: str, module: str, path) -> str:
-    """Run ``module.func(path)`` in a child process; its output: the error it raised and how many MB its peak
-    memory grew."""
+def in_child(imports: str, call: str) -> str:
+    """Run ``call`` (after ``imports``) in a child process; its output: the error it raised and how many MB its
+    peak memory grew."""
     import subprocess
     import sys
-    code = (f"import resource, sys; from {module} import {func}\n"
+    code = (f"import resource\n{imports}\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"try:\n    {func}({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            f"try:\n    {call}\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
             "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     return p.stdout + p.stderr
+
+
+def load_in_child(func: str, module: str, path) -> str:
+    """``module.func(path)`` in a child process (:func:`in_child`)."""
+    return in_child(f"from {module} import {func}", f"{func}({str(path)!r})")
 
 
 def grew_mb(out: str) -> int:
@@ -363,15 +368,8 @@ def test_a_checkpoint_whose_shapes_would_build_a_huge_encoder_is_refused_before_
     sd = {k: v.contiguous() for k, v in tiny_deadiff_state_dict(sd15_layers, seed=1).items()}
     path = tmp_path / "deadiff_v1.ckpt"
     sparse_torch_file(path, {"state_dict": sd}, ("state_dict", "style_blip.ln_vision.weight"), 2 ** 22)
-    code = (f"import resource\nfrom pathlib import Path\nfrom stylekit.models.deadiff import extract_file\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"try:\n    extract_file(Path({str(path)!r}), Path({str(tmp_path / 'out.safetensors')!r}))\n"
-            "except Exception as e:\n    print(type(e).__name__, e)\n"
-            "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
-    import subprocess
-    import sys
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
+    out = in_child("from pathlib import Path\nfrom stylekit.models.deadiff import extract_file",
+                   f"extract_file(Path({str(path)!r}), Path({str(tmp_path / 'out.safetensors')!r}))")
     assert "DEADiffWeightsError" in out and "has shape" in out, out
     assert grew_mb(out) < 200, out
     assert not (tmp_path / "out.safetensors").exists()
@@ -412,17 +410,10 @@ def test_a_legacy_torch_file_declaring_a_gigabyte_is_refused_before_it_is_read(t
     (torch allocates and fills what its storages declare), so its size is checked first: a sparse 1 GB file
     that says it holds one tensor of 2^28 floats is refused, and the child's memory grows by far less than
     1 GB (before the check it grew by the whole gigabyte). A small legacy file still loads."""
-    import subprocess
-    import sys
     path = tmp_path / "pytorch_adapter.bin"
     legacy_bomb(path)
-    code = ("import resource; from stylekit.models.weights_file import load_tensor_dict\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"try:\n    load_tensor_dict({str(path)!r}, max_bytes=64 * 2 ** 20)\n"
-            "except Exception as e:\n    print(type(e).__name__, e)\n"
-            "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
+    out = in_child("from stylekit.models.weights_file import load_tensor_dict",
+                   f"load_tensor_dict({str(path)!r}, max_bytes=64 * 2 ** 20)")
     assert "read whole into memory" in out and "pytorch_adapter.bin" in out, out
     assert grew_mb(out) < 200, out
     small = tmp_path / "small.bin"
