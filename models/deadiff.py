@@ -24,7 +24,8 @@ from torch import nn
 
 from ..errors import WeightFileError
 from ..files import OutputTarget, output_target, shown, write_new
-from .weights_file import as_meta, floating, load_weights_only, positive_int, read_safetensors, require_finite
+from .weights_file import (as_meta, declared_within, floating, load_weights_only, positive_int, read_safetensors,
+                           require_finite)
 
 BRANCHES = ("style", "content")
 # bert-base-uncased ids of "[CLS] <word> [SEP]"; LAVIS adds [DEC] as id 30522 (unused here)
@@ -251,11 +252,8 @@ def extract_deadiff(official_sd: dict, progress=None) -> dict:
     if not isinstance(sd, dict):
         raise DEADiffWeightsError(f"the checkpoint's state_dict is a {type(sd).__name__}, not a dict of tensors")
     keep = [k for k, v in sd.items() if isinstance(v, torch.Tensor) and (_module_name(k) or attn2_key(k))]
-    declared = sum(sd[k].numel() * sd[k].element_size() for k in keep)
-    if declared > MAX_BYTES:
-        raise DEADiffWeightsError(f"the checkpoint's DEADiff tensors declare {declared / 2 ** 20:,.0f} MB, more than "
-                                  f"DEADiff's image encoder ever holds ({MAX_BYTES / 2 ** 20:,.0f} MB); it is not "
-                                  "deadiff_v1.ckpt")
+    declared_within((sd[k] for k in keep), MAX_BYTES, "DEADiff's image encoder", DEADiffWeightsError,
+                    "the checkpoint's DEADiff part")
     with torch.device("meta"):  # every name and shape, on meta tensors, before a byte is copied or a module built
         adapter_from_state_dict(as_meta({k: sd[k] for k in keep}), heads=1, source="extracted tensors")
     out = {}

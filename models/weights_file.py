@@ -61,6 +61,15 @@ def _declared_within(declared: int, max_bytes: int, what: str) -> None:
                        f"({max_bytes / 2 ** 20:,.0f} MB at most); it is not that file")
 
 
+def declared_within(tensors, max_bytes: int, what: str, error: type[WeightFileError], source: str) -> None:
+    """Refuse (``error``, naming ``source``) ``tensors`` (memory-mapped or meta: nothing is read) that declare
+    more than ``max_bytes`` in all."""
+    try:
+        _declared_within(sum(t.numel() * t.element_size() for t in tensors), max_bytes, what)
+    except _Refused as e:
+        raise error(f"{source}: {e}") from None
+
+
 FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -78,8 +87,8 @@ def read_safetensors(path: str, what: str, hint: str = "", error: type[WeightFil
     a tensor whose name ``names(name)`` refuses, a kept tensor whose header dtype ``dtypes(name, dtype)``
     refuses, or kept tensors declaring more than ``max_bytes`` in all refuse the file; then
     ``structure(meta_tensors, metadata)``, run with meta as the default device, checks the format's names
-    and shapes on meta tensors (shape and dtype, no data) and raises ``error`` if they do not form it. Only then are the tensors read, lazily
-    (memory-mapped) one by one."""
+    and shapes on meta tensors (shape and dtype, no data) and raises ``error`` if they do not form it. Only
+    then are the tensors read, lazily (memory-mapped) one by one."""
     path = check_file(path, what, error)
     from safetensors import safe_open
     try:
@@ -161,10 +170,7 @@ def load_tensor_dict(path: str, error: type[WeightFileError] = WeightFileError, 
         elif isinstance(o, dict):
             for v in o.values():
                 yield from leaves(v)
-    try:
-        _declared_within(sum(t.numel() * t.element_size() for t in leaves(obj)), max_bytes, f"a {what}")
-    except _Refused as e:
-        raise error(f"{shown(path)}: {e}") from None
+    declared_within(leaves(obj), max_bytes, f"a {what}", error, shown(path))
     if structure is not None:
         with torch.device("meta"):
             structure(as_meta(obj))

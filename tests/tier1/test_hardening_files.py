@@ -327,8 +327,9 @@ def sparse_torch_file(path, obj: dict, key: tuple, numel: int):
                     zero, left = bytes(2 ** 20), 4 * numel
                     with dst.open(info.filename, "w", force_zip64=True) as w:
                         while left:
-                            w.write(zero[:min(left, len(zero))])
-                            left -= min(left, len(zero))
+                            n = min(left, len(zero))
+                            w.write(zero[:n])
+                            left -= n
                 else:
                     dst.writestr(info.filename, data)
     os.remove(plain)
@@ -360,17 +361,21 @@ def test_a_torch_file_whose_shapes_do_not_fit_is_refused_before_reading(tmp_path
     assert grew_mb(out) < 200, out
 
 
-def test_a_checkpoint_whose_shapes_would_build_a_huge_encoder_is_refused_before_extracting(tmp_path, sd15_layers):
+@pytest.mark.parametrize("numel,refusal", [(2 ** 22, "has shape"),
+                                           (2 ** 30 + 2 ** 20, "more than DEADiff's image encoder ever holds")])
+def test_a_checkpoint_whose_shapes_would_build_a_huge_encoder_is_refused_before_extracting(tmp_path, sd15_layers,
+                                                                                          numel, refusal):
     """DEADiff Extract sizes the Q-Formers from the checkpoint's tensors: a checkpoint whose ln_vision.weight says
     the vision width is 2^22 (a 16 MB tensor, a sparse file) made it build cross-attention projections that
     wide before any shape was refused (the child grew by 4.1 GB). The names and shapes are now checked on
-    meta tensors first, so the child grows by far less, and nothing is written."""
+    meta tensors first, and a DEADiff part declaring more than 4 GB is refused before that, so the child
+    grows by far less, and nothing is written."""
     sd = {k: v.contiguous() for k, v in tiny_deadiff_state_dict(sd15_layers, seed=1).items()}
     path = tmp_path / "deadiff_v1.ckpt"
-    sparse_torch_file(path, {"state_dict": sd}, ("state_dict", "style_blip.ln_vision.weight"), 2 ** 22)
+    sparse_torch_file(path, {"state_dict": sd}, ("state_dict", "style_blip.ln_vision.weight"), numel)
     out = in_child("from pathlib import Path\nfrom stylekit.models.deadiff import extract_file",
                    f"extract_file(Path({str(path)!r}), Path({str(tmp_path / 'out.safetensors')!r}))")
-    assert "DEADiffWeightsError" in out and "has shape" in out, out
+    assert "DEADiffWeightsError" in out and refusal in out, out
     assert grew_mb(out) < 200, out
     assert not (tmp_path / "out.safetensors").exists()
 
