@@ -22,14 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from .families import FEATURE_FUSION, SD15, SDXL
 from .functional import host_attention, sdpa_attention
 from .masks import blend, mask_tokens
 from .router import Contribution, as_device, block_key, current_sigma, movable
 
-STYLEID_BLOCKS = [("output", i) for i in range(6, 12)]  # SD1.5: the decoder's two finest attention levels
-# SDXL's decoder has attention at two levels only: output 0-2 (30 layers at 1280 channels) and 3-5, the
-# finest (6 layers at 640 channels; 4096 tokens at 1024 px, as SD1.5's finest at 512 px)
-SDXL_STYLEID_BLOCKS = [("output", i) for i in range(3, 6)]
+STYLEID_BLOCKS = SD15.layer_sets[FEATURE_FUSION]  # StyleID's own: SD1.5's output 6-11 (the registry says why)
+SDXL_STYLEID_BLOCKS = SDXL.layer_sets[FEATURE_FUSION]
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ is 0) and ``depth_index`` the transformer block inside that SpatialTransformer (
 ``block_index``).
 
 DiTs (Flux): keys are ``("double" | "single", block_index, 0)``, ComfyUI's ``block_type`` and
-``block_index``; one joint attention per block. A further DiT family is one more entry in ``DIT_FAMILIES``.
+``block_index``; one joint attention per block.
 
-This module reads ComfyUI's networks (``UNetModel``, ``Flux``) by duck typing and imports no host.
-Another host registers readers for its own networks (:func:`register_unet_reader`,
+Which family a model is, and everything that differs per family, is in :mod:`.families` (one entry per
+family). This module reads ComfyUI's networks (``UNetModel``, the DiT entries' readers) by duck typing
+and imports no host. Another host registers readers for its own networks (:func:`register_unet_reader`,
 :func:`register_dit_reader`): the diffusers bridge does so for ``UNet2DConditionModel`` and
 ``FluxTransformer2DModel`` in :mod:`stylekit.bridge.layers`, mapping them onto ComfyUI's keys.
 """
@@ -19,29 +20,29 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InputError, UnsupportedModelError  # noqa: F401  (re-exported: the methods raise it from here)
-
-SD15_LAYOUT = {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(3, 12)}
-SDXL_LAYOUT = {("input", i) for i in (4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(0, 6)}
-
-
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    key: tuple
-    channels: int      # query dim of the block's attention (inner dim)
-    heads: int
-    context_dim: int   # width of the text context it reads (UNet: attn2's; DiT: the text input's)
-
-
-UNET_GROUPS = ("input", "middle", "output")
-DIT_GROUPS = ("double", "single")
+from .families import (  # noqa: F401  (LayerInfo, has_joint_hooks: re-exported)
+    DIT_GROUPS,
+    FAMILIES,
+    UNET_GROUPS,
+    Family,
+    LayerInfo,
+    comfy_dit_family,
+    has_joint_hooks,
+    supporting,
+    title,
+    unet_family,
+)
 
 
 @dataclass(frozen=True)
 class ModelLayers:
-    family: str                    # "sd15" | "sdxl" (by block layout) | "flux" | "unknown"
+    family: str                    # a registry name ("sd15", "sdxl", "flux", ...) or "unknown"
     layers: tuple[LayerInfo, ...]
+
+    @property
+    def spec(self) -> Family | None:
+        """The family's registry entry (None for an unknown UNet layout)."""
+        return FAMILIES.get(self.family)
 
     @property
     def is_dit(self) -> bool:
@@ -54,6 +55,10 @@ class ModelLayers:
     @property
     def keys(self) -> list[tuple]:
         return [l.key for l in self.layers]
+
+    @property
+    def title(self) -> str:
+        return title(self.family)
 
     def by_key(self, key) -> LayerInfo:
         for l in self.layers:
@@ -72,17 +77,19 @@ class ModelLayers:
         """Keys of a named set or of explicit blocks.
 
         ``spec`` is a name (all, a group: input, middle, output on a UNet, double, single on a DiT,
-        or a method's set registered in LAYER_SETS for this family) or an iterable of 2-part / 3-part keys.
+        or a set the family's entry names, e.g. a method's default) or an iterable of 2-part / 3-part keys.
         """
         if isinstance(spec, str):
             if spec == "all" or spec in self.groups:
                 return [k for k in self.keys if spec == "all" or k[0] == spec]
-            sets = LAYER_SETS.get(self.family, {})
+            sets = self.spec.layer_sets if self.spec else {}
             if spec not in sets:
                 raise UnsupportedModelError(
                     f"layer set {spec!r} is not defined for a {self.family} model; "
                     f"available: all, {', '.join(self.groups)}, {', '.join(sorted(sets)) or '(none)'}")
             spec = sets[spec]
+        if callable(spec):
+            return list(spec(self))
         wanted = [tuple(s) for s in spec]
         out = [k for k in self.keys if k in wanted or k[:2] in wanted]
         missing = [w for w in wanted if not any(k == w or k[:2] == w for k in self.keys)]
@@ -91,30 +98,19 @@ class ModelLayers:
                                         f"blocks with attention: {self.blocks()}")
         return out
 
-    def require(self, *families: str, method: str = "this method") -> None:
-        if self.family not in families:
+    def supports(self, method: str) -> bool:
+        return self.spec is not None and method in self.spec.methods
+
+    def require(self, method: str, label: str = "this method") -> None:
+        """Refuse a model whose family ``method`` does not run on, naming the families it does run on."""
+        if not self.supports(method):
             where = f"{len(self.layers)} {'DiT' if self.is_dit else 'UNet'} attention blocks"
             raise UnsupportedModelError(
-                f"{method} supports {' / '.join(FAMILY_NAMES.get(f, f) for f in families)} models; the model given is "
-                f"{FAMILY_NAMES.get(self.family, 'of an unknown layout')} ({where})")
+                f"{label} supports {' / '.join(f.title for f in supporting(method))} models; the model given is "
+                f"{self.title} ({where})")
 
 
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}
-
-# Named layer sets per family; methods register theirs here.
-LAYER_SETS: dict[str, dict[str, list[tuple]]] = {"sd15": {}, "sdxl": {}, "flux": {}}
-
-
-def register_layer_set(family: str, name: str, blocks: list[tuple]) -> None:
-    LAYER_SETS.setdefault(family, {})[name] = [tuple(b) for b in blocks]
-
-
-def _family(blocks: set) -> str:
-    if blocks == SD15_LAYOUT:
-        return "sd15"
-    if blocks == SDXL_LAYOUT:
-        return "sdxl"
-    return "unknown"
+FAMILY_NAMES = {name: f.title for name, f in FAMILIES.items()}
 
 
 def _attn_info(key, tblock) -> LayerInfo:
@@ -148,41 +144,21 @@ def diffusion_model_of(model):
     return model
 
 
-def has_joint_hooks(block) -> bool:
-    """Whether a ComfyUI DiT block calls ``attn1_patch`` (ComfyUI 0.16.4, March 2026, added it to Flux)."""
-    import inspect
-    try:
-        cls = block if isinstance(block, type) else type(block)
-        return "attn1_patch" in inspect.getsource(cls.forward)
-    except (OSError, TypeError):  # no source to read (a compiled install): trust it
-        return True
-
-
-def _comfy_flux(dm) -> list[LayerInfo]:
-    """ComfyUI's ``comfy.ldm.flux.model.Flux`` (Flux.1 dev / schnell and their fine-tunes)."""
-    if not has_joint_hooks(dm.double_blocks[0]):
-        raise UnsupportedModelError("this ComfyUI's Flux blocks have no attention hooks (attn1_patch), which StyleKit's "
-                                    "Flux support patches through: update ComfyUI to 0.16.4 (March 2026) or later")
-    text = dm.txt_in.in_features  # the text encoder's width, the context every joint attention reads
-    return [LayerInfo((kind, i, 0), b.hidden_size, b.num_heads, text)
-            for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)) for i, b in enumerate(blocks)]
-
-
-# DiT families: (family, test on the diffusion model, reader -> [LayerInfo]). Flux.2, Qwen-Image, ... go here
-# once their blocks call the same joint-attention hooks with the same q/k/v layout.
-DIT_FAMILIES = [
-    ("flux", lambda dm: hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks") and hasattr(dm, "img_in")
-     and type(dm).__name__ == "Flux", _comfy_flux),
-]
-
 # UNet layouts: (test on the diffusion model, reader -> (key, transformer block) pairs under ComfyUI's keys).
 UNET_READERS = [(lambda dm: hasattr(dm, "input_blocks") and hasattr(dm, "output_blocks"), _comfy_blocks)]
 
 
+# Other hosts' DiT networks: (family name, test on the network, reader -> [LayerInfo]); ComfyUI's are the
+# registry entries' own ``detect`` / ``read``.
+DIT_READERS: list = []
+
+
 def register_dit_reader(family: str, test, read) -> None:
-    """Another host's DiT network: ``test(dm)`` recognises it, ``read(dm)`` lists its layers."""
-    if not any(t is test for _, t, _ in DIT_FAMILIES):
-        DIT_FAMILIES.append((family, test, read))
+    """Another host's DiT network of registry family ``family``: ``test(dm)`` recognises it, ``read(dm)`` lists its layers."""
+    if family not in FAMILIES:
+        raise ValueError(f"{family!r} is not a registry family ({', '.join(FAMILIES)})")
+    if not any(t is test for _, t, _ in DIT_READERS):
+        DIT_READERS.append((family, test, read))
 
 
 def register_unet_reader(test, read) -> None:
@@ -192,7 +168,10 @@ def register_unet_reader(test, read) -> None:
 
 
 def _dit_layers(dm):
-    for family, test, read in DIT_FAMILIES:
+    entry = comfy_dit_family(dm)
+    if entry is not None:
+        return entry.name, entry.read(dm)
+    for family, test, read in DIT_READERS:
         if test(dm):
             return family, read(dm)
     return None
@@ -204,8 +183,8 @@ def _transformer_blocks(model) -> list[tuple]:
         if test(dm):
             return list(read(dm))
     raise UnsupportedModelError(
-        f"StyleKit patches SD1.5 / SDXL UNets and Flux.1 DiTs; got {type(dm).__name__}, which is none of them "
-        "(neither ComfyUI's or diffusers' UNet blocks nor Flux's double/single blocks)")
+        f"StyleKit patches {' / '.join(f.title for f in FAMILIES.values())} models; got {type(dm).__name__}, which is "
+        "none of them (neither ComfyUI's or diffusers' UNet blocks nor a DiT family's blocks)")
 
 
 def model_layers(model) -> ModelLayers:
@@ -217,7 +196,7 @@ def model_layers(model) -> ModelLayers:
         raise UnsupportedModelError(f"{type(diffusion_model_of(model)).__name__} has no transformer attention "
                                     "blocks to patch")
     layers = [_attn_info(key, tb) for key, tb in blocks]
-    return ModelLayers(_family({l.key[:2] for l in layers}), tuple(layers))
+    return ModelLayers(unet_family({l.key[:2] for l in layers}), tuple(layers))
 
 
 def attention_modules(model, attn: str = "attn1") -> dict:

@@ -16,20 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.image_kv import image_kv_contribution
-from ..attention.layers import FAMILY_NAMES, UnsupportedModelError, model_layers, register_layer_set
+from ..attention.families import DEADIFF, FAMILIES, SD15, SDXL
+from ..attention.layers import UnsupportedModelError, model_layers
 from ..attention.router import add_contribution
 from ..errors import InputError
 from .deadiff import DEADiffAdapter
 
-STYLE_BLOCKS = [("input", 1), ("input", 2), ("input", 4), ("input", 5)] + [("output", i) for i in range(5, 12)]
-CONTENT_BLOCKS = [("input", 7), ("input", 8), ("middle", 0), ("output", 3), ("output", 4)]
-register_layer_set("sd15", "deadiff_style", STYLE_BLOCKS)
-register_layer_set("sd15", "deadiff_content", CONTENT_BLOCKS)
-SDXL_STYLE_BLOCKS = [("input", 4), ("input", 5)] + [("output", i) for i in range(2, 6)]
-SDXL_CONTENT_BLOCKS = [("input", 7), ("input", 8), ("middle", 0), ("output", 0), ("output", 1)]
-register_layer_set("sdxl", "deadiff_style", SDXL_STYLE_BLOCKS)
-register_layer_set("sdxl", "deadiff_content", SDXL_CONTENT_BLOCKS)
-FAMILIES = ("sd15", "sdxl")
+# each family's split lives in its registry entry (attention/families.py)
+STYLE_BLOCKS, CONTENT_BLOCKS = SD15.layer_sets["deadiff_style"], SD15.layer_sets["deadiff_content"]
+SDXL_STYLE_BLOCKS, SDXL_CONTENT_BLOCKS = SDXL.layer_sets["deadiff_style"], SDXL.layer_sets["deadiff_content"]
 SPLITS = ("official", "one branch on every layer")  # the latter: style tokens (else content) on all 16
 
 
@@ -59,13 +54,13 @@ def mix(tokens: torch.Tensor, weights: list[float] | None) -> torch.Tensor:
 def check_pairing(adapter: DEADiffAdapter, model) -> None:
     """The adapter's attn2 projections must fit this UNet layer for layer; errors name both sides."""
     layers = model_layers(model)
-    layers.require(*FAMILIES, method="DEADiff")
+    layers.require(DEADIFF, "DEADiff")
     have, want = set(adapter.attn2), set(layers.keys)
     if have != want:
         made_for = "SD1.5" if ("input", 1, 0) in have else "SDXL" if ("input", 4, 1) in have else "another model"
         raise UnsupportedModelError(
             f"DEADiff weights carry image projections for {len(have)} attn2 layers (made for {made_for}) but this "
-            f"{FAMILY_NAMES.get(layers.family, '')} UNet has {len(want)}: missing {sorted(want - have)[:4]}, extra "
+            f"{layers.title} UNet has {len(want)}: missing {sorted(want - have)[:4]}, extra "
             f"{sorted(have - want)[:4]}; use a DEADiff trained for this model family")
     for key in layers.keys:
         wk = adapter.attn2[key][0]
@@ -80,8 +75,7 @@ def split_blocks(adapter: DEADiffAdapter, family: str) -> dict:
     """{"style": blocks, "content": blocks}: the split ``adapter`` was trained with, else the family's default."""
     if adapter.split is not None:
         return adapter.split
-    from ..attention.layers import LAYER_SETS
-    return {b: LAYER_SETS[family][f"deadiff_{b}"] for b in ("style", "content")}
+    return {b: FAMILIES[family].layer_sets[f"deadiff_{b}"] for b in ("style", "content")}
 
 
 def branch_keys(adapter: DEADiffAdapter, layers) -> dict:

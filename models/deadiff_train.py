@@ -107,11 +107,12 @@ def fresh_adapter(model, shape: QFormerShape, seed: int = 0, split: dict | None 
     first columns of to_k / to_v, those that read CLIP-L's part of the text. ``split`` (blocks per branch)
     defaults to the family's and is stored with the adapter. Seeded, without touching the global random state."""
     from .deadiff import split_problem
-    from .deadiff_inject import FAMILIES, branch_keys, split_blocks
+    from ..attention.families import DEADIFF
+    from .deadiff_inject import branch_keys, split_blocks
     layers = model_layers(model)
     if layers.is_dit:
         raise UnsupportedModelError("DEADiff injects image tokens into UNet cross-attention; a DiT has none")
-    layers.require(*FAMILIES, method="DEADiff training")
+    layers.require(DEADIFF, "DEADiff training")
     widths = {l.context_dim for l in layers.layers}
     if min(widths) < shape.hidden:
         raise InputError(f"the Q-Formers' tokens are {shape.hidden} wide but this UNet's cross-attention reads "

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention.families import IP_ADAPTER
 from ..attention.layers import ModelLayers, UnsupportedModelError
 from ..errors import WeightFileError
 from .weights_file import floating, load_into, load_tensor_dict, read_safetensors, require_finite
@@ -186,8 +187,7 @@ class StyleAdapter:
 
     def bind(self, layers: ModelLayers) -> dict:
         """3-part block key -> (W_k, W_v) for this UNet, after checking the pairing; errors name both sides."""
-        layers.require("sd15", "sdxl", method=f"{self.source} (a UNet adapter; on Flux.1 use core Redux with "
-                                              "StyleModelApply)")
+        layers.require(IP_ADAPTER, f"{self.source} (a UNet adapter; on Flux.1 use core Redux with StyleModelApply)")
         order = processor_order(layers)
         model = (f"the model is {layers.family.upper()}-shaped ({len(order)} cross-attention layers, "
                  f"{_named(layers.layers[0].context_dim, CONTEXT_WIDTH)} context)")

@@ -24,6 +24,7 @@ from ..attention.feature_fusion import (
     feature_fusion_contribution,
     recording_patch,
 )
+from ..attention.families import FEATURE_FUSION
 from ..attention.joint import add_joint_contribution
 from ..attention.joint_fusion import DiTRecorder, ReferencesDone, joint_fusion_contribution
 from ..attention.layers import UnsupportedModelError, attention_modules, model_layers
@@ -55,15 +56,12 @@ class Inversion:
     store: FeatureStore
     context: torch.Tensor        # the conditioning the references were inverted with, (2, T, C)
     extra_conds: dict = None     # further model inputs (SDXL: y), batch 2
-    family: str = ""             # the model it was made with: "sd15" | "sdxl" | "flux"
+    family: str = ""             # the registry family of the model it was made with: "sd15", "flux", ...
     widths: dict = None          # stored layer -> its attention width in that model
     grid: tuple = None           # DiT: the image-token rows and columns (a MASK is resized to them)
 
     def __deepcopy__(self, memo):
         return self
-
-
-FAMILIES = ("sd15", "sdxl", "flux")
 
 
 def _recorder(model, store, dit: bool):
@@ -93,7 +91,7 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, schedule: Inver
     the sigmas the sampler will visit."""
     n = x0.shape[0]
     layers = model_layers(model)
-    layers.require(*FAMILIES, method="Inversion with a feature store")
+    layers.require(FEATURE_FUSION, "Inversion with a feature store")
     if layers.is_dit and n != 2:
         raise InputError(f"a DiT inversion records one content and one style image (batch 2), got {n}")
     policy.layers = tuple(policy.layers) or tuple(layers.select("all"))
@@ -117,7 +115,8 @@ def invert_batch(model, x0: torch.Tensor, context: torch.Tensor, schedule: Inver
 
     result = invert(eps_fn, x0, schedule, callback=progress)
     widths = {k: layers.by_key(k).channels for k in policy.layers}
-    grid = (x0.shape[-2] // 2, x0.shape[-1] // 2) if layers.is_dit else None
+    patch = layers.spec.patch
+    grid = (x0.shape[-2] // patch, x0.shape[-1] // patch) if layers.is_dit else None
     return Inversion(result, store, ctx, extra, layers.family, widths, grid)
 
 

@@ -16,15 +16,14 @@ import torch
 from ..attention.adapter_attention import adapter_contribution
 from ..attention.joint import add_joint_contribution, joint_contributions
 from ..attention.joint_teacher import joint_teacher_contribution
-from ..attention.layers import model_layers, register_layer_set
+from ..attention.families import TEACHER
+from ..attention.layers import model_layers
 from ..attention.router import add_contribution, installed_patch
 from ..attention.teacher import TeacherWrapper, teacher_layout_contribution
 from ..errors import InputError
 from .ip_adapter import StyleAdapter
 
 PRESETS = ("StyleStudio: all up blocks", "InstantStyle: style blocks", "all", "custom")
-register_layer_set("sdxl", "instantstyle_style", [("output", 1)])
-register_layer_set("sd15", "instantstyle_style", [("output", 3), ("output", 4), ("output", 5)])
 
 
 def preset_keys(layers, preset: str, block_weights: dict, available) -> list[tuple]:
@@ -92,7 +91,7 @@ def teacher_model(model, fraction: float, fallback_sigma: float, prompt_tokens: 
     On a DiT (Flux) the teacher acts in joint attention (:mod:`..attention.joint_teacher`); ``prompt_tokens``
     is the prompt's context length before style tokens (Redux), which the teacher must not see."""
     layers = model_layers(model)
-    layers.require("sd15", "sdxl", "flux", method="StyleKit Teacher Layout")
+    layers.require(TEACHER, "StyleKit Teacher Layout")
     m = model.clone()
     previous = m.model_options.get("model_function_wrapper")
     if isinstance(previous, TeacherWrapper):  # a second Teacher Layout node re-sets the fraction

@@ -3,6 +3,7 @@ import os
 
 import torch
 
+from ..attention.families import CATVERSION
 from ..attention.layers import model_layers
 from ..errors import InputError
 from ..files import write_new
@@ -106,7 +107,7 @@ class StyleKitCatVersionTrain:
 
     @boundary
     def train(self, images, model, clip, vae, base_word, steps, learning_rate, batch_size, hflip, layers, seed, filename):
-        if model_layers(model).family != "sd15":
+        if not model_layers(model).supports(CATVERSION):
             raise InputError("CatVersion Train supports SD1.5 models (its prefix lives in the CLIP-L encoder SD1.5 conditions on)")
         checks.at_most(images, MAX_TRAIN_IMAGES, "images", "the paper trains on a handful; all are encoded at once")
         checks.image_sides(images, "images", MAX_TRAIN_SIDE, MIN_TRAIN_SIDE, "every step runs the UNet with gradients at that size")

@@ -1,12 +1,12 @@
 """MagicStyle / StyleID nodes: Invert (content + style, one pass) and Feature Fusion, on SD1.5 / SDXL / Flux.1."""
 import torch
 
-from ..attention.feature_fusion import PRESETS, SDXL_STYLEID_BLOCKS, STYLEID_BLOCKS, FusionSettings
+from ..attention.families import FEATURE_FUSION, late_double
+from ..attention.feature_fusion import PRESETS, STYLEID_BLOCKS, FusionSettings
 from ..attention.layers import UnsupportedModelError, model_layers, parse_block_weights
 from ..models.feature_store import StorePolicy
 from ..models.inversion import every_step_schedule, styleid_schedule
 from ..models.magicstyle import (
-    FAMILIES,
     fusion_model,
     invert_pair,
     start_latent,
@@ -16,25 +16,18 @@ from . import checks, comfy_glue, specs
 from .checks import boundary
 
 
-def dit_default_blocks(layers):
-    """Flux's default: the double blocks from a third of their depth on (Flux.1: double 6-18, 13 blocks), chosen so
-    that recompute mode holds one step of features in under 2 GB at 1024 px (fp16); which blocks carry style
-    on a DiT is an empirical question (issue 15), so every set is offered."""
-    double = layers.select("double")
-    return double[len(double) // 3:]
-
-
-def unet_default_blocks(layers):
-    """StyleID's blocks on SD1.5 (output 6-11); on SDXL its finest decoder attention level (output 3-5)."""
-    return layers.select(SDXL_STYLEID_BLOCKS if layers.family == "sdxl" else STYLEID_BLOCKS)
+def family_default_blocks(layers):
+    """The family's Feature Fusion default from its registry entry: StyleID's output 6-11 on SD1.5, the finest
+    decoder attention level (output 3-5) on SDXL, the late double blocks on Flux."""
+    return layers.select(FEATURE_FUSION)
 
 
 AUTO_BLOCKS = "auto (SD1.5: output 6-11, SDXL: output 3-5, Flux: late double)"
 BLOCK_SETS = {  # name -> (UNet blocks, DiT blocks); None: not for that kind of model
-    AUTO_BLOCKS: (unet_default_blocks, dit_default_blocks),
+    AUTO_BLOCKS: (family_default_blocks, family_default_blocks),
     "output 6-11 (StyleID)": (STYLEID_BLOCKS, None),
     "output (all decoder)": ("output", None),
-    "late double (Flux)": (None, dit_default_blocks),
+    "late double (Flux)": (None, late_double),
     "double (Flux)": (None, "double"),
     "single (Flux)": (None, "single"),
     "all": ("all", "all"),
@@ -64,7 +57,7 @@ def inversion_schedule(model, layers, steps: int, convention: str = STYLEID_DDIM
     divide 1000), or every step of ``ddim_uniform``; flow models (Flux): the flow's Euler inversion over the
     ``simple`` scheduler (Flux's usual)."""
     ms = comfy_glue.model_sampling(model)
-    if layers.is_dit:
+    if layers.spec.flow:
         return every_step_schedule(simple_sigmas(ms, steps))
     if convention == EVERY_STEP:
         return every_step_schedule(ddim_uniform_sigmas(ms, steps))
@@ -110,7 +103,7 @@ class StyleKitDDIMInvert:
     def invert(self, model, content, style, conditioning, steps, store_blocks, store_dtype, store_device, mode,
                convention=STYLEID_DDIM):
         layers = model_layers(model)
-        layers.require(*FAMILIES, method="StyleKit DDIM Invert")
+        layers.require(FEATURE_FUSION, "StyleKit DDIM Invert")
         blocks = blocks_for(layers, store_blocks)
         checks.latent_for(model, content["samples"], "content")
         checks.latent_for(model, style["samples"], "style")

@@ -10,12 +10,14 @@ torch.set_num_threads(int(os.environ.get("STYLEKIT_TEST_THREADS") or min(2, os.c
 
 @pytest.fixture(scope="session")
 def sd15_unet():
+    import stylekit.bridge  # noqa: F401  (registers diffusers' networks with the layer readers: a file may run alone)
     from tiny_models import tiny_sd15_unet
     return tiny_sd15_unet(seed=0)
 
 
 @pytest.fixture(scope="session")
 def sdxl_unet():
+    import stylekit.bridge  # noqa: F401
     from tiny_models import tiny_sdxl_unet
     return tiny_sdxl_unet(seed=0)
 

@@ -20,7 +20,7 @@ from references import dit_store_bytes
 from stylekit.models.feature_store import StorePolicy
 from stylekit.models.inversion import every_step_schedule
 from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
-from stylekit.nodes.magicstyle import dit_default_blocks
+from stylekit.attention.families import late_double as dit_default_blocks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import check_targets, interleaved  # noqa: E402

@@ -94,7 +94,7 @@ def test_layers_read_from_the_model(flux):
     with pytest.raises(ValueError, match="double 0, double 1, single 0, single 1"):
         parse_block_weights("output 3=1", layers)
     with pytest.raises(UnsupportedModelError, match="SD1.5 / SDXL models; the model given is Flux.1"):
-        layers.require("sd15", "sdxl", method="X")
+        layers.require("ip_adapter", "X")
 
 
 def test_idle_patches_are_bit_identical_to_the_unpatched_transformer(flux, transformer, data):
@@ -195,8 +195,8 @@ def test_nodes_take_a_flux_model(flux, data):
         AUTO_BLOCKS,
         StyleKitDDIMInvert,
         StyleKitFeatureFusion,
-        dit_default_blocks,
     )
+    from stylekit.attention.families import late_double as dit_default_blocks
     from stylekit.nodes.patch_map import StyleKitPatchMap
     from stylekit.nodes.stylestudio import StyleKitTeacherLayout
     cond = [[data["cond"]["c_crossattn"], {"pooled_output": data["cond"]["y"], "guidance": 1.0}]]

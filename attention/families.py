@@ -1,0 +1,157 @@
+"""The model families StyleKit patches: one entry per family, everything family-specific in one place.
+
+An entry says how to recognise the family's network (ComfyUI's, by duck typing; another host registers
+readers for its own classes under the same family name, see :mod:`.layers`), how its attention blocks
+are addressed, which hooks its blocks must call (feature detection: a ComfyUI without them is refused
+with what to update), how a latent maps onto image tokens, which sampling its inversion runs, which
+StyleKit methods run on it and each method's default blocks.
+
+Adding a family is one :class:`Family` entry in :data:`FAMILIES` plus its tests.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import UnsupportedModelError
+
+# StyleKit's methods, as entries name them in ``methods``
+FEATURE_FUSION, TEACHER, IP_ADAPTER, DEADIFF, CATVERSION = "feature_fusion", "teacher", "ip_adapter", "deadiff", "catversion"
+METHODS = (FEATURE_FUSION, TEACHER, IP_ADAPTER, DEADIFF, CATVERSION)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    key: tuple
+    channels: int      # query dim of the block's attention (inner dim)
+    heads: int
+    context_dim: int   # width of the text context it reads (UNet: attn2's; DiT: the text input's)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. UNets are told apart by ``layout``; DiTs by ``detect`` on the diffusion model."""
+    name: str                       # the id stored in files and inversions: "sd15", "flux", ...
+    title: str                      # what messages call it: "SD1.5", "Flux.1", ...
+    kind: str                       # "unet": keys (input|middle|output, block, depth); "dit": (double|single, block, 0)
+    methods: frozenset              # the StyleKit methods that run on it (METHODS)
+    layer_sets: dict = field(default_factory=dict)  # named block sets: list of 2-part keys, or f(ModelLayers) -> keys
+    layout: frozenset = frozenset()  # UNet: the (group, block id) pairs that carry attention
+    detect: Callable | None = None   # DiT: ComfyUI diffusion model -> bool
+    read: Callable | None = None     # DiT: ComfyUI diffusion model -> [LayerInfo]
+    patch: int = 1                   # DiT: latent pixels per image token side
+    flow: bool = False               # inversion on the flow's Euler steps (else StyleID's DDIM)
+
+    @property
+    def is_dit(self) -> bool:
+        return self.kind == "dit"
+
+    @property
+    def groups(self) -> tuple:
+        return DIT_GROUPS if self.is_dit else UNET_GROUPS
+
+
+UNET_GROUPS = ("input", "middle", "output")
+DIT_GROUPS = ("double", "single")
+
+
+# --- SD1.5 and SDXL ---------------------------------------------------------------------------------------
+def _blocks(*groups) -> list:
+    return [(g, i) for g, ids in groups for i in ids]
+
+
+SD15 = Family(
+    "sd15", "SD1.5", "unet", frozenset(METHODS),
+    layout=frozenset(_blocks(("input", (1, 2, 4, 5, 7, 8)), ("middle", (0,)), ("output", range(3, 12)))),
+    layer_sets={
+        # StyleID: the decoder's two finest attention levels
+        FEATURE_FUSION: _blocks(("output", range(6, 12))),
+        # DEADiff's official split: style tokens on the fine layers, content on the coarse
+        "deadiff_style": _blocks(("input", (1, 2, 4, 5)), ("output", range(5, 12))),
+        "deadiff_content": _blocks(("input", (7, 8)), ("middle", (0,)), ("output", (3, 4))),
+        "instantstyle_style": _blocks(("output", (3, 4, 5))),
+    })
+
+SDXL = Family(
+    "sdxl", "SDXL", "unet", frozenset({FEATURE_FUSION, TEACHER, IP_ADAPTER, DEADIFF}),
+    layout=frozenset(_blocks(("input", (4, 5, 7, 8)), ("middle", (0,)), ("output", range(0, 6)))),
+    layer_sets={
+        # the decoder has attention at two levels: output 0-2 (30 layers, 1280 channels) and 3-5, the finest
+        # (6 layers, 640 channels; 4096 tokens at 1024 px, as SD1.5's finest at 512 px)
+        FEATURE_FUSION: _blocks(("output", (3, 4, 5))),
+        "deadiff_style": _blocks(("input", (4, 5)), ("output", range(2, 6))),
+        "deadiff_content": _blocks(("input", (7, 8)), ("middle", (0,)), ("output", (0, 1))),
+        "instantstyle_style": _blocks(("output", (1,))),
+    })
+
+
+# --- Flux.1 (ComfyUI's comfy.ldm.flux.model.Flux) ----------------------------------------------------------
+def has_joint_hooks(block) -> bool:
+    """Whether a ComfyUI DiT block calls ``attn1_patch`` (ComfyUI 0.16.4, March 2026, added it to Flux)."""
+    try:
+        cls = block if isinstance(block, type) else type(block)
+        return "attn1_patch" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # no source to read (a compiled install): trust it
+        return True
+
+
+def comfy_flux_layers(dm) -> list[LayerInfo]:
+    """ComfyUI's ``Flux`` network: one joint attention per double and single block."""
+    if not has_joint_hooks(dm.double_blocks[0]):
+        raise UnsupportedModelError("this ComfyUI's Flux blocks have no attention hooks (attn1_patch), which StyleKit's "
+                                    "Flux support patches through: update ComfyUI to 0.16.4 (March 2026) or later")
+    text = dm.txt_in.in_features  # the text encoder's width, the context every joint attention reads
+    return [LayerInfo((kind, i, 0), b.hidden_size, b.num_heads, text)
+            for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)) for i, b in enumerate(blocks)]
+
+
+def is_comfy_flux1(dm) -> bool:
+    return (type(dm).__name__ == "Flux" and hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks")
+            and hasattr(dm, "img_in") and not getattr(getattr(dm, "params", None), "global_modulation", False))
+
+
+def late_double(layers) -> list:
+    """Flux's Feature Fusion default: the double blocks from a third of their depth on (Flux.1: double 6-18,
+    13 blocks), so that recompute mode holds one step of features in under 2 GB at 1024 px (fp16); which
+    blocks carry style on a DiT is an empirical question (issue 15), so every set is offered."""
+    double = layers.select("double")
+    return double[len(double) // 3:]
+
+
+FLUX1 = Family(
+    "flux", "Flux.1", "dit", frozenset({FEATURE_FUSION, TEACHER}),
+    layer_sets={FEATURE_FUSION: late_double},
+    detect=is_comfy_flux1, read=comfy_flux_layers, patch=2, flow=True)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1)}
+
+
+def family(name: str) -> Family:
+    """The entry named ``name``; an unknown name is refused naming the known ones."""
+    if name not in FAMILIES:
+        raise UnsupportedModelError(f"model family {name!r} is not one StyleKit knows; it knows "
+                                    f"{', '.join(f.title for f in FAMILIES.values())}")
+    return FAMILIES[name]
+
+
+def title(name: str) -> str:
+    return FAMILIES[name].title if name in FAMILIES else "of an unknown layout"
+
+
+def supporting(method: str) -> list[Family]:
+    """The families ``method`` runs on, in registry order."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {METHODS}")
+    return [f for f in FAMILIES.values() if method in f.methods]
+
+
+def unet_family(blocks: set) -> str:
+    """The UNet family whose attention layout is exactly ``blocks`` ((group, block id) pairs), else "unknown"."""
+    return next((f.name for f in FAMILIES.values() if not f.is_dit and f.layout == frozenset(blocks)), "unknown")
+
+
+def comfy_dit_family(dm) -> Family | None:
+    """The DiT family of a ComfyUI diffusion model, or None."""
+    return next((f for f in FAMILIES.values() if f.is_dit and f.detect is not None and f.detect(dm)), None)
