@@ -5,7 +5,8 @@ ComfyUI's Flux blocks (double and single) offer two hooks per attention, shared 
 * ``attn1_patch(q, k, v, pe=, attn_mask=, extra_options=) -> dict`` before the attention: q, k, v
   are ``(batch, heads, txt + img, dim_head)`` after QK-norm and before RoPE; the dict may replace
   ``q``, ``k``, ``v``, ``pe``, ``attn_mask``; ``extra_options["img_slice"] = [txt_len, total]``,
-  ``block_type`` ("double" | "single") and ``block_index`` name the block;
+  ``block_type`` ("double" | "single") and ``block_index`` name the block; reference latents (Flux.1
+  Kontext, Flux.2) are the last tokens, ``extra_options["reference_image_num_tokens"]`` of them;
 * ``attn1_output_patch(attn, extra_options) -> attn`` after it (``attn`` is ``(batch, tokens, heads
   * dim_head)``); ``extra_options`` is the same dict object the first hook saw, per block call.
 
@@ -13,7 +14,8 @@ One :class:`JointRouter` (``attn1_patch``) and one :class:`JointOutput` (``attn1
 Its contributions (:class:`JointContribution`: a :class:`~.router.Contribution` with the same weight,
 sigma window and per-block weights, of its own kind so neither installer takes the other's) see a
 :class:`JointQKV`: q and k already rotated (RoPE applied by the host's own function), the text and
-image token ranges, and the additive mask. They return a new JointQKV, which the host's attention
+image token ranges (reference-latent tokens are neither: every contribution leaves their rows as they
+are and keeps their keys), and the additive mask. They return a new JointQKV, which the host's attention
 then computes (``pe=None``: RoPE is done), so an added key (a reference's) carries its own
 positions. A contribution that must correct some rows afterwards (the text rows, a weight below 1,
 a MASK) computes those rows itself through the host's attention and registers a fix-up on the
@@ -41,6 +43,16 @@ def dit_key(extra_options: dict) -> tuple:
     return (extra_options["block_type"], extra_options.get("block_index", 0), 0)
 
 
+def token_ranges(extra_options: dict) -> tuple[int, int, int]:
+    """(text end, image end, total) of a joint call: text ``[0, txt)``, the sample's image tokens
+    ``[txt, img)``, reference-latent tokens ``[img, total)`` (ComfyUI's ``reference_image_num_tokens``)."""
+    txt, total = extra_options["img_slice"]
+    refs = sum(extra_options.get("reference_image_num_tokens") or ())
+    if not 0 <= refs < total - txt:  # counts that do not fit this call (a patch dropped the tokens): none
+        refs = 0
+    return txt, total - refs, total
+
+
 @dataclass(frozen=True, eq=False)
 class JointContribution(Contribution):
     """A contribution on DiT joint attention: ``apply(call: JointQKV, call_next, weight) -> JointQKV``."""
@@ -56,9 +68,15 @@ class JointQKV:
     v: torch.Tensor
     mask: torch.Tensor | None       # additive, broadcastable to (batch, heads, tokens, keys)
     txt: int                        # query tokens [0, txt) are text
-    img: tuple                      # query tokens [img[0], img[1]) are image (img[0] == txt)
+    img: tuple                      # query tokens [img[0], img[1]) are the sample's image (img[0] == txt)
     pe: torch.Tensor                # rotations of the query tokens (image keys share them)
     extra: dict = field(repr=False, default_factory=dict)
+    total: int = -1                 # query tokens [img[1], total) are reference latents (-1: none, total = img[1])
+
+    @property
+    def ref_latents(self) -> tuple:
+        """The reference-latent tokens' range ``[img[1], total)`` (empty when there are none)."""
+        return (self.img[1], max(self.total, self.img[1]))
 
     def replace(self, **changes) -> "JointQKV":
         return dataclasses.replace(self, **changes)
@@ -80,24 +98,25 @@ class JointQKV:
         """Run ``fix(attn) -> attn`` on this call's attention output (before the output projection)."""
         self.extra.setdefault(JOINT_AFTER, []).append(fix)
 
-    def keep_text_plain(self, rows: int | None = None) -> None:
-        """Give the text queries of batch rows ``[0, rows)`` (all by default) their plain attention after
-        the main call: computed now over this call's own keys and values, on the text rows only."""
-        t0 = self.txt
-        if not t0:
+    def keep_plain(self, rows: int | None = None) -> None:
+        """Give the text and reference-latent queries of batch rows ``[0, rows)`` (all by default) their plain
+        attention after the main call: computed now over this call's own keys and values, on those rows only."""
+        r0, r1 = self.ref_latents
+        idx = torch.cat([torch.arange(self.txt), torch.arange(r0, r1)]).to(self.q.device)
+        if not len(idx):
             return
         n = self.q.shape[0] if rows is None else rows
         mask = self.mask
         if mask is not None:
             mask = mask[:n] if mask.shape[0] == self.q.shape[0] else mask
-            mask = mask if mask.shape[-2] == 1 else mask[..., :t0, :]
-        text = self.attention(self.q[:n, :, :t0], self.k[:n], self.v[:n], mask)
+            mask = mask if mask.shape[-2] == 1 else mask[..., idx, :]
+        plain = self.attention(self.q[:n, :, idx], self.k[:n], self.v[:n], mask)
 
-        def plain_text_rows(attn):
+        def plain_rows(attn):
             attn = attn.clone()
-            attn[:n, :t0] = text.to(attn.dtype)
+            attn[:n, idx] = plain.to(attn.dtype)
             return attn
-        self.after(plain_text_rows)
+        self.after(plain_rows)
 
 
 class JointRouter:
@@ -136,8 +155,8 @@ class JointRouter:
             return {}
         if pe is None:
             raise InputError("StyleKit's DiT patches need the block's rotary embedding (pe); this model has none")
-        txt, total = extra["img_slice"]
-        call = JointQKV(host_rope(q, pe), host_rope(k, pe), v, attn_mask, txt, (txt, total), pe, extra)
+        txt, img, total = token_ranges(extra)
+        call = JointQKV(host_rope(q, pe), host_rope(k, pe), v, attn_mask, txt, (txt, img), pe, extra, total)
 
         def run(i, call):
             if i == len(chain):

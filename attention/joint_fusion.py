@@ -9,6 +9,8 @@ key sits at the position of its own image token):
     keys, values    [k_txt ; R k_s ; R k_c]   [v_txt ; v_s ; v_c]    (the content part when content_kv > 0,
                                                                   its logits + log(content_kv))
     text queries    plain joint attention, as unpatched (the method leaves the prompt's tokens alone)
+    reference latents (Flux.1 Kontext, Flux.2: the last tokens) keep their rows plain, and their keys stay
+                    in the image queries' key set after the references' (an edit still reads its input)
 
 so the image tokens keep reading the prompt (the text keys) while their own keys and values are the
 style's (StyleID) or the style's and content's (MagicStyle), and the temperature T scales the image
@@ -25,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from .feature_fusion import FeatureRecorder, FusionSettings
-from .joint import JointContribution, JointQKV, dit_key
+from .joint import JointContribution, JointQKV, dit_key, token_ranges
 from .masks import blend, mask_tokens
 from .router import current_sigma, movable
 
@@ -36,13 +38,15 @@ class ReferencesDone(Exception):
 
 
 def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:
-    """The joint call whose image rows run Feature Fusion (text rows are fixed up by the caller).
+    """The joint call whose image rows run Feature Fusion (text and reference-latent rows are fixed up by
+    the caller; the reference latents' keys stay, after the references' features).
 
     ``refs``: ``q_c``, ``k_s``, ``v_s`` (and ``k_c``, ``v_c`` when ``s.content_kv > 0``), each
     ``(1, heads, image tokens, dim_head)``, before RoPE.
     """
     q, k, v = call.q, call.k, call.v
     b, t0 = q.shape[0], call.txt
+    r0, r1 = call.ref_latents
     dtype = q.dtype
 
     def ref(name, rotate=True):
@@ -58,6 +62,8 @@ def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:
     if s.content_kv > 0:
         keys.append(ref("k_c"))
         values.append(ref("v_c", rotate=False))
+    keys.append(k[:, :, r0:r1])
+    values.append(v[:, :, r0:r1])
     k2, v2 = torch.cat(keys, dim=2), torch.cat(values, dim=2)
     mask = None
     n_s = refs["k_s"].shape[2]
@@ -74,8 +80,11 @@ def fused_call(call: JointQKV, refs: dict, s: FusionSettings) -> JointQKV:
         parts.append(torch.zeros(*lead, n_s, dtype=dtype, device=q.device))
         if s.content_kv > 0:
             parts.append(torch.full((*lead, refs["k_c"].shape[2]), math.log(s.content_kv), dtype=dtype, device=q.device))
+        if r1 > r0:  # the reference latents' keys: the block's own mask, else none
+            parts.append(parts[0].new_zeros(*lead, r1 - r0) if call.mask is None else
+                         (m[..., r0:r1].expand(*m.shape[:-2], lq, r1 - r0) if m.shape[-2] == 1 else m[..., r0:r1]))
         mask = torch.cat(parts, dim=-1)
-    return call.replace(q=torch.cat([q[:, :, :t0], q_img], dim=2), k=k2, v=v2, mask=mask)
+    return call.replace(q=torch.cat([q[:, :, :t0], q_img, q[:, :, r0:r1]], dim=2), k=k2, v=v2, mask=mask)
 
 
 def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.0, token_weights=None) -> JointQKV:
@@ -83,7 +92,7 @@ def fuse_joint(call: JointQKV, refs: dict, s: FusionSettings, weight: float = 1.
     main = fused_call(call, refs, s)
     t0, t1 = call.img
     if weight == 1.0 and token_weights is None:
-        call.keep_text_plain()  # over the block's own keys; registered on the options the main call shares
+        call.keep_plain()  # over the block's own keys; registered on the options the main call shares
         return main
     plain = call.attention(call.q, call.k, call.v, call.mask)
 
@@ -136,7 +145,7 @@ class DiTRecorder(FeatureRecorder):
         if self.store.recording:
             key = dit_key(extra_options)
             if key in self.layers:
-                t0, t1 = extra_options["img_slice"]
+                t0, t1, _ = token_ranges(extra_options)
                 self.store.record(key, current_sigma(extra_options), {
                     "q_c": q[0:1, :, t0:t1], "k_c": k[0:1, :, t0:t1], "v_c": v[0:1, :, t0:t1],
                     "k_s": k[1:2, :, t0:t1], "v_s": v[1:2, :, t0:t1]})

@@ -5,8 +5,9 @@ steps (batch ``[chunks..., teacher chunks...]``). In each joint attention of tho
 
 * the stylised rows' image queries use the teacher's attention map with their own values: they take
   the teacher's queries and keys, ``softmax(Q_t K_t^T / sqrt(d)) V_s``, one fused call as on the UNet;
-* the stylised rows' text queries keep their own attention (computed through the host's attention on
-  the text rows only, put back after the main call): the layout map is the image tokens' map;
+* the stylised rows' text queries (and reference-latent queries, Kontext / Flux.2) keep their own
+  attention (computed through the host's attention on those rows only, put back after the main call):
+  the layout map is the image tokens' map;
 * on a DiT the style usually arrives as extra context tokens (core StyleModelApply / Redux appends
   them after the prompt's). The teacher must not see them, or it would be the stylised sample
   itself: with ``prompt_tokens`` (the prompt's length before the style tokens) every context key
@@ -29,7 +30,7 @@ def teacher_call(call: JointQKV, styled_rows: int, prompt_tokens: int | None = N
         hide = torch.zeros(1, 1, 1, k.shape[2], dtype=q.dtype, device=q.device)
         hide[..., prompt_tokens:t0] = float("-inf")
         main = main.replace(mask=hide if call.mask is None else call.mask.to(q.dtype) + hide)
-    call.keep_text_plain(rows=n)  # registered on the call's options, which the main call shares
+    call.keep_plain(rows=n)  # registered on the call's options, which the main call shares
     return main
 
 

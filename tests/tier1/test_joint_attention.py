@@ -238,3 +238,68 @@ def test_fuse_joint_without_text_tokens_needs_no_fix_up():
     call = JointQKV(q, k, v, None, 0, (0, IMG), pe, extra)
     fuse_joint(call, random_refs(g), PRESETS["StyleID"])
     assert JOINT_AFTER not in extra
+
+
+REFS = 5  # reference-latent tokens (Flux.1 Kontext, Flux.2) after the image's, as ComfyUI appends them
+
+
+def ids_with_refs():
+    ref = torch.zeros(REFS, 3)
+    ref[:, 0] = 1  # Kontext's "offset" method: index 1, positions beside the image's
+    ref[:, 2] = GW + torch.arange(REFS)
+    return torch.cat([ids(), ref])
+
+
+def extra_with_refs(**kw):
+    extra = extra_for(**kw)
+    return dict(extra, img_slice=[TXT, L + REFS], reference_image_num_tokens=[REFS])
+
+
+@pytest.mark.parametrize("preset,weight", [("StyleID", 1.0), ("MagicStyle", 1.0), ("MagicStyle", 0.5)])
+def test_reference_latent_tokens_keep_their_rows_and_their_keys(preset, weight):
+    """Reference latents are neither image nor text: their rows stay plain, the image rows still read their keys."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, H, L + REFS, D, generator=g) for _ in range(3))
+    refs = random_refs(g)
+    s = PRESETS[preset]
+    pos = ids_with_refs()
+    pe = embed_ids(pos[None], AXES, THETA)
+    router = JointRouter().with_contribution(joint_fusion_contribution(Store(refs), s, weight), [("double", 0, 0)])
+    got = host_run(router, q, k, v, pe, extra_with_refs())
+
+    rq, rk, vd = complex_rotate(q, pos), complex_rotate(k, pos), v.double()
+    plain = softmax_attention(rq, rk, vd)
+    ref = {n: complex_rotate(t, pos[TXT:L]) if n in ("q_c", "k_c", "k_s") else t.double() for n, t in refs.items()}
+    q_img = s.temperature * (s.gamma * ref["q_c"] + (1 - s.gamma) * rq[:, :, TXT:L])
+    keys = [rk[:, :, :TXT], ref["k_s"].expand(2, -1, -1, -1)]
+    vals = [vd[:, :, :TXT], ref["v_s"].expand(2, -1, -1, -1)]
+    bias = [torch.zeros(TXT + IMG, dtype=torch.float64)]
+    if s.content_kv:
+        keys.append(ref["k_c"].expand(2, -1, -1, -1))
+        vals.append(ref["v_c"].expand(2, -1, -1, -1))
+        bias.append(torch.full((IMG,), math.log(s.content_kv), dtype=torch.float64))
+    keys.append(rk[:, :, L:])
+    vals.append(vd[:, :, L:])
+    bias.append(torch.zeros(REFS, dtype=torch.float64))
+    img = softmax_attention(q_img, torch.cat(keys, 2), torch.cat(vals, 2), torch.cat(bias))
+    img = plain[:, :, TXT:L] + weight * (img - plain[:, :, TXT:L])
+    want = merged(torch.cat([plain[:, :, :TXT], img, plain[:, :, L:]], dim=2))
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)  # float32 attention over <= 32 keys
+    # without the count, the reference tokens would be read as image tokens (and refused: 17 stored vs 12)
+    with pytest.raises(ValueError, match="stored 12 image tokens"):
+        host_run(router, q, k, v, pe, dict(extra_with_refs(), reference_image_num_tokens=[]))
+
+
+def test_teacher_leaves_reference_latent_rows_plain():
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, H, L + REFS, D, generator=g) for _ in range(3))  # row 0 stylised, row 1 teacher
+    pos = ids_with_refs()
+    pe = embed_ids(pos[None], AXES, THETA)
+    router = JointRouter().with_contribution(joint_teacher_contribution(), [("double", 0, 0)])
+    got = host_run(router, q, k, v, pe, dict(extra_with_refs(cond_or_uncond=(0, 0)), **{TEACHER_CHUNKS: 1}))
+    rq, rk, vd = complex_rotate(q, pos), complex_rotate(k, pos), v.double()
+    styled_plain = softmax_attention(rq[0:1], rk[0:1], vd[0:1])
+    styled_img = softmax_attention(rq[1:, :, TXT:L], rk[1:], vd[0:1])
+    styled = torch.cat([styled_plain[:, :, :TXT], styled_img, styled_plain[:, :, L:]], 2)
+    want = torch.cat([merged(styled), merged(softmax_attention(rq[1:], rk[1:], vd[1:]))])
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
