@@ -106,9 +106,17 @@ def comfy_flux_layers(dm) -> list[LayerInfo]:
             for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)) for i, b in enumerate(blocks)]
 
 
+def _comfy_flux(dm) -> bool:
+    return type(dm).__name__ == "Flux" and hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks") and hasattr(dm, "img_in")
+
+
+def is_comfy_flux2(dm) -> bool:
+    """Flux.2 (dev, Klein): ComfyUI's same ``Flux`` class with one modulation shared by all blocks."""
+    return _comfy_flux(dm) and bool(getattr(getattr(dm, "params", None), "global_modulation", False))
+
+
 def is_comfy_flux1(dm) -> bool:
-    return (type(dm).__name__ == "Flux" and hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks")
-            and hasattr(dm, "img_in") and not getattr(getattr(dm, "params", None), "global_modulation", False))
+    return _comfy_flux(dm) and not is_comfy_flux2(dm)
 
 
 def late_double(layers) -> list:
@@ -125,7 +133,16 @@ FLUX1 = Family(
     detect=is_comfy_flux1, read=comfy_flux_layers, patch=2, flow=True)
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1)}
+# Flux.2 (dev, Klein 4B / 9B): Flux.1's blocks and hooks (ComfyUI 0.33.0; none on 0.3.64, which has no Flux.2),
+# latents already packed (one token per latent pixel: 2x2 patches of the 32-channel latent are its 128
+# channels), the text left-padded to 512 tokens and reference latents (its edits) after the image's tokens
+FLUX2 = Family(
+    "flux2", "Flux.2", "dit", frozenset({FEATURE_FUSION, TEACHER}),
+    layer_sets={FEATURE_FUSION: late_double},
+    detect=is_comfy_flux2, read=comfy_flux_layers, patch=1, flow=True)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2)}
 
 
 def family(name: str) -> Family:

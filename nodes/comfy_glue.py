@@ -129,7 +129,7 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
     unknown = sorted(set(conds) - {"c_crossattn", "y", "guidance"})
     if unknown:
         raise UnsupportedModelError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
-                                    "StyleKit inversion supports plain SD1.5 / SDXL / Flux.1 text-to-image models")
+                                    "StyleKit inversion supports plain SD1.5 / SDXL / Flux.1 / Flux.2 text-to-image models")
     extra = {n: conds[n].cond[:1].to(device) for n in ("y", "guidance") if n in conds}
     return conds["c_crossattn"].cond[:1].to(device), extra
 

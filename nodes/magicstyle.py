@@ -1,4 +1,4 @@
-"""MagicStyle / StyleID nodes: Invert (content + style, one pass) and Feature Fusion, on SD1.5 / SDXL / Flux.1."""
+"""MagicStyle / StyleID nodes: Invert (content + style, one pass) and Feature Fusion, on SD1.5 / SDXL / Flux.1 / Flux.2."""
 import torch
 
 from ..attention.families import FEATURE_FUSION, late_double
@@ -71,7 +71,7 @@ class StyleKitDDIMInvert:
                    "timestep from t = 1 up to t = 999; sampling skips the top timestep and ends at t = 0), or "
                    "every step of ddim_uniform (convention). "
                    "Flux: the flow's Euler inversion on the simple scheduler, with the conditioning's guidance. "
-                   "SD1.5, SDXL and Flux.1.")
+                   "SD1.5, SDXL, Flux.1 and Flux.2 (dev / Klein).")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
@@ -86,7 +86,7 @@ class StyleKitDDIMInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL or Flux.1 (dev / schnell). StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
+            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL, Flux.1 (dev / schnell) or Flux.2 (dev / Klein). StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
@@ -131,9 +131,9 @@ class StyleKitFeatureFusion:
     DESCRIPTION = ("Feature Fusion Attention on the inverted layers: q' = gamma*q_content + (1-gamma)*q, "
                    "K/V from the style (plus the content's at mass content_kv), logits x temperature. "
                    "StyleID: gamma 0.75, T 1.5, style K/V only. MagicStyle (our reading of the paper): "
-                   "gamma 0.75, T 1.0, content and style K/V at equal mass. On Flux.1 the same acts on the image "
-                   "tokens of joint attention (the references' keys at their own RoPE positions); the text tokens "
-                   "and the image tokens' reading of the prompt stay as they were.")
+                   "gamma 0.75, T 1.0, content and style K/V at equal mass. On Flux.1 / Flux.2 the same acts on the "
+                   "image tokens of joint attention (the references' keys at their own RoPE positions); the text "
+                   "tokens, the image tokens' reading of the prompt and an edit's reference latents stay as they were.")
     RETURN_TYPES = ("MODEL", "LATENT", "NOISE")
     RETURN_NAMES = ("model", "start_latent", "start_noise")
     OUTPUT_TOOLTIPS = (specs.PATCHED_MODEL,
@@ -149,7 +149,7 @@ class StyleKitFeatureFusion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL or Flux.1)."}),
+            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL, Flux.1 or Flux.2)."}),
             "inversion": ("STYLEKIT_INVERSION", {"tooltip": "From StyleKit DDIM Invert."}),
             "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": f"{preset_values()}; custom uses the three values below (a preset ignores them)."}),
             "gamma": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "custom only: query preservation (weight of the content's query)."}),

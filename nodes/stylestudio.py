@@ -91,8 +91,8 @@ class StyleKitTeacherLayout:
                    "runs in the same batch, and every self-attention of the stylised sample uses the teacher's "
                    "attention map with its own values, keeping the layout stable. Only the stylised images come "
                    "out. Costs about one extra model pass per step while it acts. SD1.5 / SDXL (with StyleKit "
-                   "Style Adapter) and Flux.1 (joint attention: the image tokens' map; with core Redux, connect "
-                   "unstyled_conditioning).")
+                   "Style Adapter) and Flux.1 / Flux.2 (joint attention: the image tokens' map; with core Redux, "
+                   "connect unstyled_conditioning).")
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with the teacher (a clone; the input model is untouched).",)
@@ -101,7 +101,7 @@ class StyleKitTeacherLayout:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "SD1.5 / SDXL: a model patched by StyleKit Style Adapter. Flux.1: the model you sample with; the style comes from the conditioning (core Redux / StyleModelApply)."}),
+            "model": ("MODEL", {"tooltip": "SD1.5 / SDXL: a model patched by StyleKit Style Adapter. Flux.1 / Flux.2: the model you sample with; the style comes from the conditioning (core Redux / StyleModelApply)."}),
             "teacher_fraction": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.02, "tooltip": "Fraction of the sampling steps the teacher acts for (the paper: 20 of 50 = 0.4); 0 turns it off."}),
         }, "optional": {
             "unstyled_conditioning": ("CONDITIONING", {"tooltip": "Flux with Redux: the prompt's conditioning from before StyleModelApply. The teacher ignores the context tokens Redux appended after it, so it is a sample without the style. Not needed on SD (the Style Adapter skips the teacher itself)."}),

@@ -333,6 +333,31 @@ def comfy_flux_tiny(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
+# Flux.2 as ComfyUI's model detection configures it (comfy/model_detection.py: 4 RoPE axes, theta 2000, one shared
+# modulation, SiLU-gated MLPs, no biases, text positions on axis 3, reference latents by index), at tiny widths
+FLUX2_TINY = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
+                  context_in_dim=32, hidden_size=32, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2,
+                  axes_dim=[4, 4, 4, 4], theta=2000, qkv_bias=False, guidance_embed=True, txt_ids_dims=[3],
+                  global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+                  ref_index_scale=10.0)
+
+
+def comfy_flux2_tiny(seed: int = 0):
+    """ComfyUI's own Flux.2 (the Flux class with global modulation, model_base.Flux2) at tiny widths, or None
+    on a ComfyUI without Flux.2 (before late 2025)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "Flux2"):
+        return None
+    mc = comfy.supported_models.Flux2(dict(FLUX2_TINY))
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.Flux2(mc, device=torch.device("cpu"))
+    seed_weights(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
 def diffusers_flux_from_comfy(patcher):
     """The bridge's FluxTransformer2DModel holding the weights of a tiny ComfyUI Flux (ComfyUI's own key map)."""
     import comfy.utils
