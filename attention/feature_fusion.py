@@ -84,7 +84,7 @@ def feature_fusion_contribution(store, settings: FusionSettings, projections: di
             return call_next(q, k, v, extra)
         key = block_key(extra)
         store.check_sampler(extra.get("sample_sigmas"))
-        h = store.lookup(key, current_sigma(extra)).to(device=q.device, dtype=q.dtype)
+        h = store.lookup(key, current_sigma(extra), q.device).to(device=q.device, dtype=q.dtype)
         if h.shape[1] != q.shape[1]:
             raise InputError(f"Feature Fusion: the inversion stored {h.shape[1]} tokens at block {key}, this sampling has "
                              f"{q.shape[1]}: sample a latent of the inverted size (Feature Fusion's start_latent)")

@@ -118,7 +118,7 @@ def joint_fusion_contribution(store, settings: FusionSettings, weight: float = 1
             return call_next(call)
         key = dit_key(call.extra)
         store.check_sampler(call.extra.get("sample_sigmas"))
-        refs = store.lookup(key, current_sigma(call.extra))
+        refs = store.lookup(key, current_sigma(call.extra), call.q.device)
         n_img = call.img[1] - call.img[0]
         if refs["k_s"].shape[2] != n_img:
             raise InputError(f"Feature Fusion: the inversion stored {refs['k_s'].shape[2]} image tokens at block "

@@ -202,8 +202,9 @@ def current_sigma(extra_options: dict) -> float | None:
         return None
     if not hasattr(sigmas, "reshape"):
         return float(sigmas)
-    if _LAST_SIGMA[0] is sigmas:  # the host passes one tensor to every block of a model call
-        return _LAST_SIGMA[1]
+    last = _LAST_SIGMA  # read once: another device's thread (multi-GPU) may replace it meanwhile
+    if last[0] is sigmas:  # the host passes one tensor to every block of a model call
+        return last[1]
     value = float(sigmas.reshape(-1)[0])  # on a GPU, a wait for the device: once per model call, not per block
     _LAST_SIGMA = (sigmas, value)
     return value

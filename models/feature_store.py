@@ -8,9 +8,15 @@ fusion projects them with the layer's own to_q / to_k / to_v when it reads them.
 Memory policy: which layers, which steps, dtype (fp16 default), device (keep or offload to CPU), or
 ``recompute``: keep only the model inputs of the inversion and recompute the features at each
 sampling step (memory for one step instead of all).
+
+One store serves every clone of the patched model, and ComfyUI's multi-GPU sampling (0.33.0) calls
+those clones from one thread per device at once: what a pass records and whether it is recording
+belong to the thread running it, and a device other than the one the features live on reads its own
+copy of them (made once, when ComfyUI moves the patches there), so no device moves another's tensors.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -40,12 +46,29 @@ class FeatureStore:
     policy: StorePolicy
     sigmas: list = field(default_factory=list)       # sigmas with features (or inputs to recompute them)
     features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
-    recording: bool = False
-    current: dict = field(default_factory=dict)      # recompute mode: this step's features
     checked_schedule: object = field(default=None, repr=False)  # the last sampler schedule check_sampler passed
+    copies: dict = field(default_factory=dict, repr=False)  # device -> the features on a second accelerator
+    _thread: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __deepcopy__(self, memo):  # shared by every clone of a patched model, never copied
         return self
+
+    @property
+    def recording(self) -> bool:
+        """Whether the references are being run in this thread (their pass records, the fusion stands aside)."""
+        return getattr(self._thread, "recording", False)
+
+    @recording.setter
+    def recording(self, value: bool) -> None:
+        self._thread.recording = bool(value)
+
+    @property
+    def current(self) -> dict:
+        """Recompute mode: this thread's step of features."""
+        if not hasattr(self._thread, "current"):
+            self._thread.current = {}
+        return self._thread.current
 
     def _key(self, sigma: float) -> float | None:
         """The stored step a sampler sigma refers to (float32 vs float64 round-off tolerated)."""
@@ -88,8 +111,9 @@ class FeatureStore:
                 "the node) skips a second step, so remove it.")
         self.checked_schedule = sample_sigmas
 
-    def lookup(self, key, sigma):
-        table = self.current if self.policy.mode == "recompute" else self.features
+    def lookup(self, key, sigma, device=None):
+        """The features of block ``key`` at ``sigma``; with ``device``, the copy on that device if it has one."""
+        table = self.current if self.policy.mode == "recompute" else self.copies.get(_device(device), self.features)
         hit = table.get((tuple(key), self._key(sigma)))
         if hit is None:
             have = [round(s, 4) for s in sorted({s for (_, s) in table}, reverse=True)]
@@ -101,23 +125,49 @@ class FeatureStore:
         return hit
 
     def move_to(self, device) -> "FeatureStore":
-        """Move the features in place (the store is shared by the inversion and every patched clone),
-        unless the policy keeps them on a device of its own (offload to the CPU). The sampler schedule last
-        checked is let go: it stays on the device it ran on."""
-        self.checked_schedule = None
-        if self.policy.device is None:
-            for table in (self.features, self.current):
-                for k, t in table.items():
-                    table[k] = {n: x.to(device) for n, x in t.items()} if isinstance(t, dict) else t.to(device)
+        """Move the features in place (the store is shared by the inversion and every patched clone), unless
+        the policy keeps them on a device of its own (offload to the CPU). While they are on one accelerator,
+        a second one (multi-GPU) gets a copy of its own instead, kept until the features go to the CPU. The
+        sampler schedule last checked is let go: it stays on the device it ran on."""
+        device = _device(device)
+        if self.policy.device is not None:
+            return self
+        with self._lock:
+            home = self._home()
+            if home is not None and home != device and home.type != "cpu" and device.type != "cpu":
+                if device not in self.copies:
+                    self.copies[device] = _moved(self.features, device)
+            else:
+                self.copies.clear()
+                self.checked_schedule = None
+                moved = _moved(self.features, device)
+                self.features.update(moved)
+            current = self.current
+            current.update(_moved(current, device))
         return self
+
+    def _home(self) -> torch.device | None:
+        for t in self.features.values():
+            return next(iter(t.values())).device if isinstance(t, dict) else t.device
+        return None
 
     def size_bytes(self) -> int:
         tensors = []
-        for t in list(self.features.values()) + list(self.current.values()):
+        for t in list(self.features.values()) + list(self.current.values()) + [
+                t for copy in self.copies.values() for t in copy.values()]:
             tensors.extend(t.values() if isinstance(t, dict) else [t])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def free(self):
         self.features.clear()
         self.current.clear()
+        self.copies.clear()
         self.checked_schedule = None
+
+
+def _device(device) -> torch.device | None:
+    return None if device is None else torch.device(device)
+
+
+def _moved(table: dict, device) -> dict:
+    return {k: {n: x.to(device) for n, x in t.items()} if isinstance(t, dict) else t.to(device) for k, t in table.items()}
