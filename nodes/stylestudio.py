@@ -60,7 +60,7 @@ class StyleKitStyleAdapter:
             **specs.percent_window("The style"),
             "block_weights": specs.block_weights("Per-block multipliers of weight, e.g. 'output 1=1, output 2=0.5' (with preset custom: the blocks to patch)."),
         }, "optional": {
-            "negative_style_image": specs.image("Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch.", MAX_STYLE_IMAGES),
+            "negative_style_image": specs.image("Style-based CFG: an image with the reference's content and layout but no style (e.g. made with Canny ControlNet on a photo-real model); its tokens replace the zero image tokens of the unconditional branch, so it acts only where one runs: at CFG above 1 (at CFG 1, as distilled models such as SDXL Turbo or LCM sample, ComfyUI runs none).", MAX_STYLE_IMAGES),
             **specs.region_mask("Where the style acts: 1 (white) = styled, 0 = untouched; resized to every block."),
         }}
 
