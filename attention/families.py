@@ -142,7 +142,36 @@ FLUX2 = Family(
     detect=is_comfy_flux2, read=comfy_flux_layers, patch=1, flow=True)
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2)}
+# --- Krea 2 (ComfyUI's comfy.ldm.krea2.model.SingleStreamDiT; 0.33.0) -------------------------------------
+def is_comfy_krea2(dm) -> bool:
+    return type(dm).__name__ == "SingleStreamDiT" and hasattr(dm, "txtfusion") and hasattr(dm, "blocks")
+
+
+def comfy_krea2_layers(dm) -> list[LayerInfo]:
+    """Krea 2's blocks, all single-stream: one joint attention each, with fewer key/value heads than query
+    heads (grouped-query attention: its hooks see k and v before they are repeated to the query heads).
+    Its prompt arrives as the text encoder's stacked layers (txtlayers x txtdim wide)."""
+    if not has_joint_hooks(dm.blocks[0].attn):
+        raise UnsupportedModelError("this ComfyUI's Krea 2 blocks have no attention hooks (attn1_patch): update ComfyUI")
+    text = dm.txtlayers * dm.txtdim
+    return [LayerInfo(("single", i, 0), b.attn.wq.out_features, b.attn.heads, text) for i, b in enumerate(dm.blocks)]
+
+
+def late_single(layers) -> list:
+    """A single-stream DiT's Feature Fusion default, as Flux's: the blocks from a third of their depth on."""
+    single = layers.select("single")
+    return single[len(single) // 3:]
+
+
+# Krea 2: one stream of single blocks (no block replace), grouped-query attention, 2x2 patches of a 16-channel
+# latent, the prompt's tokens first and an edit's reference latents last, RoPE after the hook
+KREA2 = Family(
+    "krea2", "Krea 2", "dit", frozenset({FEATURE_FUSION, TEACHER}),
+    layer_sets={FEATURE_FUSION: late_single},
+    detect=is_comfy_krea2, read=comfy_krea2_layers, patch=2, flow=True)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2, KREA2)}
 
 
 def family(name: str) -> Family:

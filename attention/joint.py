@@ -91,7 +91,11 @@ class JointQKV:
         return host_rope(x, self.img_pe)
 
     def attention(self, q, k, v, mask=None) -> torch.Tensor:
-        """The host's attention on split heads -> (batch, tokens, heads * dim_head)."""
+        """The host's attention on split heads -> (batch, tokens, heads * dim_head). Keys and values with fewer
+        heads than the queries (grouped-query attention, Krea 2) are repeated to them, as the host does after
+        its hook (query head h reads key head h // (heads / kv heads))."""
+        if k.shape[1] != q.shape[1]:
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         return host_attention(q, k, v, self.extra, mask, skip_reshape=True)
 
     def after(self, fix: Callable[[torch.Tensor], torch.Tensor]) -> None:

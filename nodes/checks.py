@@ -90,8 +90,9 @@ def mask_for(m: torch.Tensor, count: int, name: str = "mask", what: str = "image
 
 def latent(value, name: str = "latent") -> dict:
     samples = value.get("samples") if isinstance(value, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
-        raise InputError(f"{name}: expected a LATENT with samples (B, C, H, W)")
+    # (B, C, 1, H, W): an image through a video VAE (Wan 2.1's, which Krea 2 reads), one frame
+    if not isinstance(samples, torch.Tensor) or not (samples.ndim == 4 or (samples.ndim == 5 and samples.shape[2] == 1)):
+        raise InputError(f"{name}: expected a LATENT with samples (B, C, H, W), or (B, C, 1, H, W) from a video VAE")
     if samples.shape[0] == 0:
         raise InputError(f"{name} is an empty batch")
     if not torch.isfinite(samples).all():

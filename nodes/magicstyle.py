@@ -44,7 +44,11 @@ def blocks_for(layers, name: str) -> list:
         fits = [n for n, v in BLOCK_SETS.items() if v[1 if layers.is_dit else 0] is not None]
         raise UnsupportedModelError(f"store_blocks {name!r} is not for a {'Flux' if layers.is_dit else 'UNet'} model; "
                                     f"choose one of: {', '.join(fits)}")
-    return spec(layers) if callable(spec) else layers.select(spec)
+    blocks = spec(layers) if callable(spec) else layers.select(spec)
+    if not blocks:  # e.g. the double blocks of a DiT with single blocks only (Krea 2)
+        raise UnsupportedModelError(f"store_blocks {name!r} names no attention block of this {layers.title} model; "
+                                    f"its blocks: {', '.join(sorted({k[0] for k in layers.keys}))}")
+    return blocks
 
 
 STYLEID_DDIM = "StyleID (official DDIM, skips the top step)"
@@ -71,7 +75,7 @@ class StyleKitDDIMInvert:
                    "timestep from t = 1 up to t = 999; sampling skips the top timestep and ends at t = 0), or "
                    "every step of ddim_uniform (convention). "
                    "Flux: the flow's Euler inversion on the simple scheduler, with the conditioning's guidance. "
-                   "SD1.5, SDXL, Flux.1 and Flux.2 (dev / Klein).")
+                   "SD1.5, SDXL, Flux.1, Flux.2 (dev / Klein) and Krea 2.")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
@@ -86,7 +90,7 @@ class StyleKitDDIMInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL, Flux.1 (dev / schnell) or Flux.2 (dev / Klein). StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
+            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL, Flux.1 (dev / schnell), Flux.2 (dev / Klein) or Krea 2. StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
@@ -149,7 +153,7 @@ class StyleKitFeatureFusion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL, Flux.1 or Flux.2)."}),
+            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL, Flux.1, Flux.2 or Krea 2)."}),
             "inversion": ("STYLEKIT_INVERSION", {"tooltip": "From StyleKit DDIM Invert."}),
             "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": f"{preset_values()}; custom uses the three values below (a preset ignores them)."}),
             "gamma": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "custom only: query preservation (weight of the content's query)."}),

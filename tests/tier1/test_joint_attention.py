@@ -303,3 +303,44 @@ def test_teacher_leaves_reference_latent_rows_plain():
     styled = torch.cat([styled_plain[:, :, :TXT], styled_img, styled_plain[:, :, L:]], 2)
     want = torch.cat([merged(styled), merged(softmax_attention(rq[1:], rk[1:], vd[1:]))])
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def gqa_host_run(router, q, k, v, pe, extra):
+    """Krea 2's block around the hooks: k and v reach the patch with fewer heads and are repeated after it."""
+    out = router(q, k, v, pe=pe, attn_mask=None, extra_options=extra)
+    q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", None)))
+    if pe is not None:
+        q, k = apply_rope(q, pe), apply_rope(k, pe)
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    attn = merged(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    return JointOutput()(attn, extra)
+
+
+def test_grouped_query_attention_reads_each_query_heads_own_key_head():
+    """Queries at 4 heads, keys and values at 2 (Krea 2's layout: query heads 0-1 read key head 0, 2-3 head 1): the fusion at weight 0.5 (main call, plain
+    rows and the blend) against the explicit float64 computation with the key head repeated."""
+    g = torch.Generator().manual_seed(9)
+    heads, kv = 4, 2
+    q = torch.randn(2, heads, L, D, generator=g)
+    k, v = (torch.randn(2, kv, L, D, generator=g) for _ in range(2))
+    refs = {"q_c": torch.randn(1, heads, IMG, D, generator=g),
+            **{n: torch.randn(1, kv, IMG, D, generator=g) for n in ("k_c", "v_c", "k_s", "v_s")}}
+    s = PRESETS["MagicStyle"]
+    pe = embed_ids(ids()[None], AXES, THETA)
+    router = JointRouter().with_contribution(joint_fusion_contribution(Store(refs), s, 0.5), [("single", 0, 0)])
+    got = gqa_host_run(router, q, k, v, pe, extra_for(("single", 0)))
+
+    pos = ids()
+    def spread(x):  # key head j serves query heads 2j and 2j + 1
+        return x.repeat_interleave(heads // x.shape[1], dim=1)
+    rq, rk, vd = complex_rotate(q, pos), spread(complex_rotate(k, pos)), spread(v.double())
+    ref = {n: spread(complex_rotate(t, pos[TXT:]) if n in ("q_c", "k_c", "k_s") else t.double()) for n, t in refs.items()}
+    plain = softmax_attention(rq, rk, vd)
+    q_img = s.temperature * (s.gamma * ref["q_c"] + (1 - s.gamma) * rq[:, :, TXT:])
+    keys = torch.cat([rk[:, :, :TXT], ref["k_s"].expand(2, -1, -1, -1), ref["k_c"].expand(2, -1, -1, -1)], 2)
+    vals = torch.cat([vd[:, :, :TXT], ref["v_s"].expand(2, -1, -1, -1), ref["v_c"].expand(2, -1, -1, -1)], 2)
+    bias = torch.cat([torch.zeros(TXT + IMG, dtype=torch.float64), torch.full((IMG,), math.log(s.content_kv), dtype=torch.float64)])
+    img = softmax_attention(q_img, keys, vals, bias)
+    want = merged(torch.cat([plain[:, :, :TXT], plain[:, :, TXT:] + 0.5 * (img - plain[:, :, TXT:])], 2))
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

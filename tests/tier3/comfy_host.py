@@ -430,3 +430,25 @@ def flux_standins(tmp_dir):
     for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
         del out[k]  # the real nodes, on the stand-in CLIP and VAE
     return out
+
+
+# Krea 2 as ComfyUI's model detection configures it (comfy/model_detection.py: head dim from the weights,
+# grouped-query attention, 2x2 patches, a text-fusion stack over the encoder's layers), at tiny widths
+KREA2_TINY = dict(image_model="krea2", features=64, heads=4, kvheads=2, layers=3, patch=2, channels=16,
+                  txtlayers=2, txtdim=32, txtheads=2, txtkvheads=2, multiplier=2)
+
+
+def comfy_krea2_tiny(seed: int = 0):
+    """ComfyUI's own Krea 2 (comfy.ldm.krea2.model.SingleStreamDiT) at tiny widths, or None on a ComfyUI
+    without it (before 2026)."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "Krea2"):
+        return None
+    mc = comfy.supported_models.Krea2(dict(KREA2_TINY))
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.Krea2(mc, device=torch.device("cpu"))
+    seed_weights(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
