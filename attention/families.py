@@ -30,6 +30,17 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class JointHooks:
+    """What a DiT family's blocks do around ``attn1_patch`` (the hook contract; see :mod:`.joint`)."""
+    output_hook: bool = True      # they call ``attn1_output_patch`` after the attention (fix-ups can run)
+    returned_mask: bool = True    # they use the ``attn_mask`` a patch returns (else they built theirs before)
+    rope_always: bool = False     # they rotate q and k with the returned ``pe`` whatever it is (None is refused)
+
+
+FLUX_HOOKS = JointHooks()
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family. UNets are told apart by ``layout``; DiTs by ``detect`` on the diffusion model."""
     name: str                       # the id stored in files and inversions: "sd15", "flux", ...
@@ -42,6 +53,7 @@ class Family:
     read: Callable | None = None     # DiT: ComfyUI diffusion model -> [LayerInfo]
     patch: int = 1                   # DiT: latent pixels per image token side
     flow: bool = False               # inversion on the flow's Euler steps (else StyleID's DDIM)
+    hooks: JointHooks = FLUX_HOOKS   # DiT: the hook contract of its blocks
 
     @property
     def is_dit(self) -> bool:
@@ -171,7 +183,31 @@ KREA2 = Family(
     detect=is_comfy_krea2, read=comfy_krea2_layers, patch=2, flow=True)
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2, KREA2)}
+# --- Qwen-Image (ComfyUI's comfy.ldm.qwen_image.model.QwenImageTransformer2DModel; hooks in 0.33.0) ---------
+def is_comfy_qwen_image(dm) -> bool:
+    return type(dm).__name__ == "QwenImageTransformer2DModel" and hasattr(dm, "transformer_blocks")
+
+
+def comfy_qwen_layers(dm) -> list[LayerInfo]:
+    """Qwen-Image's double-stream blocks: one joint attention each, text tokens first."""
+    if not has_joint_hooks(dm.transformer_blocks[0].attn):
+        raise UnsupportedModelError("this ComfyUI's Qwen-Image blocks have no attention hooks (attn1_patch), which "
+                                    "StyleKit patches through: update ComfyUI (0.33.0, August 2026, has them)")
+    text = dm.txt_in.in_features
+    return [LayerInfo(("double", i, 0), b.attn.inner_dim, b.attn.heads, text) for i, b in enumerate(dm.transformer_blocks)]
+
+
+# Qwen-Image: double blocks only; its blocks call attn1_patch but no output patch, build their mask before
+# the patch (a returned one is ignored) and rotate q and k after it whatever pe comes back; 2x2 patches of
+# the Wan 2.1 VAE's one-frame latents; an edit's reference latents after the image's tokens
+QWEN_IMAGE = Family(
+    "qwen_image", "Qwen-Image", "dit", frozenset({FEATURE_FUSION, TEACHER}),
+    layer_sets={FEATURE_FUSION: late_double},
+    detect=is_comfy_qwen_image, read=comfy_qwen_layers, patch=2, flow=True,
+    hooks=JointHooks(output_hook=False, returned_mask=False, rope_always=True))
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2, KREA2, QWEN_IMAGE)}
 
 
 def family(name: str) -> Family:

@@ -32,11 +32,12 @@ from typing import Callable, ClassVar, Iterable
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from .functional import host_attention
-from .options import JOINT_AFTER
+from .families import FLUX_HOOKS, JointHooks
+from .options import JOINT_AFTER, JOINT_PLAIN, JOINT_ROWS_BY_BLOCK
 from .rope import host_rope, token_slice
-from .router import Contribution, active_chain, as_device, current_sigma
+from .router import Contribution, active_chain, as_device, current_sigma, moved_patch, patch_models
 
 
 def dit_key(extra_options: dict) -> tuple:
@@ -107,7 +108,7 @@ class JointQKV:
         attention after the main call: computed now over this call's own keys and values, on those rows only."""
         r0, r1 = self.ref_latents
         idx = torch.cat([torch.arange(self.txt), torch.arange(r0, r1)]).to(self.q.device)
-        if not len(idx):
+        if not len(idx) or self.extra.get(JOINT_ROWS_BY_BLOCK) is not None:  # none, or the block keeps them
             return
         n = self.q.shape[0] if rows is None else rows
         mask = self.mask
@@ -124,18 +125,24 @@ class JointQKV:
 
 
 class JointRouter:
-    """``attn1_patch`` of a DiT model patcher (its output fix-ups run in :class:`JointOutput`)."""
+    """``attn1_patch`` of a DiT model patcher (its output fix-ups run in :class:`JointOutput`).
+
+    ``hooks`` is the model family's hook contract. Where the blocks rotate q and k with whatever ``pe``
+    comes back (Qwen-Image), the router returns identity rotations; where they have no output hook, the
+    text and reference rows are kept plain by :class:`PlainRowsBlock` and no other fix-up can run; where
+    they ignore a returned mask, a contribution that needs one is refused."""
 
     stylekit_joint_router = True
 
-    def __init__(self, entries: tuple = ()):
+    def __init__(self, entries: tuple = (), hooks: JointHooks = FLUX_HOOKS):
         self.entries = tuple(entries)  # (Contribution, frozenset of block keys)
+        self.hooks = hooks
 
     def with_contribution(self, contribution: "JointContribution", keys: Iterable[tuple]) -> "JointRouter":
         if not type(contribution).joint:
             raise TypeError(f"{contribution.name} is a UNet attention contribution (apply(q, k, v, extra_options, "
                             "call_next, weight)); a DiT block takes a JointContribution")
-        return JointRouter(self.entries + ((contribution, frozenset(tuple(k) for k in keys)),))
+        return JointRouter(self.entries + ((contribution, frozenset(tuple(k) for k in keys)),), self.hooks)
 
     def __deepcopy__(self, memo):
         return self  # immutable; clones share it
@@ -144,7 +151,7 @@ class JointRouter:
         device = as_device(device_or_dtype)
         if device is None:
             return self
-        return JointRouter(tuple((c.to(device), keys) for c, keys in self.entries))
+        return JointRouter(tuple((c.to(device), keys) for c, keys in self.entries), self.hooks)
 
     def models(self) -> list:
         return []
@@ -154,13 +161,22 @@ class JointRouter:
 
     def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
         extra = extra_options
+        if extra.get(JOINT_PLAIN):  # PlainRowsBlock's plain run of the block
+            return {}
         chain = self.active(dit_key(extra), extra)
         if not chain:
             return {}
         if pe is None:
             raise InputError("StyleKit's DiT patches need the block's rotary embedding (pe); this model has none")
+        hooks = self.hooks
+        rows_by_block = extra.get(JOINT_ROWS_BY_BLOCK)
+        if not hooks.output_hook and rows_by_block is None:
+            raise InputError("this model's blocks have no attention output hook, and the block replace that keeps "
+                             "its text rows plain (StyleKit's) was replaced by another node: apply StyleKit's "
+                             "node after it")
         txt, img, total = token_ranges(extra)
-        call = JointQKV(host_rope(q, pe), host_rope(k, pe), v, attn_mask, txt, (txt, img), pe, extra, total)
+        mask = attn_mask if hooks.returned_mask else None  # else the host's own mask, built before the hook
+        call = JointQKV(host_rope(q, pe), host_rope(k, pe), v, mask, txt, (txt, img), pe, extra, total)
 
         def run(i, call):
             if i == len(chain):
@@ -169,7 +185,71 @@ class JointRouter:
             return c.apply(call, lambda c2: run(i + 1, c2), w)
 
         out = run(0, call)
-        return {"q": out.q, "k": out.k, "v": out.v, "pe": None, "attn_mask": out.mask}
+        if out is call and not extra.get(JOINT_AFTER):  # every contribution stood aside
+            return {}
+        if not hooks.output_hook:
+            if extra.pop(JOINT_AFTER, None):
+                raise InputError("a weight below 1, a MASK or a per-block weight blends attention outputs, which "
+                                 "needs an attention output hook; this model's blocks (Qwen-Image) have none: use "
+                                 "weight 1 with no mask")
+            rows_by_block["changed"] = True
+        if not hooks.returned_mask:
+            if out.mask is not None:
+                raise InputError("this model's blocks (Qwen-Image) ignore an attention mask a patch returns, and this "
+                                 "step needs one (MagicStyle's content_kv other than 0 or 1): use content_kv 0 or 1")
+            if attn_mask is not None and out.k.shape[2] != k.shape[2]:
+                raise InputError(f"this model (Qwen-Image) built its text mask for {k.shape[2]} keys before the hook, "
+                                 f"and this step has {out.k.shape[2]} (the content's keys beside the style's): use "
+                                 "content_kv 0 (StyleID)")
+        return {"q": out.q, "k": out.k, "v": out.v, "pe": identity_pe(pe, max(out.q.shape[2], out.k.shape[2]))
+                if hooks.rope_always else None, "attn_mask": out.mask}
+
+
+def identity_pe(pe: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Rotations by angle 0 for ``tokens`` tokens in ``pe``'s layout: for a host that rotates q and k after the
+    hook whatever comes back (the router has rotated them already); cos 1, sin 0 leave every value exact."""
+    eye = torch.zeros(*pe.shape[:2], tokens, *pe.shape[3:], dtype=pe.dtype, device=pe.device)
+    eye[..., 0, 0] = 1
+    eye[..., 1, 1] = 1
+    return eye
+
+
+class PlainRowsBlock:
+    """A DiT block replace for a family whose blocks have no attention output hook (Qwen-Image): when the
+    router changed this block's attention, the block runs a second time plainly, and the text stream and
+    the reference-latent rows come from that plain run, the image rows from the patched one. Exact, since a
+    double-stream block's text output depends on its text rows' attention only (and each image-stream row on
+    its own row); the cost is one more run of each block the router changes."""
+
+    stylekit_plain_rows = True
+
+    def __init__(self, inner=None):
+        self.inner = inner  # a block replace that was there before (another pack's), called in turn
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        inner = moved_patch(self.inner, device_or_dtype)
+        return self if inner is self.inner else PlainRowsBlock(inner)
+
+    def models(self) -> list:
+        return patch_models(self.inner)
+
+    def __call__(self, args, extra):
+        def block(a):
+            return self.inner(a, extra) if self.inner is not None else extra["original_block"](a)
+        to = args["transformer_options"]
+        holder = {"changed": False}
+        out = block(dict(args, transformer_options={**to, JOINT_ROWS_BY_BLOCK: holder}))
+        if not holder["changed"]:
+            return out
+        plain = block(dict(args, transformer_options={**to, JOINT_PLAIN: True}))
+        img = out["img"]
+        refs = sum(to.get("reference_image_num_tokens") or ())
+        if 0 < refs < img.shape[1]:
+            img = torch.cat([img[:, :-refs], plain["img"][:, -refs:]], dim=1)
+        return dict(out, img=img, txt=plain["txt"])
 
 
 class JointOutput:
@@ -204,13 +284,26 @@ def add_joint_contribution(patcher, contribution: "JointContribution", keys: Ite
         raise InputError(f"DiT block keys are ('double' | 'single', index, 0), got {keys[:3]}")
     router = joint_router(patcher.model_options)
     if router is None:
-        patcher.set_model_patch(JointRouter().with_contribution(contribution, keys), "attn1_patch")
+        from .layers import model_layers
+        try:
+            spec = model_layers(patcher).spec
+        except UnsupportedModelError:  # a network no family reads (tests' stand-ins): Flux's contract
+            spec = None
+        hooks = spec.hooks if spec is not None else FLUX_HOOKS
+        patcher.set_model_patch(JointRouter(hooks=hooks).with_contribution(contribution, keys), "attn1_patch")
         patcher.set_model_patch(JointOutput(), "attn1_output_patch")
-        return patcher
-    to = dict(patcher.model_options["transformer_options"])
-    current = [router.with_contribution(contribution, keys) if p is router else p for p in to["patches"]["attn1_patch"]]
-    to["patches"] = dict(to["patches"], attn1_patch=current)
-    patcher.model_options["transformer_options"] = to
+    else:
+        to = dict(patcher.model_options["transformer_options"])
+        current = [router.with_contribution(contribution, keys) if p is router else p for p in to["patches"]["attn1_patch"]]
+        to["patches"] = dict(to["patches"], attn1_patch=current)
+        patcher.model_options["transformer_options"] = to
+        hooks = router.hooks
+    if not hooks.output_hook:  # the text and reference rows are kept plain by the block itself
+        table = patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        for kind, index, _ in keys:
+            there = table.get((f"{kind}_block", index))
+            if not getattr(there, "stylekit_plain_rows", False):
+                patcher.set_model_patch_replace(PlainRowsBlock(there), "dit", f"{kind}_block", index)
     return patcher
 
 

@@ -13,3 +13,13 @@ removed by ``models/magicstyle.py`` for the references' own pass."""
 JOINT_AFTER = "stylekit_joint_after"
 """Output fix-ups a joint-attention call registers for the block's output patch. Written and read by
 :mod:`.joint` only (``JointQKV.after``, ``JointOutput``)."""
+
+JOINT_PLAIN = "stylekit_joint_plain"
+"""Set on a block's options while :class:`.joint.PlainRowsBlock` runs the block plainly (for its text and
+reference rows, on a family whose blocks have no attention output hook): the router stands aside. Written by
+``PlainRowsBlock``; read by ``JointRouter``."""
+
+JOINT_ROWS_BY_BLOCK = "stylekit_joint_rows_by_block"
+"""Set by the router on a family without an attention output hook: the text and reference rows are kept
+plain by :class:`.joint.PlainRowsBlock`, so ``JointQKV.keep_plain`` registers nothing. Written and read by
+:mod:`.joint`."""

@@ -147,7 +147,13 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
     store = inv.store
     keys = list(store.policy.layers)
     check_inversion_fits(inv, model)
-    dit = model_layers(model).is_dit
+    layers = model_layers(model)
+    dit = layers.is_dit
+    blended = weight != 1.0 or mask is not None or any(w != 1.0 for w in (block_weights or {}).values())
+    if dit and blended and not layers.spec.hooks.output_hook:
+        raise UnsupportedModelError(f"Feature Fusion on {layers.title} runs at weight 1, with no MASK and no block "
+                                    "weights: its blocks have no attention output hook, which blending the fused and "
+                                    "plain attention needs")
     m = _recorder(model, store, dit) if store.policy.mode == "recompute" else model.clone()
     if dit:
         add_joint_contribution(m, joint_fusion_contribution(store, settings, weight, mask, inv.grid, sigma_start,

@@ -119,18 +119,20 @@ def model_conds(model, conditioning, latent: torch.Tensor, device) -> tuple[torc
     """The first CONDITIONING entry as the model consumes it: (context (1, T, C), extra inputs).
 
     The extra inputs come from the model's own ``extra_conds`` (SDXL: ``y`` from the pooled output and
-    the size embedding; Flux: ``y`` and ``guidance``), exactly as its samplers build them.
+    the size embedding; Flux: ``y`` and ``guidance``; Qwen-Image: the text's ``attention_mask``), exactly as
+    its samplers build them.
     """
     ctx, opts = conditioning[0][0][:1].to(device), conditioning[0][1]
     params = dict(opts, cross_attn=ctx, device=device, noise=latent, prompt_type="positive")
     params.setdefault("width", latent.shape[-1] * 8)
     params.setdefault("height", latent.shape[-2] * 8)
     conds = model.model.extra_conds(**params)
-    unknown = sorted(set(conds) - {"c_crossattn", "y", "guidance"})
+    known = ("y", "guidance", "attention_mask")  # SDXL's and Flux's inputs; Qwen-Image's text mask
+    unknown = sorted(set(conds) - {"c_crossattn", *known})
     if unknown:
         raise UnsupportedModelError(f"this model needs {unknown} besides the prompt (an inpainting or edit model?); "
-                                    "StyleKit inversion supports plain SD1.5 / SDXL / Flux.1 / Flux.2 text-to-image models")
-    extra = {n: conds[n].cond[:1].to(device) for n in ("y", "guidance") if n in conds}
+                                    "StyleKit inversion supports plain text-to-image models")
+    extra = {n: conds[n].cond[:1].to(device) for n in known if n in conds}
     return conds["c_crossattn"].cond[:1].to(device), extra
 
 

@@ -75,7 +75,7 @@ class StyleKitDDIMInvert:
                    "timestep from t = 1 up to t = 999; sampling skips the top timestep and ends at t = 0), or "
                    "every step of ddim_uniform (convention). "
                    "Flux: the flow's Euler inversion on the simple scheduler, with the conditioning's guidance. "
-                   "SD1.5, SDXL, Flux.1, Flux.2 (dev / Klein) and Krea 2.")
+                   "SD1.5, SDXL, Flux.1, Flux.2 (dev / Klein), Krea 2 and Qwen-Image.")
     RETURN_TYPES = ("STYLEKIT_INVERSION", "LATENT", "SIGMAS")
     RETURN_NAMES = ("inversion", "inverted", "sigmas")
     OUTPUT_TOOLTIPS = ("Inverted trajectories and stored features; feed StyleKit Feature Fusion.",
@@ -90,7 +90,7 @@ class StyleKitDDIMInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL, Flux.1 (dev / schnell), Flux.2 (dev / Klein) or Krea 2. StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
+            "model": ("MODEL", {"tooltip": "The model to invert with (the one you sample with): SD1.5, SDXL, Flux.1 (dev / schnell), Flux.2 (dev / Klein), Krea 2 or Qwen-Image. StyleID and MagicStyle were published on SD1.5; Flux is StyleKit's port to joint attention."}),
             "content": ("LATENT", {"tooltip": "VAE-encoded content image (first of the batch is used)."}),
             "style": ("LATENT", {"tooltip": "VAE-encoded style image, same size as the content."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used while inverting; StyleID uses an empty prompt. On Flux-dev, FluxGuidance's value is used (1.0 inverts most faithfully)."}),
@@ -153,7 +153,7 @@ class StyleKitFeatureFusion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL, Flux.1, Flux.2 or Krea 2)."}),
+            "model": ("MODEL", {"tooltip": "The model the references were inverted with (SD1.5, SDXL, Flux.1, Flux.2, Krea 2 or Qwen-Image; on Qwen-Image at weight 1 with no mask)."}),
             "inversion": ("STYLEKIT_INVERSION", {"tooltip": "From StyleKit DDIM Invert."}),
             "preset": (list(PRESETS) + ["custom"], {"default": "StyleID", "tooltip": f"{preset_values()}; custom uses the three values below (a preset ignores them)."}),
             "gamma": ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "custom only: query preservation (weight of the content's query)."}),

@@ -184,7 +184,7 @@ def test_router_is_idle_outside_window_weight_zero_and_other_blocks():
     assert router(q, k, v, pe=pe, extra_options=extra_for(("double", 1), sigma=0.5)) == {}
     assert router(q, k, v, pe=pe, extra_options=extra_for(("single", 0), sigma=0.5)) == {}
     out = router(q, k, v, pe=pe, extra_options=extra_for(("double", 0), sigma=0.5))
-    assert calls == [("double", 0, 0)] and out["pe"] is None
+    assert calls == [("double", 0, 0)] and out == {}  # it ran and changed nothing: the block runs as unpatched
 
 
 def test_teacher_uses_the_teacher_map_on_image_rows_and_hides_style_tokens():
@@ -344,3 +344,24 @@ def test_grouped_query_attention_reads_each_query_heads_own_key_head():
     img = softmax_attention(q_img, keys, vals, bias)
     want = merged(torch.cat([plain[:, :, :TXT], plain[:, :, TXT:] + 0.5 * (img - plain[:, :, TXT:])], 2))
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["StyleID", "MagicStyle"])
+def test_a_host_that_always_rotates_gets_identity_rotations(preset):
+    """Qwen-Image rotates q and k with whatever pe the hook returns (trimmed to each): the router's identity
+    rotations must leave the result of the Flux contract, where pe comes back as None."""
+    from stylekit.attention.families import JointHooks
+
+    def rotating_host(router, q, k, v, pe, extra):
+        out = router(q, k, v, pe=pe, attn_mask=None, extra_options=extra)
+        q, k, v, pe = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe)))
+        q, k = apply_rope(q, pe[:, :, :q.shape[2]]), apply_rope(k, pe[:, :, :k.shape[2]])  # as ComfyUI trims
+        return JointOutput()(merged(torch.nn.functional.scaled_dot_product_attention(q, k, v)), extra)
+    g = torch.Generator().manual_seed(10)
+    q, k, v = (torch.randn(1, H, L, D, generator=g) for _ in range(3))
+    pe = embed_ids(ids()[None], AXES, THETA)
+    c = joint_fusion_contribution(Store(random_refs(g)), PRESETS[preset])
+    want = host_run(JointRouter().with_contribution(c, [("double", 0, 0)]), q, k, v, pe, extra_for())
+    rotating = JointRouter(hooks=JointHooks(rope_always=True)).with_contribution(c, [("double", 0, 0)])
+    got = rotating_host(rotating, q, k, v, pe, extra_for())
+    torch.testing.assert_close(got, want, atol=0, rtol=0)  # cos 1, sin 0: every value exact

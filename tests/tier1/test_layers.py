@@ -40,7 +40,7 @@ def test_non_unet_is_refused():
 def test_every_registry_entry_is_complete():
     """Each family names only known methods, and a method with a default block set has it on every family it runs on."""
     from stylekit.attention import families as fam
-    assert set(fam.FAMILIES) == {"sd15", "sdxl", "flux", "flux2", "krea2"}
+    assert set(fam.FAMILIES) == {"sd15", "sdxl", "flux", "flux2", "krea2", "qwen_image"}
     for f in fam.FAMILIES.values():
         assert f.methods <= set(fam.METHODS), f.name
         if fam.FEATURE_FUSION in f.methods:
@@ -70,5 +70,5 @@ def test_a_new_family_is_one_entry(monkeypatch):
     assert layers.family == "toy" and layers.is_dit and layers.spec is entry
     assert layers.select("double") == [("double", i, 0) for i in range(3)]
     layers.require(fam.TEACHER, "Teacher")
-    with pytest.raises(UnsupportedModelError, match=r"supports SD1.5 / SDXL / Flux.1 / Flux.2 / Krea 2 models; the model given is Toy DiT"):
+    with pytest.raises(UnsupportedModelError, match=r"supports SD1.5 / SDXL / Flux.1 / Flux.2 / Krea 2 / Qwen-Image models; the model given is Toy DiT"):
         layers.require(fam.FEATURE_FUSION, "Feature Fusion")

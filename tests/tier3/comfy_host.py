@@ -452,3 +452,21 @@ def comfy_krea2_tiny(seed: int = 0):
     seed_weights(model.diffusion_model, seed)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+# Qwen-Image at tiny widths (ComfyUI's defaults: 2x2 patches of 16-channel latents, 3 RoPE axes)
+QWEN_TINY = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+
+
+def comfy_qwen_image_tiny(seed: int = 0):
+    """ComfyUI's own Qwen-Image (comfy.ldm.qwen_image.model.QwenImageTransformer2DModel) at tiny widths."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    mc = comfy.supported_models.QwenImage(dict(QWEN_TINY))
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.QwenImage(mc, device=torch.device("cpu"))
+    seed_weights(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
