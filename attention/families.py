@@ -54,6 +54,7 @@ class Family:
     patch: int = 1                   # DiT: latent pixels per image token side
     flow: bool = False               # inversion on the flow's Euler steps (else StyleID's DDIM)
     hooks: JointHooks = FLUX_HOOKS   # DiT: the hook contract of its blocks
+    video_latents: bool = False      # its latents are one-frame video latents (B, C, 1, H, W): the Wan 2.1 VAE's
 
     @property
     def is_dit(self) -> bool:
@@ -180,7 +181,7 @@ def late_single(layers) -> list:
 KREA2 = Family(
     "krea2", "Krea 2", "dit", frozenset({FEATURE_FUSION, TEACHER}),
     layer_sets={FEATURE_FUSION: late_single},
-    detect=is_comfy_krea2, read=comfy_krea2_layers, patch=2, flow=True)
+    detect=is_comfy_krea2, read=comfy_krea2_layers, patch=2, flow=True, video_latents=True)
 
 
 # --- Qwen-Image (ComfyUI's comfy.ldm.qwen_image.model.QwenImageTransformer2DModel; hooks in 0.33.0) ---------
@@ -204,7 +205,7 @@ QWEN_IMAGE = Family(
     "qwen_image", "Qwen-Image", "dit", frozenset({FEATURE_FUSION, TEACHER}),
     layer_sets={FEATURE_FUSION: late_double},
     detect=is_comfy_qwen_image, read=comfy_qwen_layers, patch=2, flow=True,
-    hooks=JointHooks(output_hook=False, returned_mask=False, rope_always=True))
+    hooks=JointHooks(output_hook=False, returned_mask=False, rope_always=True), video_latents=True)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2, KREA2, QWEN_IMAGE)}

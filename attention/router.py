@@ -27,6 +27,7 @@ import functools
 import inspect
 import itertools
 import math
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Mapping
@@ -192,21 +193,21 @@ def block_key(extra_options: dict) -> BlockKey:
     return (*extra_options["block"], extra_options.get("block_index", 0))
 
 
-_LAST_SIGMA = (None, None)  # (the sigmas tensor read last, its value); held, so its identity cannot be reused
+_LAST_SIGMA = threading.local()  # per thread (multi-GPU runs a model call per device thread at once): the
+# sigmas tensor read last and its value; held, so its identity cannot be reused
 
 
 def current_sigma(extra_options: dict) -> float | None:
-    global _LAST_SIGMA
     sigmas = extra_options.get("sigmas")
     if sigmas is None:
         return None
     if not hasattr(sigmas, "reshape"):
         return float(sigmas)
-    last = _LAST_SIGMA  # read once: another device's thread (multi-GPU) may replace it meanwhile
+    last = getattr(_LAST_SIGMA, "value", (None, None))
     if last[0] is sigmas:  # the host passes one tensor to every block of a model call
         return last[1]
     value = float(sigmas.reshape(-1)[0])  # on a GPU, a wait for the device: once per model call, not per block
-    _LAST_SIGMA = (sigmas, value)
+    _LAST_SIGMA.value = (sigmas, value)
     return value
 
 

@@ -46,8 +46,8 @@ class FeatureStore:
     policy: StorePolicy
     sigmas: list = field(default_factory=list)       # sigmas with features (or inputs to recompute them)
     features: dict = field(default_factory=dict)     # (block key, sigma) -> attn1 input h, (2, N, C)
-    checked_schedule: object = field(default=None, repr=False)  # the last sampler schedule check_sampler passed
     copies: dict = field(default_factory=dict, repr=False)  # device -> the features on a second accelerator
+    currents: dict = field(default_factory=dict, repr=False)  # recompute mode: thread id -> that thread's step
     _thread: threading.local = field(default_factory=threading.local, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -66,9 +66,16 @@ class FeatureStore:
     @property
     def current(self) -> dict:
         """Recompute mode: this thread's step of features."""
-        if not hasattr(self._thread, "current"):
-            self._thread.current = {}
-        return self._thread.current
+        return self.currents.setdefault(threading.get_ident(), {})
+
+    @property
+    def checked_schedule(self):
+        """The sampler schedule this thread checked last (each device's thread holds its own tensor)."""
+        return getattr(self._thread, "checked_schedule", None)
+
+    @checked_schedule.setter
+    def checked_schedule(self, value) -> None:
+        self._thread.checked_schedule = value
 
     def _key(self, sigma: float) -> float | None:
         """The stored step a sampler sigma refers to (float32 vs float64 round-off tolerated)."""
@@ -134,14 +141,15 @@ class FeatureStore:
             return self
         with self._lock:
             home = self._home()
-            if home is not None and home != device and home.type != "cpu" and device.type != "cpu":
+            if home is None or home == device:  # already there (ComfyUI calls .to on every model call)
+                pass
+            elif home.type != "cpu" and device.type != "cpu":  # a second accelerator: a copy of its own, once
                 if device not in self.copies:
                     self.copies[device] = _moved(self.features, device)
-            else:
+            else:  # loaded from the CPU or offloaded to it: the features move, the copies go
                 self.copies.clear()
                 self.checked_schedule = None
-                moved = _moved(self.features, device)
-                self.features.update(moved)
+                self.features.update(_moved(self.features, device))
             current = self.current
             current.update(_moved(current, device))
         return self
@@ -153,20 +161,26 @@ class FeatureStore:
 
     def size_bytes(self) -> int:
         tensors = []
-        for t in list(self.features.values()) + list(self.current.values()) + [
-                t for copy in self.copies.values() for t in copy.values()]:
+        for t in list(self.features.values()) + [t for table in list(self.currents.values()) + list(self.copies.values())
+                                                 for t in table.values()]:
             tensors.extend(t.values() if isinstance(t, dict) else [t])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def free(self):
         self.features.clear()
-        self.current.clear()
+        self.currents.clear()
         self.copies.clear()
         self.checked_schedule = None
 
 
 def _device(device) -> torch.device | None:
-    return None if device is None else torch.device(device)
+    """``device`` with its index resolved ("cuda" -> "cuda:0", the current one), as tensors report theirs."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.index is None and device.type not in ("cpu", "meta"):
+        device = torch.empty(0, device=device).device
+    return device
 
 
 def _moved(table: dict, device) -> dict:

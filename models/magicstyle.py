@@ -154,6 +154,13 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
         raise UnsupportedModelError(f"Feature Fusion on {layers.title} runs at weight 1, with no MASK and no block "
                                     "weights: its blocks have no attention output hook, which blending the fused and "
                                     "plain attention needs")
+    if dit and not layers.spec.hooks.returned_mask and settings.content_kv not in (0.0, 1.0):
+        raise UnsupportedModelError(f"Feature Fusion on {layers.title} takes content_kv 0 (StyleID) or 1 (MagicStyle): "
+                                    "another mass needs an attention mask, which its blocks ignore")
+    if dit and not layers.spec.hooks.returned_mask and settings.content_kv > 0 and "attention_mask" in (inv.extra_conds or {}):
+        raise UnsupportedModelError(f"this {layers.title} prompt carries a text mask, built for the block's own keys: "
+                                    "the content's keys beside the style's (content_kv above 0) do not fit it; use "
+                                    "content_kv 0 (StyleID)")
     m = _recorder(model, store, dit) if store.policy.mode == "recompute" else model.clone()
     if dit:
         add_joint_contribution(m, joint_fusion_contribution(store, settings, weight, mask, inv.grid, sigma_start,

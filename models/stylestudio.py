@@ -15,9 +15,9 @@ import torch
 
 from ..attention.adapter_attention import adapter_contribution
 from ..attention.joint import add_joint_contribution, joint_contributions
-from ..attention.joint_teacher import joint_teacher_contribution
 from ..attention.families import TEACHER
-from ..attention.layers import model_layers
+from ..attention.joint_teacher import joint_teacher_contribution
+from ..attention.layers import UnsupportedModelError, model_layers
 from ..attention.router import add_contribution, installed_patch
 from ..attention.teacher import TeacherWrapper, teacher_layout_contribution
 from ..errors import InputError
@@ -92,6 +92,9 @@ def teacher_model(model, fraction: float, fallback_sigma: float, prompt_tokens: 
     is the prompt's context length before style tokens (Redux), which the teacher must not see."""
     layers = model_layers(model)
     layers.require(TEACHER, "StyleKit Teacher Layout")
+    if prompt_tokens is not None and layers.is_dit and not layers.spec.hooks.returned_mask:
+        raise UnsupportedModelError(f"on {layers.title} the teacher cannot hide style tokens from its map (the blocks "
+                                    "ignore an attention mask a patch returns): leave unstyled_conditioning unconnected")
     m = model.clone()
     previous = m.model_options.get("model_function_wrapper")
     if isinstance(previous, TeacherWrapper):  # a second Teacher Layout node re-sets the fraction

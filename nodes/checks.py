@@ -258,11 +258,18 @@ def image_sides(images: torch.Tensor, field: str, most: int, least: int, why: st
 def latent_for(model, samples: torch.Tensor, field: str) -> torch.Tensor:
     """Latents (B, C, H, W) of ``field`` whose channels are the model's (an SD latent on Flux, or the
     reverse, is refused naming both instead of failing inside the network)."""
+    from ..attention.layers import model_layers
     from .comfy_glue import latent_channels
     want, got = latent_channels(model), samples.shape[1]
     if got != want:
         raise InputError(f"{field} has {got}-channel latents; this model works on {want}-channel ones: encode the "
                          "image with this model's VAE")
+    layers = model_layers(model)
+    video = layers.spec is not None and layers.spec.video_latents
+    if (samples.ndim == 5) != video:
+        shape = "one-frame video latents (B, C, 1, H, W)" if video else "image latents (B, C, H, W)"
+        raise InputError(f"{field} is {samples.ndim}-dimensional; this {layers.title} model works on {shape}: encode "
+                         "the image with this model's VAE")
     return samples
 
 

@@ -42,7 +42,7 @@ def blocks_for(layers, name: str) -> list:
     spec = BLOCK_SETS[name][1 if layers.is_dit else 0]
     if spec is None:
         fits = [n for n, v in BLOCK_SETS.items() if v[1 if layers.is_dit else 0] is not None]
-        raise UnsupportedModelError(f"store_blocks {name!r} is not for a {'Flux' if layers.is_dit else 'UNet'} model; "
+        raise UnsupportedModelError(f"store_blocks {name!r} is not for a {layers.title} model; "
                                     f"choose one of: {', '.join(fits)}")
     blocks = spec(layers) if callable(spec) else layers.select(spec)
     if not blocks:  # e.g. the double blocks of a DiT with single blocks only (Krea 2)

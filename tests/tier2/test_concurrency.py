@@ -127,6 +127,10 @@ def test_a_second_accelerator_reads_its_own_copy_and_the_cpu_takes_them_back(mon
     assert store.features[(key, sigma)].device.type == "cpu"  # the first device's table is where it was
     assert store.lookup(key, sigma, torch.device("meta")).device.type == "meta"
     assert store.lookup(key, sigma, torch.device("cpu")) is store.features[(key, sigma)]
+    copy_made = store.copies[torch.device("meta")]
+    store.move_to(torch.device("cuda", 0))  # the first device's own call (ComfyUI makes it every model call)
+    store.move_to(torch.device("meta"))
+    assert store.copies[torch.device("meta")] is copy_made  # the copy is made once, and kept
     store.move_to("cpu")  # offload: the copies go, the features move
     assert store.copies == {} and store.lookup(key, sigma, torch.device("meta")).device.type == "cpu"
 

@@ -207,7 +207,7 @@ def test_nodes_take_a_flux_model(flux, data):
     layers = model_layers(flux)
     assert inv.store.policy.mode == "recompute" and list(inv.store.policy.layers) == dit_default_blocks(layers)
     assert inv.family == "flux" and inv.grid == (8, 8) and float(sigmas[0]) == 1.0 and len(sigmas) == 5
-    with pytest.raises(UnsupportedModelError, match="not for a Flux model; choose one of: auto"):
+    with pytest.raises(UnsupportedModelError, match="not for a Flux.1 model; choose one of: auto"):
         StyleKitDDIMInvert().invert(flux, latent, latent, cond, 4, "output 6-11 (StyleID)", "fp16", "cpu", "store")
     model, start, noise = StyleKitFeatureFusion().apply(flux, inv, "StyleID", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0,
                                                         block_weights="double 1=0.5")

@@ -66,6 +66,10 @@ def test_fusion_keeps_the_text_stream_plain_and_changes_the_image(qwen):
     content, style = latent(1), latent(2)
     inv, _, sigmas = StyleKitDDIMInvert().invert(qwen, content, style, conds(), 3, "all", "fp32", "model device", "store")
     assert inv.family == "qwen_image" and inv.grid == (GRID, GRID)
+    from stylekit.errors import InputError
+    with pytest.raises(InputError, match="works on one-frame video latents"):  # an image latent (B, C, H, W)
+        StyleKitDDIMInvert().invert(qwen, {"samples": content["samples"][:, :, 0]}, style, conds(), 3, "all", "fp32",
+                                    "model device", "store")
     plain, plain_txt = text_streams(qwen)
     fused, fused_txt = text_streams(fusion_model(qwen, inv, PRESETS["StyleID"]))
     from stylekit.nodes import comfy_glue
@@ -91,3 +95,7 @@ def test_magicstyle_and_the_teacher_run_and_blends_are_refused(qwen):
     assert out.shape == content["samples"].shape and torch.isfinite(out).all()
     with pytest.raises(UnsupportedModelError, match="Qwen-Image runs at weight 1, with no MASK"):
         StyleKitFeatureFusion().apply(qwen, inv, "StyleID", 0.75, 1.0, 0.0, 0.8, True, 0.0, 1.0)
+    with pytest.raises(UnsupportedModelError, match="takes content_kv 0 .StyleID. or 1"):
+        StyleKitFeatureFusion().apply(qwen, inv, "custom", 0.75, 1.0, 2.0, 1.0, True, 0.0, 1.0)
+    with pytest.raises(UnsupportedModelError, match="cannot hide style tokens"):
+        StyleKitTeacherLayout().apply(fused, 0.5, conds(4))
