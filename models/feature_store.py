@@ -17,6 +17,7 @@ copy of them (made once, when ComfyUI moves the patches there), so no device mov
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -70,12 +71,14 @@ class FeatureStore:
 
     @property
     def checked_schedule(self):
-        """The sampler schedule this thread checked last (each device's thread holds its own tensor)."""
-        return getattr(self._thread, "checked_schedule", None)
+        """The sampler schedule this thread checked last (each device's thread has its own tensor), or None.
+        Held weakly: the store keeps no tensor of the sampler's on any device."""
+        ref = getattr(self._thread, "checked_schedule", None)
+        return None if ref is None else ref()
 
     @checked_schedule.setter
     def checked_schedule(self, value) -> None:
-        self._thread.checked_schedule = value
+        self._thread.checked_schedule = None if value is None else weakref.ref(value)
 
     def _key(self, sigma: float) -> float | None:
         """The stored step a sampler sigma refers to (float32 vs float64 round-off tolerated)."""
@@ -150,8 +153,9 @@ class FeatureStore:
                 self.copies.clear()
                 self.checked_schedule = None
                 self.features.update(_moved(self.features, device))
-            current = self.current
-            current.update(_moved(current, device))
+            # recompute mode's step: this thread's; on an offload to the CPU, every thread's (sampling is over)
+            for table in (list(self.currents.values()) if device.type == "cpu" else [self.current]):
+                table.update(_moved(table, device))
         return self
 
     def _home(self) -> torch.device | None:
