@@ -10,6 +10,7 @@ Adding a family is one :class:`Family` entry in :data:`FAMILIES` plus its tests.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -102,8 +103,13 @@ SDXL = Family(
 # --- Flux.1 (ComfyUI's comfy.ldm.flux.model.Flux) ----------------------------------------------------------
 def has_joint_hooks(block) -> bool:
     """Whether a ComfyUI DiT block calls ``attn1_patch`` (ComfyUI 0.16.4, March 2026, added it to Flux)."""
+    return _calls_attn1_patch(block if isinstance(block, type) else type(block))
+
+
+@functools.lru_cache(maxsize=None)
+def _calls_attn1_patch(cls) -> bool:
+    """Read once per class: every model_layers call on a DiT asks, and reading the source is file I/O."""
     try:
-        cls = block if isinstance(block, type) else type(block)
         return "attn1_patch" in inspect.getsource(cls.forward)
     except (OSError, TypeError):  # no source to read (a compiled install): trust it
         return True
@@ -132,12 +138,18 @@ def is_comfy_flux1(dm) -> bool:
     return _comfy_flux(dm) and not is_comfy_flux2(dm)
 
 
-def late_double(layers) -> list:
-    """Flux's Feature Fusion default: the double blocks from a third of their depth on (Flux.1: double 6-18,
-    13 blocks), so that recompute mode holds one step of features in under 2 GB at 1024 px (fp16); which
+def late(group: str):
+    """A DiT's Feature Fusion default: the ``group``'s blocks from a third of their depth on (Flux.1: double
+    6-18, 13 blocks), so that recompute mode holds one step of features in under 2 GB at 1024 px (fp16); which
     blocks carry style on a DiT is an empirical question (issue 15), so every set is offered."""
-    double = layers.select("double")
-    return double[len(double) // 3:]
+    def blocks(layers) -> list:
+        chosen = layers.select(group)
+        return chosen[len(chosen) // 3:]
+    return blocks
+
+
+late_double = late("double")  # Flux.1, Flux.2, Qwen-Image
+late_single = late("single")  # Krea 2: single-stream blocks only
 
 
 FLUX1 = Family(
@@ -168,12 +180,6 @@ def comfy_krea2_layers(dm) -> list[LayerInfo]:
         raise UnsupportedModelError("this ComfyUI's Krea 2 blocks have no attention hooks (attn1_patch): update ComfyUI")
     text = dm.txtlayers * dm.txtdim
     return [LayerInfo(("single", i, 0), b.attn.wq.out_features, b.attn.heads, text) for i, b in enumerate(dm.blocks)]
-
-
-def late_single(layers) -> list:
-    """A single-stream DiT's Feature Fusion default, as Flux's: the blocks from a third of their depth on."""
-    single = layers.select("single")
-    return single[len(single) // 3:]
 
 
 # Krea 2: one stream of single blocks (no block replace), grouped-query attention, 2x2 patches of a 16-channel
@@ -209,14 +215,6 @@ QWEN_IMAGE = Family(
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL, FLUX1, FLUX2, KREA2, QWEN_IMAGE)}
-
-
-def family(name: str) -> Family:
-    """The entry named ``name``; an unknown name is refused naming the known ones."""
-    if name not in FAMILIES:
-        raise UnsupportedModelError(f"model family {name!r} is not one StyleKit knows; it knows "
-                                    f"{', '.join(f.title for f in FAMILIES.values())}")
-    return FAMILIES[name]
 
 
 def title(name: str) -> str:

@@ -106,9 +106,11 @@ class JointQKV:
     def keep_plain(self, rows: int | None = None) -> None:
         """Give the text and reference-latent queries of batch rows ``[0, rows)`` (all by default) their plain
         attention after the main call: computed now over this call's own keys and values, on those rows only."""
+        if self.extra.get(JOINT_ROWS_BY_BLOCK) is not None:  # the block keeps them (PlainRowsBlock)
+            return
         r0, r1 = self.ref_latents
         idx = torch.cat([torch.arange(self.txt), torch.arange(r0, r1)]).to(self.q.device)
-        if not len(idx) or self.extra.get(JOINT_ROWS_BY_BLOCK) is not None:  # none, or the block keeps them
+        if not len(idx):
             return
         n = self.q.shape[0] if rows is None else rows
         mask = self.mask

@@ -110,9 +110,6 @@ class ModelLayers:
                 f"{self.title} ({where})")
 
 
-FAMILY_NAMES = {name: f.title for name, f in FAMILIES.items()}
-
-
 def _attn_info(key, tblock) -> LayerInfo:
     a1, a2 = tblock.attn1, tblock.attn2
     heads = getattr(a1, "heads")

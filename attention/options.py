@@ -20,6 +20,7 @@ reference rows, on a family whose blocks have no attention output hook): the rou
 ``PlainRowsBlock``; read by ``JointRouter``."""
 
 JOINT_ROWS_BY_BLOCK = "stylekit_joint_rows_by_block"
-"""Set by the router on a family without an attention output hook: the text and reference rows are kept
-plain by :class:`.joint.PlainRowsBlock`, so ``JointQKV.keep_plain`` registers nothing. Written and read by
-:mod:`.joint`."""
+"""Set by :class:`.joint.PlainRowsBlock` on a family without an attention output hook: the text and reference
+rows are kept plain by that block, so ``JointQKV.keep_plain`` registers nothing; its value, a dict, is where the
+router marks that it changed the block (``"changed"``). Written by ``PlainRowsBlock``; read by ``JointRouter``
+and ``JointQKV.keep_plain``."""

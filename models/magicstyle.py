@@ -149,18 +149,20 @@ def fusion_model(model, inv: Inversion, settings: FusionSettings, weight: float 
     check_inversion_fits(inv, model)
     layers = model_layers(model)
     dit = layers.is_dit
+    hooks = layers.spec.hooks if dit else None  # refused up front what the blocks' hooks cannot do (see JointRouter)
     blended = weight != 1.0 or mask is not None or any(w != 1.0 for w in (block_weights or {}).values())
-    if dit and blended and not layers.spec.hooks.output_hook:
+    if hooks and not hooks.output_hook and blended:
         raise UnsupportedModelError(f"Feature Fusion on {layers.title} runs at weight 1, with no MASK and no block "
                                     "weights: its blocks have no attention output hook, which blending the fused and "
                                     "plain attention needs")
-    if dit and not layers.spec.hooks.returned_mask and settings.content_kv not in (0.0, 1.0):
-        raise UnsupportedModelError(f"Feature Fusion on {layers.title} takes content_kv 0 (StyleID) or 1 (MagicStyle): "
-                                    "another mass needs an attention mask, which its blocks ignore")
-    if dit and not layers.spec.hooks.returned_mask and settings.content_kv > 0 and "attention_mask" in (inv.extra_conds or {}):
-        raise UnsupportedModelError(f"this {layers.title} prompt carries a text mask, built for the block's own keys: "
-                                    "the content's keys beside the style's (content_kv above 0) do not fit it; use "
-                                    "content_kv 0 (StyleID)")
+    if hooks and not hooks.returned_mask:
+        if settings.content_kv not in (0.0, 1.0):
+            raise UnsupportedModelError(f"Feature Fusion on {layers.title} takes content_kv 0 (StyleID) or 1 "
+                                        "(MagicStyle): another mass needs an attention mask, which its blocks ignore")
+        if settings.content_kv > 0 and "attention_mask" in (inv.extra_conds or {}):
+            raise UnsupportedModelError(f"this {layers.title} prompt carries a text mask, built for the block's own "
+                                        "keys: the content's keys beside the style's (content_kv above 0) do not fit "
+                                        "it; use content_kv 0 (StyleID)")
     m = _recorder(model, store, dit) if store.policy.mode == "recompute" else model.clone()
     if dit:
         add_joint_contribution(m, joint_fusion_contribution(store, settings, weight, mask, inv.grid, sigma_start,

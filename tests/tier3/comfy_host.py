@@ -316,21 +316,38 @@ FLUX_TINY = dict(image_model="flux", in_channels=16, out_channels=16, patch_size
                  theta=10000, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
 
 
+def comfy_dit_tiny(name: str, config: dict, seed: int = 0):
+    """ComfyUI's own DiT ``name`` (its ``supported_models`` and ``model_base`` classes of that name) built from
+    ``config`` in float32, weights seeded, as a ModelPatcher on the CPU; None on a ComfyUI without it."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, name):
+        return None
+    mc = getattr(comfy.supported_models, name)(dict(config))
+    mc.set_inference_dtype(torch.float32, None)
+    model = getattr(comfy.model_base, name)(mc, device=torch.device("cpu"))
+    seed_weights(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def tiny_or_skip(builder, what: str):
+    """``builder()``'s model, or the test skipped on a ComfyUI that does not have ``what``."""
+    import pytest
+    model = builder()
+    if model is None:
+        pytest.skip(f"this ComfyUI has no {what}")
+    return model
+
+
 def comfy_flux_tiny(seed: int = 0):
     """ComfyUI's own Flux (comfy.ldm.flux.model.Flux) at tiny widths, random weights, as a ModelPatcher."""
     import dataclasses
 
     import comfy.ldm.flux.model
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
     fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
-    mc = comfy.supported_models.Flux({k: v for k, v in FLUX_TINY.items() if k in fields})  # older ComfyUIs lack some
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.Flux(mc, device=torch.device("cpu"))
-    seed_weights(model.diffusion_model, seed)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return comfy_dit_tiny("Flux", {k: v for k, v in FLUX_TINY.items() if k in fields}, seed)  # older ComfyUIs lack some
 
 
 # Flux.2 as ComfyUI's model detection configures it (comfy/model_detection.py: 4 RoPE axes, theta 2000, one shared
@@ -345,17 +362,7 @@ FLUX2_TINY = dict(image_model="flux2", in_channels=128, out_channels=128, patch_
 def comfy_flux2_tiny(seed: int = 0):
     """ComfyUI's own Flux.2 (the Flux class with global modulation, model_base.Flux2) at tiny widths, or None
     on a ComfyUI without Flux.2 (before late 2025)."""
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-    if not hasattr(comfy.supported_models, "Flux2"):
-        return None
-    mc = comfy.supported_models.Flux2(dict(FLUX2_TINY))
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.Flux2(mc, device=torch.device("cpu"))
-    seed_weights(model.diffusion_model, seed)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return comfy_dit_tiny("Flux2", FLUX2_TINY, seed)
 
 
 def diffusers_flux_from_comfy(patcher):
@@ -441,17 +448,7 @@ KREA2_TINY = dict(image_model="krea2", features=64, heads=4, kvheads=2, layers=3
 def comfy_krea2_tiny(seed: int = 0):
     """ComfyUI's own Krea 2 (comfy.ldm.krea2.model.SingleStreamDiT) at tiny widths, or None on a ComfyUI
     without it (before 2026)."""
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-    if not hasattr(comfy.supported_models, "Krea2"):
-        return None
-    mc = comfy.supported_models.Krea2(dict(KREA2_TINY))
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.Krea2(mc, device=torch.device("cpu"))
-    seed_weights(model.diffusion_model, seed)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return comfy_dit_tiny("Krea2", KREA2_TINY, seed)
 
 
 # Qwen-Image at tiny widths (ComfyUI's defaults: 2x2 patches of 16-channel latents, 3 RoPE axes)
@@ -461,12 +458,4 @@ QWEN_TINY = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_cha
 
 def comfy_qwen_image_tiny(seed: int = 0):
     """ComfyUI's own Qwen-Image (comfy.ldm.qwen_image.model.QwenImageTransformer2DModel) at tiny widths."""
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-    mc = comfy.supported_models.QwenImage(dict(QWEN_TINY))
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.QwenImage(mc, device=torch.device("cpu"))
-    seed_weights(model.diffusion_model, seed)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return comfy_dit_tiny("QwenImage", QWEN_TINY, seed)

@@ -13,11 +13,8 @@ GRID = 6  # latent side: one token per latent pixel on Flux.2
 
 @pytest.fixture
 def flux2():
-    from comfy_host import comfy_flux2_tiny
-    model = comfy_flux2_tiny()
-    if model is None:
-        pytest.skip("this ComfyUI has no Flux.2 (model_base.Flux2)")
-    return model
+    from comfy_host import comfy_flux2_tiny, tiny_or_skip
+    return tiny_or_skip(comfy_flux2_tiny, "Flux.2 (model_base.Flux2)")
 
 
 def conds(seed=0, reference=None):

@@ -13,11 +13,8 @@ GRID = 4  # image tokens per side: the 8x8 latent in 2x2 patches (Krea 2 latents
 
 @pytest.fixture
 def krea2():
-    from comfy_host import comfy_krea2_tiny
-    model = comfy_krea2_tiny()
-    if model is None:
-        pytest.skip("this ComfyUI has no Krea 2 (model_base.Krea2)")
-    return model
+    from comfy_host import comfy_krea2_tiny, tiny_or_skip
+    return tiny_or_skip(comfy_krea2_tiny, "Krea 2 (model_base.Krea2)")
 
 
 def conds(seed=0):
