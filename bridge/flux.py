@@ -41,19 +41,58 @@ def image_ids(h: int, w: int, device=None) -> torch.Tensor:
     return ids.reshape(h * w, 3)
 
 
-class JointProcessor:
-    """Replaces diffusers' FluxAttnProcessor for one block during a :class:`FluxBridgePatcher` call."""
+def hooks_of(state: dict) -> tuple[list, list]:
+    """The call's ``attn1_patch`` and ``attn1_output_patch`` lists (either may be empty)."""
+    patches = state["transformer_options"].get("patches", {})
+    return patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
 
-    def __init__(self, state: dict, block_type: str, index: int, total: int):
+
+def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k, v, heads: int, mask, rotary):
+    """One joint attention the way ComfyUI's Flux blocks run it, from diffusers' q, k, v ``(B, tokens, heads,
+    dim_head)`` after QK-norm (text rows first): every ``attn1_patch``, then RoPE and attention, then every
+    ``attn1_output_patch``; returns ``(B, tokens, heads * dim_head)``. When the patches change nothing, the
+    rotation and attention are diffusers' own calls on ``rotary`` (bit-identical to the unpatched block)."""
+    pre, post = hooks_of(state)
+    to = state["transformer_options"]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, tokens, dim): ComfyUI's layout
+    extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
+    extra.update(block_type=block_type, block_index=index, total_blocks=total,
+                 img_slice=[state["txt_len"], q.shape[2]], **{DEFAULT_ATTENTION: split_attention})
+    pe, changed = state["pe"], False
+    for p in pre:
+        out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
+        changed = changed or bool(out)
+        q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
+    if changed:
+        if pe is not None:
+            q, k = apply_rope(q, pe), apply_rope(k, pe)
+        out = split_attention(q, k, v, heads, mask)
+    else:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+        qd, kd, vd = (t.transpose(1, 2) for t in (q, k, v))
+        qd = apply_rotary_emb(qd, rotary, sequence_dim=1)
+        kd = apply_rotary_emb(kd, rotary, sequence_dim=1)
+        out = dispatch_attention_fn(qd, kd, vd, attn_mask=mask).flatten(2, 3).to(qd.dtype)
+    for p in post:
+        out = p(out, extra)
+    return out
+
+
+class JointProcessor:
+    """Replaces diffusers' FluxAttnProcessor for one block during a :class:`FluxBridgePatcher` call (and,
+    with ``plain`` = Flux2AttnProcessor, Flux.2's double-stream attention: the same projections and norms)."""
+
+    def __init__(self, state: dict, block_type: str, index: int, total: int, plain=None):
         self.state, self.block_type, self.index, self.total = state, block_type, index, total
+        self.plain = plain
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-        to = self.state["transformer_options"]
-        patches = to.get("patches", {})
-        pre, post = patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
-        if not pre and not post:
-            return FluxAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if not any(hooks_of(self.state)):
+            if self.plain is None:
+                from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+                self.plain = FluxAttnProcessor
+            return self.plain()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         def heads(t):
             return t.unflatten(-1, (-1, attn.head_dim))
@@ -64,28 +103,8 @@ class JointProcessor:
             e = encoder_hidden_states
             eq, ek, ev = heads(attn.add_q_proj(e)), heads(attn.add_k_proj(e)), heads(attn.add_v_proj(e))
             q, k, v = (torch.cat([a, b], dim=1) for a, b in ((attn.norm_added_q(eq), q), (attn.norm_added_k(ek), k), (ev, v)))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, tokens, dim): ComfyUI's layout
-        extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
-        extra.update(block_type=self.block_type, block_index=self.index, total_blocks=self.total,
-                     img_slice=[self.state["txt_len"], q.shape[2]], **{DEFAULT_ATTENTION: split_attention})
-        pe, mask, changed = self.state["pe"], attention_mask, False
-        for p in pre:
-            out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
-            changed = changed or bool(out)
-            q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
-        if changed:
-            if pe is not None:
-                q, k = apply_rope(q, pe), apply_rope(k, pe)
-            out = split_attention(q, k, v, attn.heads, mask)
-        else:  # diffusers' own rotation and attention call: bit-identical to the unpatched block
-            from diffusers.models.attention_dispatch import dispatch_attention_fn
-            from diffusers.models.embeddings import apply_rotary_emb
-            qd, kd, vd = (t.transpose(1, 2) for t in (q, k, v))
-            qd = apply_rotary_emb(qd, image_rotary_emb, sequence_dim=1)
-            kd = apply_rotary_emb(kd, image_rotary_emb, sequence_dim=1)
-            out = dispatch_attention_fn(qd, kd, vd, attn_mask=mask).flatten(2, 3).to(qd.dtype)
-        for p in post:
-            out = p(out, extra)
+        out = hooked_attention(self.state, self.block_type, self.index, self.total, q, k, v, attn.heads,
+                               attention_mask, image_rotary_emb)
         if not double:
             return out
         t0 = encoder_hidden_states.shape[1]

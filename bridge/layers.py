@@ -4,7 +4,7 @@ diffusers' ``down_blocks.{level}.attentions.{j}.transformer_blocks.{depth}`` is 
 ``("input", 1 + (per_level + 1) * level + j, depth)``: ComfyUI counts each level's downsampler as a
 block of its own (``per_level`` = resnets per level); ``up_blocks`` map the same way onto ``output``
 without the leading stem, and ``mid_block`` is ``("middle", 0, depth)``. Flux's ``transformer_blocks``
-and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks.
+and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks, and so are Flux.2's.
 """
 from __future__ import annotations
 
@@ -61,5 +61,10 @@ def flux_layers(dm) -> list[LayerInfo]:
             for i, b in enumerate(blocks)]
 
 
+def is_flux2(dm) -> bool:
+    return type(dm).__name__ == "Flux2Transformer2DModel"
+
+
 register_unet_reader(is_unet, unet_blocks)
 register_dit_reader("flux", is_flux, flux_layers)
+register_dit_reader("flux2", is_flux2, flux_layers)  # Flux.1's double and single blocks, fused projections aside

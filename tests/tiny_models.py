@@ -232,3 +232,17 @@ def tiny_flux(seed: int = 0, double: int = 2, single: int = 2, heads: int = 2, h
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=context_dim,
         pooled_projection_dim=pooled_dim, guidance_embeds=guidance, axes_dims_rope=axes,
     ).eval()
+
+
+def tiny_flux2(seed: int = 0, double: int = 2, single: int = 2, heads: int = 2, head_dim: int = 16,
+               channels: int = 8, context_dim: int = 32, guidance: bool = True):
+    """Flux.2 layout (Flux.1's double blocks, fused single-stream blocks, shared modulation, 4-axis RoPE at theta
+    2000), tiny widths. The latent is already packed: ``channels`` per token (Flux.2: 128), one token per pixel;
+    ``guidance=False`` is Klein's distilled layout."""
+    from diffusers import Flux2Transformer2DModel
+    torch.manual_seed(seed)
+    axes = (head_dim // 4,) * 4
+    return Flux2Transformer2DModel(
+        patch_size=1, in_channels=channels, num_layers=double, num_single_layers=single, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=context_dim, timestep_guidance_channels=32, mlp_ratio=2.0,
+        axes_dims_rope=axes, guidance_embeds=guidance).eval()
