@@ -48,8 +48,9 @@ def hooks_of(state: dict) -> tuple[list, list]:
 
 
 def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k, v, heads: int, mask, rotary):
-    """One joint attention the way ComfyUI's Flux blocks run it, from diffusers' q, k, v ``(B, tokens, heads,
-    dim_head)`` after QK-norm (text rows first): every ``attn1_patch``, then RoPE and attention, then every
+    """One joint attention the way ComfyUI's Flux (and Krea 2) blocks run it, from diffusers' q, k, v ``(B, tokens,
+    heads, dim_head)`` after QK-norm (text rows first; k and v at fewer heads under grouped-query attention): every
+    ``attn1_patch``, then RoPE, the key/value heads repeated to the query heads, and attention, then every
     ``attn1_output_patch``; returns ``(B, tokens, heads * dim_head)``. When the patches change nothing, the
     rotation and attention are diffusers' own calls on ``rotary`` (bit-identical to the unpatched block)."""
     pre, post = hooks_of(state)
@@ -63,9 +64,12 @@ def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k,
         out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
         changed = changed or bool(out)
         q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
+    groups = q.shape[1] // k.shape[1]  # grouped-query attention (Krea 2): k, v repeated to q's heads after RoPE
     if changed:
         if pe is not None:
             q, k = apply_rope(q, pe), apply_rope(k, pe)
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = split_attention(q, k, v, heads, mask)
     else:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -73,6 +77,8 @@ def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k,
         qd, kd, vd = (t.transpose(1, 2) for t in (q, k, v))
         qd = apply_rotary_emb(qd, rotary, sequence_dim=1)
         kd = apply_rotary_emb(kd, rotary, sequence_dim=1)
+        if groups > 1:
+            kd, vd = kd.repeat_interleave(groups, dim=2), vd.repeat_interleave(groups, dim=2)
         out = dispatch_attention_fn(qd, kd, vd, attn_mask=mask).flatten(2, 3).to(qd.dtype)
     for p in post:
         out = p(out, extra)

@@ -4,7 +4,8 @@ diffusers' ``down_blocks.{level}.attentions.{j}.transformer_blocks.{depth}`` is 
 ``("input", 1 + (per_level + 1) * level + j, depth)``: ComfyUI counts each level's downsampler as a
 block of its own (``per_level`` = resnets per level); ``up_blocks`` map the same way onto ``output``
 without the leading stem, and ``mid_block`` is ``("middle", 0, depth)``. Flux's ``transformer_blocks``
-and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks, and so are Flux.2's.
+and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks, and so are Flux.2's;
+Krea 2's ``transformer_blocks`` are its ``single`` blocks.
 """
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ def is_flux2(dm) -> bool:
     return type(dm).__name__ == "Flux2Transformer2DModel"
 
 
+def is_krea2(dm) -> bool:
+    return type(dm).__name__ == "Krea2Transformer2DModel"
+
+
+def krea2_layers(dm) -> list[LayerInfo]:
+    """diffusers' ``Krea2Transformer2DModel``: one stream of single blocks (grouped-query attention); the prompt
+    is its text encoder's stacked layers, ComfyUI's ``text_layers * text_dim`` wide."""
+    text = dm.config.num_text_layers * dm.config.text_hidden_dim
+    return [LayerInfo(("single", i, 0), b.attn.to_q.out_features, b.attn.num_heads, text)
+            for i, b in enumerate(dm.transformer_blocks)]
+
+
 register_unet_reader(is_unet, unet_blocks)
 register_dit_reader("flux", is_flux, flux_layers)
 register_dit_reader("flux2", is_flux2, flux_layers)  # Flux.1's double and single blocks, fused projections aside
+register_dit_reader("krea2", is_krea2, krea2_layers)

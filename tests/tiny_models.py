@@ -246,3 +246,22 @@ def tiny_flux2(seed: int = 0, double: int = 2, single: int = 2, heads: int = 2, 
         patch_size=1, in_channels=channels, num_layers=double, num_single_layers=single, attention_head_dim=head_dim,
         num_attention_heads=heads, joint_attention_dim=context_dim, timestep_guidance_channels=32, mlp_ratio=2.0,
         axes_dims_rope=axes, guidance_embeds=guidance).eval()
+
+
+def tiny_krea2(seed: int = 0, layers: int = 3, heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
+               channels: int = 16, text_layers: int = 2, text_dim: int = 32):
+    """Krea 2 layout (one stream of single blocks, grouped-query attention, sigmoid-gated output, text fusion over
+    stacked text-encoder layers, 3-axis RoPE), tiny widths; 2x2 patches of a ``channels``-channel latent."""
+    from diffusers import Krea2Transformer2DModel
+    torch.manual_seed(seed)
+    model = Krea2Transformer2DModel(
+        in_channels=channels * 4, num_layers=layers, attention_head_dim=head_dim, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=2 * heads * head_dim, timestep_embed_dim=32,
+        text_hidden_dim=text_dim, num_text_layers=text_layers, text_num_attention_heads=2, text_num_key_value_heads=2,
+        text_intermediate_size=2 * text_dim, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
+    with torch.no_grad():  # the published init zeroes the norms' and modulation tables' offsets; give them weight
+        for name, p in model.named_parameters():
+            if name.endswith("scale_shift_table") or "norm" in name:
+                p.normal_(0, 0.1)
+    return model.eval()
