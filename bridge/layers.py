@@ -5,7 +5,7 @@ diffusers' ``down_blocks.{level}.attentions.{j}.transformer_blocks.{depth}`` is 
 block of its own (``per_level`` = resnets per level); ``up_blocks`` map the same way onto ``output``
 without the leading stem, and ``mid_block`` is ``("middle", 0, depth)``. Flux's ``transformer_blocks``
 and ``single_transformer_blocks`` are ComfyUI's ``double`` and ``single`` blocks, and so are Flux.2's;
-Krea 2's ``transformer_blocks`` are its ``single`` blocks.
+Krea 2's ``transformer_blocks`` are its ``single`` blocks, Qwen-Image's its ``double`` blocks.
 """
 from __future__ import annotations
 
@@ -78,7 +78,18 @@ def krea2_layers(dm) -> list[LayerInfo]:
             for i, b in enumerate(dm.transformer_blocks)]
 
 
+def is_qwen_image(dm) -> bool:
+    return type(dm).__name__ == "QwenImageTransformer2DModel" and type(dm).__module__.startswith("diffusers.")
+
+
+def qwen_image_layers(dm) -> list[LayerInfo]:
+    """diffusers' ``QwenImageTransformer2DModel``: one joint attention per double-stream block, text first."""
+    text = dm.txt_in.in_features
+    return [LayerInfo(("double", i, 0), b.attn.inner_dim, b.attn.heads, text) for i, b in enumerate(dm.transformer_blocks)]
+
+
 register_unet_reader(is_unet, unet_blocks)
 register_dit_reader("flux", is_flux, flux_layers)
 register_dit_reader("flux2", is_flux2, flux_layers)  # Flux.1's double and single blocks, fused projections aside
 register_dit_reader("krea2", is_krea2, krea2_layers)
+register_dit_reader("qwen_image", is_qwen_image, qwen_image_layers)

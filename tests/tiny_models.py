@@ -265,3 +265,15 @@ def tiny_krea2(seed: int = 0, layers: int = 3, heads: int = 4, kv_heads: int = 2
             if name.endswith("scale_shift_table") or "norm" in name:
                 p.normal_(0, 0.1)
     return model.eval()
+
+
+def tiny_qwen_image(seed: int = 0, layers: int = 2, heads: int = 2, head_dim: int = 16, channels: int = 16,
+                    context_dim: int = 32):
+    """Qwen-Image layout (double-stream blocks, text first, 3-axis complex RoPE centred on the image), tiny widths;
+    2x2 patches of a ``channels``-channel latent."""
+    from diffusers import QwenImageTransformer2DModel
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=channels * 4, out_channels=channels, num_layers=layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=context_dim, axes_dims_rope=(head_dim // 4, 3 * head_dim // 8,
+                                                                                     3 * head_dim // 8)).eval()

@@ -1,0 +1,186 @@
+"""Qwen-Image on the diffusers bridge: a tiny QwenImageTransformer2DModel as the DiT host (tier 2).
+
+ComfyUI's Qwen-Image hook contract (RoPE after the hooks with the pe they return, a returned mask ignored,
+no output hook, blocks through the ``dit`` block replace), flow inversion, Feature Fusion (both presets,
+store and recompute) with its plain text rows, the teacher, the nodes, and the input model left untouched.
+"""
+import pytest
+import torch
+from stylekit.attention.families import is_comfy_qwen_image, late_double
+from stylekit.attention.feature_fusion import PRESETS
+from stylekit.attention.layers import model_layers
+from stylekit.bridge.qwen_image import QwenImageBridgePatcher
+from stylekit.bridge.sampling import sample_euler_cfg
+from stylekit.models.feature_store import StorePolicy
+from stylekit.models.inversion import every_step_schedule
+from stylekit.models.magicstyle import fusion_model, invert_pair, start_latent
+from stylekit.models.schedules import simple_sigmas
+from stylekit.models.stylestudio import teacher_model
+
+CTX, CHANNELS = 32, 16
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    from tiny_models import tiny_qwen_image
+    return tiny_qwen_image(seed=0, layers=3, channels=CHANNELS, context_dim=CTX)
+
+
+@pytest.fixture
+def qwen(transformer):
+    return QwenImageBridgePatcher(transformer)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return {"content": r(1, CHANNELS, 1, 8, 8), "style": r(1, CHANNELS, 1, 8, 8),
+            "cond": {"c_crossattn": r(1, 6, CTX)}, "uncond": {"c_crossattn": r(1, 6, CTX)}}
+
+
+def invert(model, data, steps, mode="store"):
+    sig = simple_sigmas(model.model_sampling, steps)
+    policy = StorePolicy(layers=tuple(model_layers(model).keys), dtype=torch.float32, mode=mode)
+    return invert_pair(model, data["content"], data["style"], data["cond"]["c_crossattn"], every_step_schedule(sig),
+                       policy), sig
+
+
+def sample(model, sig, data, start, uncond=False, cfg=1.0):
+    with torch.no_grad():
+        return sample_euler_cfg(model, None, sig, data["cond"], data["uncond"] if uncond else None, cfg, start=start)
+
+
+def raw(transformer, x, sigma, ctx):
+    """The unpatched transformer's forward, its latent packed and unpacked by diffusers' Qwen-Image pipeline."""
+    from diffusers import QwenImagePipeline
+    b, c, _, h, w = x.shape
+    with torch.no_grad():
+        v = transformer(hidden_states=QwenImagePipeline._pack_latents(x[:, :, 0], b, c, h, w), encoder_hidden_states=ctx,
+                        timestep=sigma, img_shapes=[[(1, h // 2, w // 2)]] * b).sample
+    return x - sigma.view(-1, 1, 1, 1, 1) * QwenImagePipeline._unpack_latents(v, h, w, 1)
+
+
+def test_layers_read_from_the_model(qwen, transformer):
+    layers = model_layers(qwen)
+    assert layers.family == "qwen_image" and layers.title == "Qwen-Image"
+    assert layers.keys == [("double", i, 0) for i in range(3)] and layers.layers[0].context_dim == CTX
+    assert not is_comfy_qwen_image(transformer)  # same class name as ComfyUI's port; diffusers' has no ComfyUI hooks
+
+
+def test_hooks_run_with_comfyuis_qwen_image_contract(qwen, transformer, data):
+    """The hooks get the joint q, k, v before RoPE (text first) and the text mask; handing q back takes the
+    bridge's own path, equal to diffusers' within float32 round-off; a returned pe is what rotates q and k
+    afterwards (a pe of the identity is seen far above round-off), and a returned mask is ignored."""
+    x, s, ctx = data["content"], torch.tensor([0.6]), data["cond"]["c_crossattn"]
+    plain = raw(transformer, x, s, ctx)
+    seen = []
+
+    def hand_back(q, k, v, pe=None, attn_mask=None, extra_options=None):
+        seen.append((extra_options["block_type"], extra_options["block_index"], tuple(q.shape), attn_mask,
+                     extra_options["img_slice"]))
+        return {"q": q}
+
+    def identity(q, k, v, pe=None, attn_mask=None, extra_options=None):
+        eye = torch.zeros_like(pe)
+        eye[..., 0, 0] = eye[..., 1, 1] = 1
+        return {"pe": eye}
+
+    def block_all(q, k, v, pe=None, attn_mask=None, extra_options=None):
+        return {"q": q, "attn_mask": torch.full((1, 1, 1, q.shape[2]), float("-inf"))}
+    with torch.no_grad():
+        ours = qwen.apply_model(x, s, ctx, {"patches": {"attn1_patch": [hand_back]}})
+        unrotated = qwen.apply_model(x, s, ctx, {"patches": {"attn1_patch": [identity]}})
+        masked = qwen.apply_model(x, s, ctx, {"patches": {"attn1_patch": [block_all]}})
+    assert seen == [("double", i, (1, 2, 6 + 16, 16), None, [6, 22]) for i in range(3)]
+    tol = 64 * torch.finfo(torch.float32).eps * float(plain.abs().max())
+    assert float((ours - plain).abs().max()) <= tol
+    assert float((unrotated - plain).abs().max()) > 10 * tol
+    assert torch.equal(masked, ours)
+
+
+def test_idle_patches_are_bit_identical_to_the_unpatched_transformer(qwen, transformer, data):
+    inv, sig = invert(qwen, data, 4)
+    x, s, ctx = data["content"], torch.tensor([0.6]), data["cond"]["c_crossattn"]
+    plain = raw(transformer, x, s, ctx)
+    for m in (fusion_model(qwen, inv, PRESETS["MagicStyle"], sigma_start=0.3, sigma_end=0.0),  # window not reached
+              teacher_model(qwen, 0.0, 1.0)):
+        with torch.no_grad():
+            out = m.apply_model(x, s, ctx, dict(m.model_options["transformer_options"], sigmas=s, cond_or_uncond=[0]))
+        assert torch.equal(out, plain)
+
+
+def test_flow_inversion_reconstructs_with_error_shrinking_as_steps_grow(qwen, data):
+    errors = []
+    for steps in (4, 8, 16):
+        inv, sig = invert(qwen, data, steps)
+        assert inv.result.latent.shape == (2, CHANNELS, 1, 8, 8)
+        errors.append(float((sample(qwen, sig, data, inv.result.latent[0:1]) - data["content"]).abs().mean()))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.7 * errors[1], errors
+
+
+@pytest.mark.parametrize("preset", ["StyleID", "MagicStyle"])
+def test_store_equals_recompute_and_fusion_acts(qwen, data, preset, roundoff):
+    inv_s, sig = invert(qwen, data, 5, "store")
+    inv_r, _ = invert(qwen, data, 5, "recompute")
+    a = sample(fusion_model(qwen, inv_s, PRESETS[preset]), sig, data, start_latent(inv_s))
+    b = sample(fusion_model(qwen, inv_r, PRESETS[preset]), sig, data, start_latent(inv_r))
+    plain = sample(qwen, sig, data, start_latent(inv_s))
+    tol = roundoff(a, qwen, 5)
+    torch.testing.assert_close(a, b, atol=tol, rtol=0)
+    assert (a - plain).abs().mean() > 10 * tol
+
+
+def test_fused_blocks_hand_on_the_plain_text_stream(qwen, transformer, data):
+    """With no output hook, a fused block's text rows come from a second, plain run of the block (the ``dit``
+    block replace): block 0's text output, as the next block reads it, is the unpatched model's bit for bit,
+    while the fused run's own text output differs."""
+    inv, sig = invert(qwen, data, 4)
+    x, s, ctx = data["content"], sig[1:2], data["cond"]["c_crossattn"]  # a stored level
+    calls = []
+    hook = transformer.transformer_blocks[0].register_forward_hook(lambda m, a, out: calls.append(out[0].clone()))
+    try:
+        raw(transformer, x, s, ctx)
+        m = fusion_model(qwen, inv, PRESETS["StyleID"])
+        with torch.no_grad():
+            m.apply_model(x, s, ctx, dict(m.model_options["transformer_options"], sigmas=s, cond_or_uncond=[0]))
+    finally:
+        hook.remove()
+    unpatched, fused, plain_rerun = calls
+    assert torch.equal(plain_rerun, unpatched)
+    assert not torch.equal(fused, unpatched)
+
+
+def test_teacher_with_no_style_is_the_plain_sample(qwen, data):
+    sig = simple_sigmas(qwen.model_sampling, 6)
+    start = torch.randn(1, CHANNELS, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(sample(teacher_model(qwen, 0.5, 0.5), sig, data, start), sample(qwen, sig, data, start),
+                               atol=1e-5, rtol=0)
+
+
+def test_input_model_stays_bit_identical(qwen, transformer, data):
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    x, s, ctx = data["content"], torch.tensor([0.6]), data["cond"]["c_crossattn"]
+    ref = raw(transformer, x, s, ctx)
+    inv, sig = invert(qwen, data, 4, "recompute")
+    sample(teacher_model(fusion_model(qwen, inv, PRESETS["MagicStyle"]), 0.5, 0.5), sig, data, start_latent(inv),
+           uncond=True, cfg=2.0)
+    assert all(torch.equal(before[k], v) for k, v in transformer.state_dict().items())
+    assert torch.equal(raw(transformer, x, s, ctx), ref)
+    assert {type(p).__name__ for p in transformer.attn_processors.values()} == {"QwenDoubleStreamAttnProcessor2_0"}
+
+
+def test_nodes_take_a_qwen_image_model_and_refuse_what_it_cannot_do(qwen, data):
+    from stylekit.attention.layers import UnsupportedModelError
+    from stylekit.nodes.magicstyle import AUTO_BLOCKS, StyleKitDDIMInvert, StyleKitFeatureFusion
+    from stylekit.nodes.patch_map import StyleKitPatchMap
+    cond = [[data["cond"]["c_crossattn"], {}]]
+    latent = {"samples": data["content"]}
+    inv, _, _ = StyleKitDDIMInvert().invert(qwen, latent, {"samples": data["style"]}, cond, 4, AUTO_BLOCKS, "fp16",
+                                            "model device", "auto (SD: store, Flux: recompute)")
+    assert inv.family == "qwen_image" and inv.grid == (4, 4)
+    assert list(inv.store.policy.layers) == late_double(model_layers(qwen))
+    model = StyleKitFeatureFusion().apply(qwen, inv, "MagicStyle", 0.75, 1.5, 0.0, 1.0, True, 0.0, 1.0)[0]
+    assert "double 2.0 joint: feature_fusion" in StyleKitPatchMap().run(model)[1]
+    with pytest.raises(UnsupportedModelError, match="Qwen-Image runs at weight 1"):  # blending needs an output hook
+        StyleKitFeatureFusion().apply(qwen, inv, "MagicStyle", 0.75, 1.5, 0.0, 0.5, True, 0.0, 1.0)
