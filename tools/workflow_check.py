@@ -346,6 +346,16 @@ def check_file(path: Path, specs: dict) -> list[str]:
     return [f"{Path(path).name}: {e}" for e in errs]
 
 
+# Shipped workflows whose model family needs a newer ComfyUI than the oldest supported one (its loader's type
+# and the hooks StyleKit patches through came later); each is checked and converted against that version on.
+REQUIRES = {"flux2_klein_style_transfer": "0.33.0", "qwen_image_style_transfer": "0.33.0"}
+
+
+def required_comfyui(path: Path) -> str | None:
+    """The ComfyUI version the shipped workflow at ``path`` needs at least, or None (every supported one)."""
+    return REQUIRES.get(Path(path).stem)
+
+
 def known_specs(repo: Path, version: str | None = None) -> dict:
     """StyleKit's node specs and ComfyUI's core ones of ``version`` (default: the oldest committed)."""
     from ..nodes import NODE_CLASS_MAPPINGS
@@ -375,7 +385,14 @@ def main(argv=None) -> int:
               "of the pack, not with its registry archive)")
         return 2
     specs = known_specs(repo, a.comfyui)
-    problems = [e for path in a.files for e in check_file(path, specs)]
+    problems = []
+    for path in a.files:
+        need = required_comfyui(path)
+        if need and version_key(a.comfyui) < version_key(need):
+            problems.append(f"{Path(path).name}: needs ComfyUI {need} or newer (checked against {a.comfyui}); "
+                            f"give --comfyui {need}")
+        else:
+            problems += check_file(path, specs)
     for line in problems:
         print(line)
     print(f"{len(a.files)} file(s) checked against ComfyUI {a.comfyui}: "

@@ -6,7 +6,8 @@ import pytest
 
 from stylekit.tools.dev.ui_workflow import api_to_ui
 from stylekit.tools.workflow_check import known_specs
-from stylekit.tools.workflow_check import check_api, check_file, check_ui, core_specs
+from stylekit.tools.workflow_check import (check_api, check_file, check_ui, core_specs, required_comfyui,
+                                          version_key)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = known_specs(ROOT)  # the oldest supported ComfyUI's core nodes
@@ -23,16 +24,32 @@ def test_core_specs_cover_both_supported_comfyui_versions():
     assert VERSIONS == ["0.3.64", "0.33.0"]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("path", UI + API, ids=lambda p: f"{p.parent.name}/{p.name}")
+def runs_on(path, version) -> bool:
+    need = required_comfyui(path)
+    return need is None or version_key(version) >= version_key(need)
+
+
+@pytest.mark.parametrize("path,version", [(p, v) for p in UI + API for v in VERSIONS if runs_on(p, v)],
+                         ids=lambda x: f"{x.parent.name}/{x.name}" if isinstance(x, Path) else x)
 def test_workflow_is_valid(path, version):
     assert check_file(path, known_specs(ROOT, version)) == []
+
+
+def test_a_workflow_needing_a_newer_comfyui_names_it_and_is_invalid_on_the_older_one():
+    """Flux.2 Klein's loader type ("flux2") is not in 0.3.64's CLIPLoader: the workflow is checked from 0.33.0 on,
+    and the validator's command line says so instead of listing the older version's complaints."""
+    from stylekit.tools.workflow_check import main
+    klein = ROOT / "example_workflows" / "api" / "flux2_klein_style_transfer.json"
+    assert required_comfyui(klein) == "0.33.0" and required_comfyui(API[0]) is None
+    assert any("flux2" in e for e in check_file(klein, known_specs(ROOT, "0.3.64")))
+    assert main([str(klein)]) == 1 and main([str(klein), "--comfyui", "0.33.0"]) == 0
 
 
 @pytest.mark.parametrize("path", API, ids=lambda p: p.name)
 def test_ui_twin_is_the_same_graph(path):
     ui = json.loads((ROOT / "example_workflows" / path.name).read_text())
-    assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), SPECS)["nodes"]
+    specs = known_specs(ROOT, required_comfyui(path))  # the oldest ComfyUI the workflow runs on
+    assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), specs)["nodes"]
 
 
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.name)

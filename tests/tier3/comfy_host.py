@@ -393,7 +393,11 @@ def diffusers_flux_from_comfy(patcher):
 
 
 class FluxClipStandin:
-    """DualCLIPLoader(type flux) stand-in: T5-like context (1, 8, 32) and a pooled CLIP-L-like vector (1, 16)."""
+    """A text encoder stand-in for the DiT loaders: a context (1, 8, ``width``) seeded by the prompt, and with
+    ``pooled`` a pooled vector (1, ``pooled``) beside it (Flux.1's DualCLIPLoader: T5-like 32 wide, CLIP-L-like 16)."""
+
+    def __init__(self, width: int = 32, pooled: int | None = 16):
+        self.width, self.pooled = width, pooled
 
     def tokenize(self, text):
         return text
@@ -401,20 +405,28 @@ class FluxClipStandin:
     def encode_from_tokens_scheduled(self, tokens, **kw):
         import hashlib
         g = torch.Generator().manual_seed(int(hashlib.sha1(tokens.encode()).hexdigest()[:8], 16))
-        return [[torch.randn(1, 8, 32, generator=g), {"pooled_output": torch.randn(1, 16, generator=g)}]]
+        context = torch.randn(1, 8, self.width, generator=g)
+        return [[context, {"pooled_output": torch.randn(1, self.pooled, generator=g)} if self.pooled else {}]]
 
 
 class FluxVaeStandin:
-    """Flux VAE stand-in: 16 latent channels at 1/8 size (pooled pixels and their moments), and back."""
+    """A VAE stand-in (pooled pixels and their mean as ``channels`` latent channels at 1/``scale`` size, and
+    back): Flux.1's 16 channels at 1/8; Flux.2's 128 at 1/16; with ``video`` one-frame video latents (B, C, 1, H, W),
+    as Qwen-Image's and Krea 2's Wan 2.1 VAE gives them."""
+
+    def __init__(self, channels: int = 16, scale: int = 8, video: bool = False):
+        self.channels, self.scale, self.video = channels, scale, video
 
     def encode(self, pixels):
         import torch.nn.functional as F
-        p = F.avg_pool2d(pixels[..., :3].movedim(-1, 1), 8) * 2 - 1
-        return torch.cat([p] * 5 + [p.mean(1, keepdim=True)], 1)
+        p = F.avg_pool2d(pixels[..., :3].movedim(-1, 1), self.scale) * 2 - 1
+        x = torch.cat([p] * (self.channels // 3) + [p.mean(1, keepdim=True)] * (self.channels % 3), 1)
+        return x.unsqueeze(2) if self.video else x
 
     def decode(self, samples):
         import torch.nn.functional as F
-        return ((F.interpolate(samples[:, :3], scale_factor=8) + 1) / 2).clamp(0, 1).movedim(1, -1)
+        x = samples[:, :, 0] if samples.ndim == 5 else samples
+        return ((F.interpolate(x[:, :3], scale_factor=self.scale) + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
 def flux_standins(tmp_dir):
@@ -436,6 +448,18 @@ def flux_standins(tmp_dir):
     })
     for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
         del out[k]  # the real nodes, on the stand-in CLIP and VAE
+    return out
+
+
+def dit_standins(model_factory, clip, vae, tmp_dir):
+    """Loader stand-ins for a single-encoder DiT workflow (Flux.2, Qwen-Image: UNETLoader, CLIPLoader, VAELoader);
+    CLIPTextEncode, VAEEncode and VAEDecode run as ComfyUI's real nodes on the stand-in CLIP and VAE."""
+    out = standins(model_factory, tmp_dir)
+    out.update({"UNETLoader": lambda unet_name, weight_dtype="default": (model_factory(),),
+                "CLIPLoader": lambda clip_name, type, device="default": (clip,),
+                "VAELoader": lambda vae_name: (vae,)})
+    for k in ("CLIPTextEncode", "VAEEncode", "VAEDecode"):
+        del out[k]
     return out
 
 

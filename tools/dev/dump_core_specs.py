@@ -20,7 +20,9 @@ CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEnco
               # Flux graphs
               "UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "SamplerCustomAdvanced", "BasicGuider",
               "BasicScheduler", "RandomNoise", "EmptySD3LatentImage", "CLIPVisionEncode", "StyleModelLoader",
-              "StyleModelApply"]
+              "StyleModelApply",
+              # Flux.2 and Qwen-Image graphs
+              "CFGGuider", "ModelSamplingAuraFlow"]
 KEEP = ("default", "min", "max", "control_after_generate")
 COMBOS_KEPT = ("KSamplerSelect", "ImageScale", "KSampler", "CLIPLoader", "DualCLIPLoader", "BasicScheduler",
                "CLIPVisionEncode", "StyleModelApply")  # choices that do not depend on model files

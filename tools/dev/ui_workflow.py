@@ -9,7 +9,8 @@ yet is estimated from its slots and widgets), columns as wide as their widest no
 ``stylekit.model_sources`` lists as a direct download carries it as ``properties.models`` (name, url,
 directory), which ComfyUI's frontend offers to download when the file is missing. Node definitions come from
 StyleKit's classes and the core-node specs of the oldest ComfyUI in tests/data/core_nodes/ (a newer
-ComfyUI adds the outputs it gave a node since, so the template loads in every supported version).
+ComfyUI adds the outputs it gave a node since, so the template loads in every supported version), or of the
+oldest the workflow runs on where ``workflow_check.REQUIRES`` names one (Flux.2, Qwen-Image: 0.33.0).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ...model_sources import models_property
-from ..workflow_check import WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow, widget_names
+from ..workflow_check import (WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow,
+                              required_comfyui, widget_names)
 
 
 TITLE, GAP, MIN_WIDTH = 30, 40, 320  # the frontend's title bar above a node's pos; space between nodes; width
@@ -132,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true", help="replace UI if it exists (never done otherwise)")
     a = ap.parse_args(argv)
     src, dst = a.api, a.ui
-    specs = known_specs(Path(__file__).resolve().parents[2])
+    specs = known_specs(Path(__file__).resolve().parents[2], required_comfyui(src))
     try:
         api = load_workflow(src)
     except ValueError as e:
