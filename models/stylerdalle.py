@@ -244,10 +244,13 @@ def load_translator(path: str, heads: int | None = None) -> StylerDALLETranslato
     name = os.path.basename(path)
     what = "StylerDALLE translator (StyleKit .safetensors or the official model.state_dict() .pt)"
     if path.endswith(".safetensors"):  # every name and shape checked on meta tensors before one is read
-        def structure(tensors, meta):
-            load_translator_state(tensors, heads or _heads(meta, name), name)
-        sd, meta = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=MAX_BYTES, structure=structure)
-        heads = heads or _heads(meta, name)
+        found = {}
+
+        def structure(tensors, meta):  # the heads are read from the metadata once, here
+            found["heads"] = heads or _heads(meta, name)
+            load_translator_state(tensors, found["heads"], name)
+        sd, _ = read_safetensors(path, what, "", StylerDALLEWeightsError, max_bytes=MAX_BYTES, structure=structure)
+        heads = found["heads"]
     else:
         sd = load_tensor_dict(path, StylerDALLEWeightsError, what, "Save model.state_dict() or convert to .safetensors.",
                               max_bytes=MAX_BYTES, structure=lambda meta: load_translator_state(meta, heads or 8, name))
