@@ -191,8 +191,8 @@ KREA2 = Family(
 
 
 # --- Qwen-Image (ComfyUI's comfy.ldm.qwen_image.model.QwenImageTransformer2DModel; hooks in 0.33.0) ---------
-def is_comfy_qwen_image(dm) -> bool:  # diffusers' class has the same name (ComfyUI's is a port of it)
-    return type(dm).__name__ == "QwenImageTransformer2DModel" and type(dm).__module__.startswith("comfy.")
+def is_comfy_qwen_image(dm) -> bool:  # diffusers' class has the same name (ComfyUI's is a port: pos_embed there)
+    return type(dm).__name__ == "QwenImageTransformer2DModel" and hasattr(dm, "pe_embedder")
 
 
 def comfy_qwen_layers(dm) -> list[LayerInfo]:

@@ -17,6 +17,7 @@ import torch
 from ..attention.functional import split_sdpa_attention as split_attention
 from ..attention.options import DEFAULT_ATTENTION
 from ..attention.rope import apply_rope, embed_ids
+from ..errors import InputError
 from .installed import parameter_dtype, processors_installed
 from .patcher import BridgePatcher, Cond
 from .schedule import FlowSchedule
@@ -31,6 +32,13 @@ def patchify(x: torch.Tensor) -> torch.Tensor:
 def unpatchify(t: torch.Tensor, shape) -> torch.Tensor:
     b, c, h, w = shape
     return t.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def one_frame(x: torch.Tensor, family: str) -> torch.Tensor:
+    """The (B, C, H, W) frame of an image latent or a one-frame video latent (B, C, 1, H, W); more frames are refused."""
+    if x.ndim == 5 and x.shape[2] != 1:
+        raise InputError(f"this {family} bridge takes one-frame latents (B, C, 1, H, W); got {x.shape[2]} frames")
+    return x[:, :, 0] if x.ndim == 5 else x
 
 
 def image_ids(h: int, w: int, device=None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.rope import embed_ids
-from .flux import FluxBridgePatcher, hooked_attention, hooks_of, patchify, unpatchify
+from .flux import FluxBridgePatcher, hooked_attention, hooks_of, one_frame, patchify, unpatchify
 from .installed import attention_layers, parameter_dtype, processors_installed
 
 
@@ -75,7 +75,7 @@ class Krea2BridgePatcher(FluxBridgePatcher):
         t = self.unet
         to.setdefault("sigmas", sigma)
         video = x.ndim == 5
-        frame = x[:, :, 0] if video else x
+        frame = one_frame(x, "Krea 2")
         b, c, h, w = frame.shape
         xp = torch.nn.functional.pad(frame, (0, w % 2, 0, h % 2), mode="circular")  # as ComfyUI's pad_to_patch_size
         ids = krea2_ids(context.shape[1], xp.shape[2] // 2, xp.shape[3] // 2, x.device)

@@ -79,7 +79,7 @@ def krea2_layers(dm) -> list[LayerInfo]:
 
 
 def is_qwen_image(dm) -> bool:
-    return type(dm).__name__ == "QwenImageTransformer2DModel" and type(dm).__module__.startswith("diffusers.")
+    return type(dm).__name__ == "QwenImageTransformer2DModel" and hasattr(dm, "pos_embed")  # ComfyUI's: pe_embedder
 
 
 def qwen_image_layers(dm) -> list[LayerInfo]:

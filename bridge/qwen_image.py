@@ -22,7 +22,7 @@ from ..attention.functional import split_sdpa_attention as split_attention
 from ..attention.options import DEFAULT_ATTENTION
 from ..attention.rope import apply_rope
 from ..errors import InputError
-from .flux import FluxBridgePatcher, hooks_of, patchify, unpatchify
+from .flux import FluxBridgePatcher, hooks_of, one_frame, patchify, unpatchify
 from .installed import parameter_dtype, processors_installed
 
 
@@ -40,6 +40,12 @@ def rotated(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     if pe.shape[2] not in (1, x.shape[2]) and x.shape[2] != 1:
         pe = pe[:, :, :x.shape[2]]
     return apply_rope(x, pe)
+
+
+def diffusers_rotary(pe: torch.Tensor, text: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`comfy_pe`'s inverse: (image, text) complex rotations from ComfyUI's ``pe`` (exact: the same floats)."""
+    f = torch.complex(pe[0, 0, :, :, 0, 0].contiguous(), pe[0, 0, :, :, 1, 0].contiguous())
+    return f[text:], f[:text]
 
 
 class QwenProcessor:
@@ -113,7 +119,7 @@ class QwenImageBridgePatcher(FluxBridgePatcher):
                              "which the diffusers bridge does not run; use it in ComfyUI")
         to.setdefault("sigmas", sigma)
         video = x.ndim == 5
-        frame = x[:, :, 0] if video else x
+        frame = one_frame(x, "Qwen-Image")
         b, c, h, w = frame.shape
         xp = torch.nn.functional.pad(frame, (0, w % 2, 0, h % 2), mode="circular")  # as ComfyUI's pad_to_patch_size
         dtype = parameter_dtype(t)
@@ -130,23 +136,24 @@ class QwenImageBridgePatcher(FluxBridgePatcher):
         txt = t.txt_in(t.txt_norm(context))
         temb = t.time_text_embed(timestep, img, None)
         rotary = t.pos_embed([[(1, *grid)]] * tokens.shape[0], max_txt_seq_len=txt.shape[1], device=img.device)
-        state = {"transformer_options": to, "pe": comfy_pe(*rotary)}
+        state = {"transformer_options": to, "pe": comfy_pe(*rotary)}  # args["pe"], as ComfyUI hands a block replace
         replace = to.get("patches_replace", {}).get("dit", {})
         to.update(total_blocks=len(t.transformer_blocks), block_type="double")
         with processors_installed(t, self._processors(state)):
             for i, block in enumerate(t.transformer_blocks):
                 to["block_index"] = i
 
-                def original(args, block=block):
-                    state["transformer_options"] = args["transformer_options"]
+                def original(args, block=block, pe=state["pe"]):
+                    state.update(transformer_options=args["transformer_options"], pe=args["pe"])
+                    rot = rotary if args["pe"] is pe else diffusers_rotary(args["pe"], args["txt"].shape[1])
                     try:
                         out_txt, out_img = block(hidden_states=args["img"], encoder_hidden_states=args["txt"],
                                                  encoder_hidden_states_mask=None, temb=args["vec"],
-                                                 image_rotary_emb=args["pe"], joint_attention_kwargs=None)
+                                                 image_rotary_emb=rot, joint_attention_kwargs=None)
                     finally:
-                        state["transformer_options"] = to
+                        state.update(transformer_options=to, pe=pe)
                     return {"txt": out_txt, "img": out_img}
-                args = {"img": img, "txt": txt, "vec": temb, "pe": rotary, "transformer_options": to}
+                args = {"img": img, "txt": txt, "vec": temb, "pe": state["pe"], "transformer_options": to}
                 out = replace[("double_block", i)](args, {"original_block": original}) if ("double_block", i) in replace \
                     else original(args)
                 img, txt = out["img"], out["txt"]

@@ -59,8 +59,9 @@ def case_data(case: DitCase, seed: int = 0) -> dict:
             "uncond": {"c_crossattn": r(1, 6, case.context), **extra}}
 
 
-def invert(model, data, steps, mode="store"):
-    """Flow inversion of the content and the style on ``steps`` simple sigmas, storing (or recomputing) every block."""
+def invert(model, data, steps, mode="store", layers=None):
+    """Flow inversion of the content and the style on ``steps`` simple sigmas, storing (or recomputing) ``layers``
+    (every block unless given)."""
     from stylekit.attention.layers import model_layers
     from stylekit.models.feature_store import StorePolicy
     from stylekit.models.inversion import every_step_schedule
@@ -68,7 +69,7 @@ def invert(model, data, steps, mode="store"):
     from stylekit.models.schedules import simple_sigmas
     sig = simple_sigmas(model.model_sampling, steps)
     cond = data["cond"]
-    policy = StorePolicy(layers=tuple(model_layers(model).keys), dtype=torch.float32, mode=mode)
+    policy = StorePolicy(layers=tuple(layers or model_layers(model).keys), dtype=torch.float32, mode=mode)
     return invert_pair(model, data["content"], data["style"], cond["c_crossattn"], every_step_schedule(sig), policy,
                        extra_conds={k: v for k, v in cond.items() if k != "c_crossattn"} or None), sig
 
@@ -77,3 +78,17 @@ def sample(model, sig, data, start, uncond=False, cfg=1.0):
     from stylekit.bridge.sampling import sample_euler_cfg
     with torch.no_grad():
         return sample_euler_cfg(model, None, sig, data["cond"], data["uncond"] if uncond else None, cfg, start=start)
+
+
+def text_rows_after(transformer, block, run, text: int, double: bool) -> torch.Tensor:
+    """The text rows ``block`` (a module of ``transformer``) hands on during ``run()``: a double-stream block's
+    text stream, or a single-stream block's first ``text`` rows (the one call that ``run`` makes of it)."""
+    seen = []
+    hook = block.register_forward_hook(lambda m, a, out: seen.append(out[0] if double else out[:, :text]))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    return seen[0]

@@ -58,6 +58,29 @@ def test_teacher_with_no_style_is_the_plain_sample(model, data):
                                atol=1e-5, rtol=0)
 
 
+def test_the_teacher_acts_where_the_prompt_carries_style_tokens(case, model, data, roundoff):
+    """With style tokens after the prompt (as core Redux appends them) and the teacher told the prompt's length, the
+    teacher's rows are the unstyled sample and its map swap changes the result beyond round-off (told the whole
+    length, it is the sample itself, within round-off); Qwen-Image's
+    blocks ignore a returned mask, so there the teacher refuses to hide tokens rather than run wrongly."""
+    from stylekit.attention.layers import UnsupportedModelError
+    prompt = data["cond"]["c_crossattn"]
+    styled = dict(data, cond=dict(data["cond"], c_crossattn=torch.cat([prompt, 3 * prompt[:, :4]], dim=1)))
+    if case[0].family == "qwen_image":
+        with pytest.raises(UnsupportedModelError, match="ignore an attention mask"):
+            teacher_model(model, 0.5, 0.5, prompt_tokens=prompt.shape[1])
+        return
+    sig = simple_sigmas(model.model_sampling, 6)
+    start = torch.randn(data["content"].shape, generator=torch.Generator().manual_seed(3))
+    a = sample(model, sig, styled, start)
+    tol = roundoff(a, model, 6)
+    sees_all = sample(teacher_model(model, 1.0, 0.5, prompt_tokens=styled["cond"]["c_crossattn"].shape[1]), sig, styled,
+                      start)
+    assert (sees_all - a).abs().max() <= tol  # a teacher that sees the style tokens too is the sample itself
+    b = sample(teacher_model(model, 1.0, 0.5, prompt_tokens=prompt.shape[1]), sig, styled, start)  # every step
+    assert (b - a).abs().mean() > tol  # on average above the largest difference round-off can make
+
+
 def test_input_model_stays_bit_identical(case, model, data):
     _, transformer = case
     before = {k: v.clone() for k, v in transformer.state_dict().items()}

@@ -49,7 +49,7 @@ def test_layers_read_from_the_model(qwen, transformer):
     assert not is_comfy_qwen_image(transformer)  # same class name as ComfyUI's port; diffusers' has no ComfyUI hooks
 
 
-def test_hooks_run_with_comfyuis_qwen_image_contract(qwen, transformer, data):
+def test_hooks_run_with_comfyuis_qwen_image_contract(qwen, transformer, data, roundoff):
     """The hooks get the joint q, k, v before RoPE (text first) and the text mask; handing q back takes the
     bridge's own path, equal to diffusers' within float32 round-off; a returned pe is what rotates q and k
     afterwards (a pe of the identity is seen far above round-off), and a returned mask is ignored."""
@@ -74,7 +74,7 @@ def test_hooks_run_with_comfyuis_qwen_image_contract(qwen, transformer, data):
         unrotated = qwen.apply_model(x, s, ctx, {"patches": {"attn1_patch": [identity]}})
         masked = qwen.apply_model(x, s, ctx, {"patches": {"attn1_patch": [block_all]}})
     assert seen == [("double", i, (1, 2, 6 + 16, 16), None, [6, 22]) for i in range(3)]
-    tol = 64 * torch.finfo(torch.float32).eps * float(plain.abs().max())
+    tol = roundoff(plain, qwen, 1)  # one call: the layers' reordered reductions, float32
     assert float((ours - plain).abs().max()) <= tol
     assert float((unrotated - plain).abs().max()) > 10 * tol
     assert torch.equal(masked, ours)
@@ -125,3 +125,25 @@ def test_nodes_take_a_qwen_image_model_and_refuse_what_it_cannot_do(qwen, data):
     assert "double 2.0 joint: feature_fusion" in StyleKitPatchMap().run(model)[1]
     with pytest.raises(UnsupportedModelError, match="Qwen-Image runs at weight 1"):  # blending needs an output hook
         StyleKitFeatureFusion().apply(qwen, inv, "MagicStyle", 0.75, 1.5, 0.0, 0.5, True, 0.0, 1.0)
+
+
+def test_a_block_replace_gets_comfyuis_pe_and_its_change_reaches_the_block(qwen, transformer, data):
+    """Another pack's ``dit`` block replace sees ``pe`` as ComfyUI hands it ((1, 1, tokens, dim/2, 2, 2)); passing it
+    on unchanged is the unpatched model bit for bit, and a pe it changes (no rotation) is what the block rotates by."""
+    x, s, ctx = data["content"], torch.tensor([0.6]), data["cond"]["c_crossattn"]
+    seen = []
+
+    def keep(args, extra):
+        seen.append(tuple(args["pe"].shape))
+        return extra["original_block"](args)
+
+    def unrotate(args, extra):
+        eye = torch.zeros_like(args["pe"])
+        eye[..., 0, 0] = eye[..., 1, 1] = 1
+        return extra["original_block"](dict(args, pe=eye))
+    with torch.no_grad():
+        plain = qwen.apply_model(x, s, ctx, {})
+        kept = qwen.apply_model(x, s, ctx, {"patches_replace": {"dit": {("double_block", 0): keep}}})
+        changed = qwen.apply_model(x, s, ctx, {"patches_replace": {"dit": {("double_block", 0): unrotate}}})
+    assert seen == [(1, 1, 6 + 16, 8, 2, 2)] and torch.equal(kept, plain)
+    assert not torch.equal(changed, plain)
