@@ -234,6 +234,9 @@ def ui_structure_errors(workflow) -> list[str]:
     return _cycle_errors(consumers)
 
 
+FRONTEND_ONLY = ("Note", "MarkdownNote")  # the frontend's own nodes: text on the canvas, never sent to the server
+
+
 def check_ui(workflow: dict, specs: dict) -> list[str]:
     errs = ui_structure_errors(workflow)
     if errs:
@@ -255,6 +258,12 @@ def check_ui(workflow: dict, specs: dict) -> list[str]:
     for nid, node in nodes.items():
         ct = node.get("type")
         where = f"node {nid} ({ct})"
+        if ct in FRONTEND_ONLY:
+            if node.get("inputs") or any(o.get("links") for o in node.get("outputs", [])):
+                errs.append(f"{where}: a note has no inputs or links")
+            elif [type(v) for v in node.get("widgets_values", [])] != [str]:
+                errs.append(f"{where}: a note holds one text")
+            continue
         if ct not in specs:
             errs.append(f"{where}: unknown node type")
             continue

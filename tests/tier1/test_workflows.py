@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stylekit.tools.dev.ui_workflow import api_to_ui
+from stylekit.tools.dev.ui_workflow import api_to_ui, workflow_notes
 from stylekit.tools.workflow_check import known_specs
 from stylekit.tools.workflow_check import (check_api, check_file, check_ui, core_specs, required_comfyui,
                                           version_key)
@@ -49,7 +49,20 @@ def test_a_workflow_needing_a_newer_comfyui_names_it_and_is_invalid_on_the_older
 def test_ui_twin_is_the_same_graph(path):
     ui = json.loads((ROOT / "example_workflows" / path.name).read_text())
     specs = known_specs(ROOT, required_comfyui(path))  # the oldest ComfyUI the workflow runs on
-    assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), specs)["nodes"]
+    assert ui["nodes"] == api_to_ui(json.loads(path.read_text()), specs, workflow_notes()[path.stem])["nodes"]
+
+
+def test_every_workflow_opens_with_a_note_on_what_to_load_and_what_to_expect():
+    """Each UI twin's first node is a Note above the graph (tools/dev/workflow_notes.json, one per workflow and no
+    other), saying what to load and what to expect; the validator takes a note and refuses a malformed one."""
+    assert set(workflow_notes()) == {p.stem for p in API}
+    for path in UI:
+        first = json.loads(path.read_text())["nodes"][0]
+        text = first["widgets_values"][0]
+        assert first["type"] == "Note" and "Load:" in text and "Expect:" in text, path.name
+    ui = json.loads(UI[0].read_text())
+    ui["nodes"][0]["widgets_values"] = [3]
+    assert any("a note holds one text" in e for e in check_ui(ui, SPECS))
 
 
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.name)

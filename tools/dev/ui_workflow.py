@@ -2,6 +2,7 @@
 
     python -m stylekit.tools.dev.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
+A Note at the top left says what to load and what to expect (tools/dev/workflow_notes.json, one per workflow).
 Nodes keep their API ids; they are laid out in columns by graph depth, each node at the size ComfyUI's
 frontend draws it (``frontend_sizes.json``, measured by tools/dev/frontend_check.py; a type not measured
 yet is estimated from its slots and widgets), columns as wide as their widest node, so no two overlap
@@ -45,9 +46,28 @@ def node_size(typ: str, slots: int, widgets: int, multiline: int) -> list:
     return [max(MIN_WIDTH, int(w)), int(h)]
 
 
-def api_to_ui(api: dict, specs: dict) -> dict:
-    """The UI-format twin of a valid API-format graph; an invalid one (a cycle, unknown nodes, broken
-    links, non-numeric ids: anything :func:`check_api` reports) raises WorkflowError."""
+@lru_cache(maxsize=1)
+def workflow_notes() -> dict:
+    return json.loads((Path(__file__).parent / "workflow_notes.json").read_text())["notes"]
+
+
+NOTE_WIDTH, NOTE_LINE = 640, 22  # a note's width; the height of one of its lines as the frontend draws it
+
+
+def note_node(text: str, nid: int) -> dict:
+    """The frontend's Note node holding ``text`` (what to load, what to expect), sized to show every line."""
+    lines = sum(1 + len(line) // 90 for line in text.split("\n"))  # about 90 characters a line at NOTE_WIDTH
+    width, height = node_size("Note", 0, 1, 0)  # the frontend's smallest Note
+    size = [max(width, NOTE_WIDTH), max(height, 20 + NOTE_LINE * lines)]
+    return {"id": nid, "type": "Note", "pos": [GAP, GAP + TITLE], "size": size,
+            "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [text], "title": "About this workflow", "color": "#432", "bgcolor": "#653"}
+
+
+def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
+    """The UI-format twin of a valid API-format graph, with ``note`` (tools/dev/workflow_notes.json) as a Note
+    above it; an invalid graph (a cycle, unknown nodes, broken links, non-numeric ids: anything
+    :func:`check_api` reports) raises WorkflowError."""
     errs = check_api(api, specs)
     errs += [f"node id {nid!r} is not a number" for nid in api if not str(nid).isdigit()] if not errs else []
     if errs:
@@ -107,19 +127,28 @@ def api_to_ui(api: dict, specs: dict) -> dict:
         meta = api[nid].get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("title"), str):
             nodes[-1]["title"] = meta["title"]
+    top = GAP + TITLE
+    if note is not None:  # the note first, above the graph's columns
+        nodes.insert(0, note_node(note, max(ids.values()) + 1))
+        top += nodes[0]["size"][1] + TITLE + GAP
+        row = {col: [i + 1 for i in members] for col, members in row.items()}
+        for i, n in enumerate(nodes):
+            n["order"] = i
     x = GAP
     for col in sorted(row):  # columns left to right, each as wide as its widest node; rows stacked by height
-        y = GAP + TITLE
+        y = top
         for i in row[col]:
             nodes[i]["pos"] = [x, y]
             y += nodes[i]["size"][1] + TITLE + GAP
         x += max(nodes[i]["size"][0] for i in row[col]) + GAP
     for node in nodes:
+        if node["type"] == "Note":
+            continue
         spec = specs[node["type"]]
         node["outputs"] = [{"name": t, "type": t, "links": out_links[str(node["id"])].get(i, [])}
                            for i, t in enumerate(spec["outputs"])]
     links = pending
-    return {"last_node_id": max(ids.values()), "last_link_id": lid, "nodes": nodes, "links": links,
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": lid, "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
@@ -140,7 +169,7 @@ def main(argv=None):
     except ValueError as e:
         raise SystemExit(f"error: {src} {e}") from None
     try:
-        ui = api_to_ui(api, specs)
+        ui = api_to_ui(api, specs, workflow_notes().get(src.stem))
         target = output_target(str(dst.parent), dst.name, "", numbered=False, force=a.force, field="ui")
     except StyleKitError as e:
         raise SystemExit(f"error: {src}: {e}") from None
