@@ -79,6 +79,27 @@ def test_no_two_nodes_overlap_at_the_size_the_frontend_draws_them(path):
     assert overlaps([{**n, "id": str(n["id"])} for n in nodes]) == []
 
 
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
+def test_stage_groups_hold_every_node_once_and_keep_clear_of_each_other(path):
+    """The graph reads left to right in groups (Inputs, Prepare, StyleKit, Sample and save / Output): every node but
+    the note lies, title bar included, inside exactly one group, and no two groups or a group and the note meet."""
+    from stylekit.tools.dev.ui_workflow import TITLE
+    wf = json.loads(path.read_text())
+    boxes = [(g["title"], g["bounding"]) for g in wf["groups"]]
+    assert [t for t, _ in boxes][-1] in ("Sample and save", "Output") and "StyleKit" in [t for t, _ in boxes]
+
+    def inside(n, b):
+        return (b[0] <= n["pos"][0] and n["pos"][0] + n["size"][0] <= b[0] + b[2]
+                and b[1] <= n["pos"][1] - TITLE and n["pos"][1] + n["size"][1] <= b[1] + b[3])
+    note = wf["nodes"][0]
+    for n in wf["nodes"][1:]:
+        assert sum(inside(n, b) for _, b in boxes) == 1, (path.name, n["id"], n["type"])
+    rects = [b for _, b in boxes] + [[note["pos"][0], note["pos"][1] - TITLE, note["size"][0], note["size"][1] + TITLE]]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1], (path.name, a, b)
+
+
 def test_the_overlap_check_sees_an_overlap():
     from stylekit.tools.dev.frontend_check import overlaps
     a = {"id": "1", "pos": [0, 30], "size": [320, 100]}

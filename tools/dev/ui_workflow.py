@@ -2,7 +2,8 @@
 
     python -m stylekit.tools.dev.ui_workflow example_workflows/api/NAME.json example_workflows/NAME.json [--force]
 
-A Note at the top left says what to load and what to expect (tools/dev/workflow_notes.json, one per workflow).
+A Note at the top left says what to load and what to expect (tools/dev/workflow_notes.json, one per workflow),
+and groups name the stages left to right: Inputs, Prepare, StyleKit, Sample and save (or Output).
 Nodes keep their API ids; they are laid out in columns by graph depth, each node at the size ComfyUI's
 frontend draws it (``frontend_sizes.json``, measured by tools/dev/frontend_check.py; a type not measured
 yet is estimated from its slots and widgets), columns as wide as their widest node, so no two overlap
@@ -62,6 +63,43 @@ def note_node(text: str, nid: int) -> dict:
     return {"id": nid, "type": "Note", "pos": [GAP, GAP + TITLE], "size": size,
             "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
             "widgets_values": [text], "title": "About this workflow", "color": "#432", "bgcolor": "#653"}
+
+
+GROUP_HEAD, GROUP_PAD = 40, 12  # a group's title bar above its nodes' title bars; its margin around them
+STAGE_COLOURS = {"Inputs": "#3f789e", "Prepare": "#8A8", "StyleKit": "#b58b2a", "Sample and save": "#a1309b",
+                 "Output": "#a1309b"}
+
+
+def stage_groups(types: dict, spans: dict, top: float) -> list:
+    """Groups over runs of columns by stage, left to right: the StyleKit columns (a StyleKit node other than a
+    loader), the inputs (column 0) and the preparation before them, the sampling and saving (or the output) after
+    them. ``types``: column -> node types; ``spans``: column -> (left, right, bottom) of its nodes; ``top``: the
+    columns' first node's pos."""
+    cols = sorted(types)
+    kit = [c for c in cols if any(t.startswith("StyleKit") and not t.endswith(("Load", "Loader")) for t in types[c])]
+
+    def stage(c):
+        if kit and kit[0] <= c <= kit[-1]:
+            return "StyleKit"
+        if not kit or c < kit[0]:
+            return "Inputs" if c == cols[0] else "Prepare"
+        return "Sample and save" if sampled else "Output"
+    sampled = any("Sampler" in t for c in cols if kit and c > kit[-1] for t in types[c])
+    groups = []
+    for c in cols:
+        name = stage(c)
+        if groups and groups[-1][0] == name:
+            groups[-1][2] = c
+        else:
+            groups.append([name, c, c])
+    out = []
+    for name, first, last in groups:
+        left, right = spans[first][0] - GROUP_PAD, spans[last][1] + GROUP_PAD
+        y = top - TITLE - GROUP_HEAD
+        bottom = max(spans[c][2] for c in range(first, last + 1) if c in spans) + GROUP_PAD
+        out.append({"title": name, "bounding": [left, y, right - left, bottom - y], "color": STAGE_COLOURS[name],
+                    "font_size": 24, "flags": {}})
+    return out
 
 
 def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
@@ -127,20 +165,23 @@ def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
         meta = api[nid].get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("title"), str):
             nodes[-1]["title"] = meta["title"]
-    top = GAP + TITLE
+    top = GAP + TITLE + GROUP_HEAD
     if note is not None:  # the note first, above the graph's columns
         nodes.insert(0, note_node(note, max(ids.values()) + 1))
         top += nodes[0]["size"][1] + TITLE + GAP
         row = {col: [i + 1 for i in members] for col, members in row.items()}
         for i, n in enumerate(nodes):
             n["order"] = i
-    x = GAP
+    x, spans = GAP, {}
     for col in sorted(row):  # columns left to right, each as wide as its widest node; rows stacked by height
         y = top
         for i in row[col]:
             nodes[i]["pos"] = [x, y]
             y += nodes[i]["size"][1] + TITLE + GAP
-        x += max(nodes[i]["size"][0] for i in row[col]) + GAP
+        width = max(nodes[i]["size"][0] for i in row[col])
+        spans[col] = (x, x + width, y - TITLE - GAP)
+        x += width + GAP
+    groups = stage_groups({col: [nodes[i]["type"] for i in members] for col, members in row.items()}, spans, top)
     for node in nodes:
         if node["type"] == "Note":
             continue
@@ -149,7 +190,7 @@ def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
                            for i, t in enumerate(spec["outputs"])]
     links = pending
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": lid, "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "groups": groups, "config": {}, "extra": {}, "version": 0.4}
 
 
 def main(argv=None):
