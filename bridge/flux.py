@@ -41,6 +41,20 @@ def one_frame(x: torch.Tensor, family: str) -> torch.Tensor:
     return x[:, :, 0] if x.ndim == 5 else x
 
 
+def padded(x: torch.Tensor, family: str):
+    """(``x``'s frame padded circularly to whole 2x2 patches, as ComfyUI's DiTs pad odd sides; ``restore``):
+    ``restore(tokens)`` unpacks the network's output tokens, crops them to the frame and gives them ``x``'s shape
+    (a one-frame video latent stays one)."""
+    frame = one_frame(x, family)
+    h, w = frame.shape[-2:]
+    xp = torch.nn.functional.pad(frame, (0, w % 2, 0, h % 2), mode="circular")
+
+    def restore(tokens: torch.Tensor) -> torch.Tensor:
+        v = unpatchify(tokens.float(), xp.shape)[..., :h, :w]
+        return v.unsqueeze(2) if x.ndim == 5 else v
+    return xp, restore
+
+
 def image_ids(h: int, w: int, device=None) -> torch.Tensor:
     """Flux's image position ids for an (h, w) token grid: (h*w, 3) = [0, row, column]."""
     ids = torch.zeros(h, w, 3, device=device)
@@ -55,6 +69,25 @@ def hooks_of(state: dict) -> tuple[list, list]:
     return patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
 
 
+def hook_options(to: dict, txt: int, tokens: int, **fields) -> dict:
+    """The ``extra_options`` ComfyUI's DiT blocks hand their hooks: the call's transformer_options without the
+    patch tables, the image slice after ``txt`` text tokens, the block's ``fields``, and the attention function."""
+    extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
+    extra.update(img_slice=[txt, tokens], **fields, **{DEFAULT_ATTENTION: split_attention})
+    return extra
+
+
+def run_attn1_patches(pre: list, q, k, v, pe, mask, extra: dict):
+    """Every ``attn1_patch`` in turn, each taking what the last returned: (q, k, v, pe, mask, whether any changed
+    something). The caller decides what a returned mask means (Qwen-Image's blocks ignore it)."""
+    changed = False
+    for p in pre:
+        out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
+        changed = changed or bool(out)
+        q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
+    return q, k, v, pe, mask, changed
+
+
 def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k, v, heads: int, mask, rotary):
     """One joint attention the way ComfyUI's Flux (and Krea 2) blocks run it, from diffusers' q, k, v ``(B, tokens,
     heads, dim_head)`` after QK-norm (text rows first; k and v at fewer heads under grouped-query attention): every
@@ -62,16 +95,10 @@ def hooked_attention(state: dict, block_type: str, index: int, total: int, q, k,
     ``attn1_output_patch``; returns ``(B, tokens, heads * dim_head)``. When the patches change nothing, the
     rotation and attention are diffusers' own calls on ``rotary`` (bit-identical to the unpatched block)."""
     pre, post = hooks_of(state)
-    to = state["transformer_options"]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, tokens, dim): ComfyUI's layout
-    extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
-    extra.update(block_type=block_type, block_index=index, total_blocks=total,
-                 img_slice=[state["txt_len"], q.shape[2]], **{DEFAULT_ATTENTION: split_attention})
-    pe, changed = state["pe"], False
-    for p in pre:
-        out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
-        changed = changed or bool(out)
-        q, k, v, pe, mask = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe), ("attn_mask", mask)))
+    extra = hook_options(state["transformer_options"], state["txt_len"], q.shape[2], block_type=block_type,
+                         block_index=index, total_blocks=total)
+    q, k, v, pe, mask, changed = run_attn1_patches(pre, q, k, v, state["pe"], mask, extra)
     groups = q.shape[1] // k.shape[1]  # grouped-query attention (Krea 2): k, v repeated to q's heads after RoPE
     if changed:
         if pe is not None:

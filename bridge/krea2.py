@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.rope import embed_ids
-from .flux import FluxBridgePatcher, hooked_attention, hooks_of, one_frame, patchify, unpatchify
+from .flux import FluxBridgePatcher, hooked_attention, hooks_of, padded, patchify
 from .installed import attention_layers, parameter_dtype, processors_installed
 
 
@@ -74,10 +74,7 @@ class Krea2BridgePatcher(FluxBridgePatcher):
     def _run(self, x, sigma, context, to: dict, **unused):
         t = self.unet
         to.setdefault("sigmas", sigma)
-        video = x.ndim == 5
-        frame = one_frame(x, "Krea 2")
-        b, c, h, w = frame.shape
-        xp = torch.nn.functional.pad(frame, (0, w % 2, 0, h % 2), mode="circular")  # as ComfyUI's pad_to_patch_size
+        xp, restore = padded(x, "Krea 2")
         ids = krea2_ids(context.shape[1], xp.shape[2] // 2, xp.shape[3] // 2, x.device)
         state = {"transformer_options": to, "pe": embed_ids(ids[None], t.config.axes_dims_rope, t.config.rope_theta),
                  "txt_len": context.shape[1]}
@@ -86,5 +83,4 @@ class Krea2BridgePatcher(FluxBridgePatcher):
             text = context.unflatten(-1, (t.config.num_text_layers, t.config.text_hidden_dim)).to(dtype)
             v = t(hidden_states=patchify(xp).to(dtype), encoder_hidden_states=text,
                   timestep=self.model_sampling.timestep(sigma).to(dtype), position_ids=ids).sample
-        v = unpatchify(v.float(), xp.shape)[..., :h, :w]
-        return self.model_sampling.calculate_denoised(sigma, v.unsqueeze(2) if video else v, x)
+        return self.model_sampling.calculate_denoised(sigma, restore(v), x)

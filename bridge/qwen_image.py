@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 
 from ..attention.functional import split_sdpa_attention as split_attention
-from ..attention.options import DEFAULT_ATTENTION
-from ..attention.rope import apply_rope
+from ..attention.rope import apply_rope, token_slice
 from ..errors import InputError
-from .flux import FluxBridgePatcher, hooks_of, one_frame, patchify, unpatchify
+from .flux import FluxBridgePatcher, hook_options, hooks_of, padded, patchify, run_attn1_patches
 from .installed import parameter_dtype, processors_installed
 
 
@@ -38,7 +37,7 @@ def rotated(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     """``x`` rotated by ``pe`` as ComfyUI's ``apply_rope1`` does: a longer ``pe`` is cut to ``x``'s tokens (the
     router hands back one identity rotation for q and a k with extra keys)."""
     if pe.shape[2] not in (1, x.shape[2]) and x.shape[2] != 1:
-        pe = pe[:, :, :x.shape[2]]
+        pe = token_slice(pe, 0, x.shape[2])
     return apply_rope(x, pe)
 
 
@@ -56,38 +55,38 @@ class QwenProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
                  attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
-        plain = QwenDoubleStreamAttnProcessor2_0()
         pre, _ = hooks_of(self.state)
         if not pre:
-            return plain(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask, attention_mask,
-                         image_rotary_emb)
+            from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+            return QwenDoubleStreamAttnProcessor2_0()(attn, hidden_states, encoder_hidden_states,
+                                                      encoder_hidden_states_mask, attention_mask, image_rotary_emb)
         head_dim = attn.inner_dim // attn.heads
 
         def heads(t):
             return t.unflatten(-1, (-1, head_dim)).transpose(1, 2)  # (B, heads, tokens, dim): ComfyUI's layout
-        e = encoder_hidden_states
+        e, t0 = encoder_hidden_states, encoder_hidden_states.shape[1]
         q = torch.cat([attn.norm_added_q(heads(attn.add_q_proj(e))), attn.norm_q(heads(attn.to_q(hidden_states)))], dim=2)
         k = torch.cat([attn.norm_added_k(heads(attn.add_k_proj(e))), attn.norm_k(heads(attn.to_k(hidden_states)))], dim=2)
         v = torch.cat([heads(attn.add_v_proj(e)), heads(attn.to_v(hidden_states))], dim=2)
-        to = self.state["transformer_options"]
-        extra = {n: x for n, x in to.items() if n not in ("patches", "patches_replace")}
-        extra.update(img_slice=[e.shape[1], q.shape[2]], **{DEFAULT_ATTENTION: split_attention})
-        pe, changed = self.state["pe"], False
-        for p in pre:  # a returned attn_mask is ignored, as ComfyUI's Qwen-Image blocks ignore it
-            out = p(q, k, v, pe=pe, attn_mask=encoder_hidden_states_mask, extra_options=extra)
-            changed = changed or bool(out)
-            q, k, v, pe = (out.get(n, d) for n, d in (("q", q), ("k", k), ("v", v), ("pe", pe)))
-        if not changed:
-            return plain(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask, attention_mask,
-                         image_rotary_emb)
-        mask = None
+        extra = hook_options(self.state["transformer_options"], t0, q.shape[2])
+        # a returned attn_mask is ignored, as ComfyUI's Qwen-Image blocks ignore it
+        q, k, v, pe, _, changed = run_attn1_patches(pre, q, k, v, self.state["pe"], encoder_hidden_states_mask, extra)
+        keep = None  # the text mask over the joint keys, as diffusers' processor builds it
         if encoder_hidden_states_mask is not None:
             keep = torch.cat([encoder_hidden_states_mask.bool(), encoder_hidden_states_mask.new_ones(
-                hidden_states.shape[:2], dtype=torch.bool)], dim=1)
-            mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))[:, None, None]
-        out = split_attention(rotated(q, pe), rotated(k, pe), v, attn.heads, mask)  # RoPE always, after the hooks
-        t0 = e.shape[1]
+                hidden_states.shape[:2], dtype=torch.bool)], dim=1)[:, None, None]
+        if changed:  # RoPE always, after the hooks, by the pe they returned
+            mask = None if keep is None else torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~keep, float("-inf"))
+            out = split_attention(rotated(q, pe), rotated(k, pe), v, attn.heads, mask)
+        else:  # diffusers' own rotation and attention call: bit-identical to the unpatched block
+            from diffusers.models.attention_dispatch import dispatch_attention_fn
+            from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+            img_freqs, txt_freqs = image_rotary_emb
+            freqs = torch.cat([txt_freqs, img_freqs])
+            qd, kd, vd = (x.transpose(1, 2) for x in (q, k, v))
+            qd, kd = (apply_rotary_emb_qwen(x, freqs, use_real=False) for x in (qd, kd))
+            out = dispatch_attention_fn(qd, kd, vd, attn_mask=keep).flatten(2, 3).to(qd.dtype)
         img = attn.to_out[0](out[:, t0:].contiguous())
         if len(attn.to_out) > 1:
             img = attn.to_out[1](img)
@@ -118,15 +117,11 @@ class QwenImageBridgePatcher(FluxBridgePatcher):
             raise InputError("this Qwen-Image transformer has zero_cond_t (an edit model's reference modulation), "
                              "which the diffusers bridge does not run; use it in ComfyUI")
         to.setdefault("sigmas", sigma)
-        video = x.ndim == 5
-        frame = one_frame(x, "Qwen-Image")
-        b, c, h, w = frame.shape
-        xp = torch.nn.functional.pad(frame, (0, w % 2, 0, h % 2), mode="circular")  # as ComfyUI's pad_to_patch_size
+        xp, restore = padded(x, "Qwen-Image")
         dtype = parameter_dtype(t)
         v = self._forward(patchify(xp).to(dtype), context.to(dtype), self.model_sampling.timestep(sigma).to(dtype),
                           (xp.shape[2] // 2, xp.shape[3] // 2), to)
-        v = unpatchify(v.float(), xp.shape)[..., :h, :w]
-        return self.model_sampling.calculate_denoised(sigma, v.unsqueeze(2) if video else v, x)
+        return self.model_sampling.calculate_denoised(sigma, restore(v), x)
 
     def _forward(self, tokens, context, timestep, grid, to: dict):
         """diffusers' ``QwenImageTransformer2DModel.forward`` (no text mask, no ControlNet, no guidance embedding:

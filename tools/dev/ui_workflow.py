@@ -77,6 +77,7 @@ def stage_groups(types: dict, spans: dict, top: float) -> list:
     columns' first node's pos."""
     cols = sorted(types)
     kit = [c for c in cols if any(t.startswith("StyleKit") and not t.endswith(("Load", "Loader")) for t in types[c])]
+    sampled = any("Sampler" in t for c in cols if kit and c > kit[-1] for t in types[c])
 
     def stage(c):
         if kit and kit[0] <= c <= kit[-1]:
@@ -84,7 +85,6 @@ def stage_groups(types: dict, spans: dict, top: float) -> list:
         if not kit or c < kit[0]:
             return "Inputs" if c == cols[0] else "Prepare"
         return "Sample and save" if sampled else "Output"
-    sampled = any("Sampler" in t for c in cols if kit and c > kit[-1] for t in types[c])
     groups = []
     for c in cols:
         name = stage(c)
@@ -96,7 +96,7 @@ def stage_groups(types: dict, spans: dict, top: float) -> list:
     for name, first, last in groups:
         left, right = spans[first][0] - GROUP_PAD, spans[last][1] + GROUP_PAD
         y = top - TITLE - GROUP_HEAD
-        bottom = max(spans[c][2] for c in range(first, last + 1) if c in spans) + GROUP_PAD
+        bottom = max(spans[c][2] for c in range(first, last + 1)) + GROUP_PAD  # depths are consecutive
         out.append({"title": name, "bounding": [left, y, right - left, bottom - y], "color": STAGE_COLOURS[name],
                     "font_size": 24, "flags": {}})
     return out
