@@ -26,6 +26,24 @@ class Choices(list):
         return self.aliases.get(value, value)
 
 
+SHOWN_WITH = "stylekit_shown_with"  # an input option the pack's web extension (web/js/shown_with.js) reads
+
+
+def shown_with(widget: str, value: str, declaration: tuple) -> tuple:
+    """An input that acts only while the combo ``widget`` holds ``value`` (a preset's ``custom``): its tooltip
+    says so, and the frontend draws it only then (``web/js/shown_with.js``). Its value is still saved and sent,
+    so saved workflows and API prompts keep their widget order."""
+    kind, options = declaration
+    return kind, {**options, "tooltip": f"{value} only: {options['tooltip']}", SHOWN_WITH: {widget: value}}
+
+
+def hidden_inputs(declarations: dict, values: dict) -> list[str]:
+    """The inputs among ``declarations`` (name -> declaration) that web/js/shown_with.js hides while the
+    node's widgets hold ``values`` (name -> value): those whose shown_with rule does not hold."""
+    return [name for name, decl in declarations.items() if len(decl) > 1 and SHOWN_WITH in (decl[1] or {})
+            and any(values.get(k) != v for k, v in decl[1][SHOWN_WITH].items())]
+
+
 def image(tooltip: str, at_most: int | None = None, max_side: int | None = None) -> tuple:
     """An IMAGE input; ``at_most``: the batch the node takes, ``max_side``: the longest side it takes (its
     checks, ``checks.at_most`` and ``checks.image_sides``, use the same numbers), stated in the tooltip."""

@@ -20,6 +20,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from .checks import choice_problem
+from .specs import SHOWN_WITH
 
 # V1 option key -> V3 keyword, per widget type; any other key is refused (it would be dropped silently)
 _WIDGETS = {
@@ -52,8 +53,12 @@ def v3_input(node_id: str, name: str, declaration: tuple, optional: bool):
         return io.Combo.Input(name, options=list(kind), optional=optional, **options)
     if kind in _WIDGETS:
         widget, allowed = _WIDGETS[kind]
+        shown_with = options.pop(SHOWN_WITH, None)
         _refuse_unknown(node_id, name, options, allowed)
-        return widget.Input(name, optional=optional, **options)
+        made = widget.Input(name, optional=optional, **options)
+        if shown_with:  # for web/js/shown_with.js; 0.3.64's widget inputs take no extra_dict argument, both keep one
+            made.extra_dict[SHOWN_WITH] = shown_with
+        return made
     _refuse_unknown(node_id, name, options, {"tooltip"})
     return _socket(kind).Input(name, optional=optional, **options)
 

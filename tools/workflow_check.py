@@ -199,6 +199,15 @@ def widget_names(spec: dict) -> list[tuple[str, list, int]]:
     return out
 
 
+def named_values(spec: dict, widgets_values: list) -> dict:
+    """A UI node's ``widgets_values`` by widget name (a seed's "fixed"/"randomize" companion left out)."""
+    out, pos = {}, 0
+    for name, _, n in widget_names(spec):
+        out[name] = widgets_values[pos] if pos < len(widgets_values) else None
+        pos += n
+    return out
+
+
 def ui_structure_errors(workflow) -> list[str]:
     """What makes ``workflow`` not a UI-format graph at all (checked before anything else)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list) \

@@ -38,3 +38,34 @@ def test_the_frontend_loads_the_workflow_as_saved(report, name):
     assert wf["grown"] == {}, f"nodes the frontend draws larger than saved: {wf['grown']}"
     assert wf["overlaps"] == [], f"overlapping nodes as drawn: {wf['overlaps']}"
     assert wf["errors"] == [], wf["errors"]
+
+
+def test_inputs_a_preset_ignores_are_drawn_only_under_custom(report):
+    """web/js/shown_with.js in the real frontend: on every node with specs.shown_with inputs (Feature Fusion's
+    gamma / temperature / content_kv), a widget is hidden exactly while its rule does not hold; choosing the
+    rule's value (preset custom) shows it and fits the node to it, choosing the saved value again hides it."""
+    from stylekit.nodes import NODE_CLASS_MAPPINGS
+    from stylekit.nodes.specs import hidden_inputs
+    from stylekit.tools.dev.frontend_check import overlaps, shown_with_rules
+    assert shown_with_rules(), "no node declares a shown_with input"
+
+    def expected_hidden(typ, values):
+        declared = {n: d for section in NODE_CLASS_MAPPINGS[typ].INPUT_TYPES().values() for n, d in section.items()}
+        return sorted(hidden_inputs(declared, values))
+
+    seen = 0
+    for name, wf in report["workflows"].items():
+        for node_id, node in wf["widgets"].items():
+            where = (name, node_id)
+            assert sorted(node["hidden"]) == expected_hidden(node["type"], node["values"]), where
+            assert node["chosen"], where
+            for state in node["chosen"]:
+                assert sorted(state["hidden"]) == expected_hidden(node["type"], state["values"]), (where, state)
+                assert state["size"][1] >= state["min"][1], (where, state)  # no shown widget cut off
+            for chosen, saved in zip(node["chosen"][::2], node["chosen"][1::2]):
+                if saved["value"] != chosen["value"]:  # shown, then hidden: the node grows, then shrinks back
+                    assert chosen["size"][1] > saved["size"][1], (where, chosen, saved)
+                grown = [dict(n, size=chosen["size"]) if n["id"] == node_id else n for n in wf["geometry"]]
+                assert overlaps(grown, wf["title"]) == [], (where, "grown into its neighbour", chosen["value"])
+            seen += 1
+    assert seen, "no shipped workflow has a node with shown_with inputs"

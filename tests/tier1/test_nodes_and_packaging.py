@@ -161,3 +161,18 @@ def test_no_input_declaration_is_written_twice_across_node_modules():
                 seen.setdefault(sig, set()).add(path.name)
     twice = {sig: files for sig, files in seen.items() if len(files) > 1}
     assert not twice, twice
+
+
+def test_an_installed_pack_carries_every_file_comfyui_serves_or_reads():
+    """pip install (the Registry's, or ComfyUI-Manager's from a wheel) keeps only pyproject's package-data
+    beside the code: every file under web/ (the frontend extension, help pages, icon), every example workflow
+    and thumbnail, and the data the developer tools read must match one of its patterns."""
+    from fnmatch import fnmatch
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["stylekit"]
+    tracked = subprocess.run(["git", "ls-files", "web", "example_workflows", "tools/dev"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    data = [f for f in tracked if not f.endswith(".py")]
+    assert any(f.endswith(".js") for f in data)
+    assert [f for f in data if not any(fnmatch(f, p) for p in patterns)] == []

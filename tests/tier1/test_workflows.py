@@ -68,15 +68,26 @@ def test_every_workflow_opens_with_a_note_on_what_to_load_and_what_to_expect():
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
 def test_no_two_nodes_overlap_at_the_size_the_frontend_draws_them(path):
     """Every node is at least as large as ComfyUI's frontend draws its type (tools/dev/frontend_sizes.json,
-    measured in the browser tier), and no two boxes, title bar included, intersect."""
+    measured in the browser tier, less the widgets web/js/shown_with.js hides for its values), and no two boxes,
+    title bar included, intersect, also with any node's hidden widgets shown (a preset switched to custom)."""
     from stylekit.tools.dev.frontend_check import overlaps
-    from stylekit.tools.dev.ui_workflow import frontend_sizes
+    from stylekit.tools.dev.ui_workflow import WIDGET_ROW, frontend_sizes, hidden_widgets
     nodes = json.loads(path.read_text())["nodes"]
+    specs = known_specs(ROOT, required_comfyui(path))
     drawn = frontend_sizes()
+    boxes, grown = [], {}
     for n in nodes:
         w, h = drawn.get(n["type"], (0, 0))
+        if n["type"] in specs:
+            linked = {i["name"] for i in n.get("inputs", []) if i.get("link") is not None}
+            hidden = len(hidden_widgets(specs[n["type"]], n["widgets_values"], linked))
+            h -= WIDGET_ROW * hidden
+            grown[str(n["id"])] = [n["size"][0], n["size"][1] + WIDGET_ROW * hidden]
         assert n["size"][0] >= w and n["size"][1] >= h, (n["id"], n["type"], n["size"], (w, h))
-    assert overlaps([{**n, "id": str(n["id"])} for n in nodes]) == []
+        boxes.append({**n, "id": str(n["id"])})
+    assert overlaps(boxes) == []
+    for nid, size in grown.items():
+        assert overlaps([dict(b, size=size) if b["id"] == nid else b for b in boxes]) == [], (path.name, nid)
 
 
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
@@ -132,8 +143,8 @@ def test_every_model_file_a_workflow_names_has_a_source(path):
 
 @pytest.mark.parametrize("path", API, ids=lambda p: p.name)
 def test_a_preset_shows_its_own_values(path):
-    """Feature Fusion's numbers apply only under preset custom; a shipped workflow on a named preset shows that
-    preset's values beside it, so what the user reads on screen is what runs."""
+    """Feature Fusion's numbers apply only under preset custom, which alone shows them; a shipped workflow on a
+    named preset holds that preset's values in them, so switching it to custom starts from what ran."""
     from stylekit.attention.feature_fusion import PRESETS
     for nid, node in json.loads(path.read_text()).items():
         i = node["inputs"]

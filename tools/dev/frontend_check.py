@@ -8,8 +8,9 @@ Chromium (Debian's package, driven by playwright from pip; never a downloaded br
 example_workflows/*.json as a user would (``app.loadGraphData``), and writes ``<out>/<name>.png`` and
 ``<out>/report.json``: per workflow the node types the frontend does not know, the nodes the frontend drew
 larger than the file says (their size as drawn), the pairs of nodes whose boxes (title bar included)
-overlap, and the browser's console errors other than failed resource loads (the workflows name model
-files that are not installed). ``--sizes FILE`` also writes each node type's smallest size as the frontend
+overlap, the browser's console errors other than failed resource loads (the workflows name model
+files that are not installed), and for each node with ``specs.shown_with`` inputs its hidden widgets as
+loaded and after choosing each rule's value and then the saved one again (web/js/shown_with.js at work). ``--sizes FILE`` also writes each node type's smallest size as the frontend
 computes it, which tools/dev/ui_workflow.py lays workflows out with. Exit 1 when any workflow has a
 missing node or an overlap.
 """
@@ -35,17 +36,48 @@ from pathlib import Path
 
 PACK = Path(__file__).resolve().parents[2]
 TITLE = 30  # LiteGraph's NODE_TITLE_HEIGHT: a node's box starts this far above its pos
+# console errors of a frontend with no network or no model files, not of the workflow: a model file the
+# workflow names is not installed (a failed load), and 1.27's missing-models list cannot fetch its download size
+OFFLINE = ("Failed to load resource", "Error fetching file size: TypeError: Failed to fetch")
 
-_MEASURE = """async (wf) => {
+_MEASURE = """async ([wf, rules]) => {
     await window.app.loadGraphData(wf);
     try { await window.app.extensionManager.command.execute("Comfy.Canvas.FitView"); } catch (e) {}
     await new Promise(r => setTimeout(r, 500));
     const LG = window.LiteGraph;
-    return {frontend: window.__COMFYUI_FRONTEND_VERSION__ || null, title: LG.NODE_TITLE_HEIGHT,
-            nodes: window.app.graph.nodes.map(n => ({id: String(n.id), type: n.type, pos: Array.from(n.pos),
-                size: Array.from(n.size), min: Array.from(n.computeSize()),
-                known: !!LG.registered_node_types[n.type]}))};
+    const view = n => ({size: Array.from(n.size), min: Array.from(n.computeSize()),
+                        hidden: (n.widgets || []).filter(w => w.hidden).map(w => w.name),
+                        values: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))});
+    const choose = (n, name, value) => {  // as the combo's menu does: the value, then the widget's callback
+        const w = n.widgets.find(w => w.name === name);
+        if (w.setValue) w.setValue(value, {node: n, canvas: window.app.canvas}); else { w.value = value; w.callback?.(value); }
+    };
+    const nodes = window.app.graph.nodes.map(n => ({id: String(n.id), type: n.type, pos: Array.from(n.pos),
+        known: !!LG.registered_node_types[n.type], ...view(n)}));
+    for (const node of nodes) {  // each shown_with value chosen in turn, then the saved value again
+        const n = window.app.graph.getNodeById(Number(node.id)) || window.app.graph.getNodeById(node.id);
+        node.chosen = [];
+        const pairs = new Set((rules[node.type] || []).flatMap(r => Object.entries(r.when).map(e => JSON.stringify(e))));
+        for (const [name, value] of [...pairs].map(p => JSON.parse(p))) {
+            const saved = n.widgets.find(w => w.name === name).value;
+            choose(n, name, value);
+            node.chosen.push({name, value, ...view(n)});
+            choose(n, name, saved);
+            node.chosen.push({name, value: saved, ...view(n)});
+        }
+    }
+    return {frontend: window.__COMFYUI_FRONTEND_VERSION__ || null, title: LG.NODE_TITLE_HEIGHT, nodes};
 }"""
+
+
+def shown_with_rules() -> dict:
+    """Each node type's inputs declared with specs.shown_with: {type: [{"name", "when"}]} (what web/js/shown_with.js
+    reads from /object_info)."""
+    from ...nodes import NODE_CLASS_MAPPINGS
+    from ...nodes.specs import SHOWN_WITH
+    return {node_id: rules for node_id, cls in NODE_CLASS_MAPPINGS.items()
+            if (rules := [{"name": name, "when": decl[1][SHOWN_WITH]} for section in cls.INPUT_TYPES().values()
+                          for name, decl in section.items() if len(decl) > 1 and SHOWN_WITH in decl[1]])}
 
 
 def overlaps(nodes: list, title: float = TITLE) -> list:
@@ -102,9 +134,10 @@ def check(comfyui: Path, chromium: str, out: Path) -> dict:
                 page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
                 page.wait_for_timeout(2000)
                 page.keyboard.press("Escape")  # the template browser a first visit opens
+                rules = shown_with_rules()
                 for path in sorted((PACK / "example_workflows").glob("*.json")):
                     errors.clear()
-                    got = page.evaluate(_MEASURE, json.loads(path.read_text()))
+                    got = page.evaluate(_MEASURE, [json.loads(path.read_text()), rules])
                     for toast in page.locator(".p-toast-close-button").all():  # "missing models" notices
                         toast.click()
                     page.screenshot(path=str(out / f"{path.stem}.png"))
@@ -115,8 +148,13 @@ def check(comfyui: Path, chromium: str, out: Path) -> dict:
                         "grown": {n["id"]: n["size"] for n in got["nodes"]
                                   if n["size"] != saved.get(n["id"], {}).get("size")},
                         "overlaps": overlaps(got["nodes"], got["title"]),
-                        "errors": [e for e in errors if "Failed to load resource" not in e],
+                        "geometry": [{k: n[k] for k in ("id", "pos", "size")} for n in got["nodes"]],
+                        "title": got["title"],
+                        "errors": [e for e in errors if not any(m in e for m in OFFLINE)],
                         "sizes": {n["type"]: n["min"] for n in got["nodes"]},
+                        "hidden_rows": {n["type"]: len(n["hidden"]) for n in got["nodes"] if n["type"] in rules},
+                        "widgets": {n["id"]: {k: n[k] for k in ("type", "size", "min", "hidden", "values", "chosen")}
+                                    for n in got["nodes"] if n["type"] in rules},
                     }
                 browser.close()
         finally:
@@ -127,10 +165,13 @@ def check(comfyui: Path, chromium: str, out: Path) -> dict:
 
 
 def smallest_sizes(report: dict) -> dict:
-    """Each node type's smallest size (the largest the frontend computed for it in any workflow), rounded up."""
+    """Each node type's smallest size with every widget shown (the largest the frontend computed for it in any
+    workflow, plus a row for each widget web/js/shown_with.js hid there), rounded up."""
+    from .ui_workflow import WIDGET_ROW
     sizes: dict = {}
     for wf in report["workflows"].values():
         for typ, (w, h) in wf["sizes"].items():
+            h += WIDGET_ROW * wf["hidden_rows"].get(typ, 0)
             old = sizes.get(typ, [0, 0])
             sizes[typ] = [max(old[0], -(-w // 1)), max(old[1], -(-h // 1))]
     return {"frontend": report.get("frontend"), "sizes": {k: [int(v[0]), int(v[1])] for k, v in sorted(sizes.items())}}

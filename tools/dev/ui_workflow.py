@@ -28,11 +28,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from ...model_sources import models_property
+from ...nodes.specs import hidden_inputs
 from ..workflow_check import (WorkflowError, _inputs, _is_link, check_api, known_specs, load_workflow,
-                              required_comfyui, widget_names)
+                              named_values, required_comfyui, widget_names)
 
 
 TITLE, GAP, MIN_WIDTH = 30, 40, 320  # the frontend's title bar above a node's pos; space between nodes; width
+WIDGET_ROW = 24  # the height LiteGraph lays a widget out in (NODE_WIDGET_HEIGHT 20, 4 between)
 
 
 @lru_cache(maxsize=1)
@@ -40,11 +42,18 @@ def frontend_sizes() -> dict:
     return json.loads((Path(__file__).parent / "frontend_sizes.json").read_text())["sizes"]
 
 
-def node_size(typ: str, slots: int, widgets: int, multiline: int) -> list:
-    """[width, height] of a node as the frontend draws it: its measured smallest size, at least MIN_WIDTH wide;
-    a type not measured yet: 20 px a slot row, 24 a widget, 60 more a multiline text box (LiteGraph's sizes)."""
-    w, h = frontend_sizes().get(typ, (0, 6 + 20 * slots + 24 * widgets + 60 * multiline))
-    return [max(MIN_WIDTH, int(w)), int(h)]
+def node_size(typ: str, slots: int, widgets: int, multiline: int, hidden: int = 0) -> list:
+    """[width, height] of a node as the frontend draws it: its measured smallest size with every widget shown
+    (a type not measured yet: 20 px a slot row, 24 a widget, 60 more a multiline text box, LiteGraph's sizes),
+    less the ``hidden`` widgets web/js/shown_with.js hides, at least MIN_WIDTH wide."""
+    w, h = frontend_sizes().get(typ, (0, 6 + 20 * slots + WIDGET_ROW * widgets + 60 * multiline))
+    return [max(MIN_WIDTH, int(w)), int(h) - WIDGET_ROW * hidden]
+
+
+def hidden_widgets(spec: dict, widgets_values: list, linked: set) -> list[str]:
+    """The widgets web/js/shown_with.js hides on a node holding these values (one fed by a link it shows)."""
+    declared = {name: decl for name, decl, _ in widget_names(spec)}
+    return [n for n in hidden_inputs(declared, named_values(spec, widgets_values)) if n not in linked]
 
 
 @lru_cache(maxsize=1)
@@ -154,14 +163,17 @@ def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
         row.setdefault(col, []).append(len(nodes))
         slots = max(len(inputs), len(spec["outputs"]))
         multiline = sum(1 for _, decl, _ in widget_names(spec) if len(decl) > 1 and decl[1].get("multiline"))
-        size = node_size(api[nid]["class_type"], slots, len(values), multiline)
+        linked = {i["name"] for i in inputs if i.get("link") is not None}
+        hidden = hidden_widgets(spec, values, linked)
+        size = node_size(api[nid]["class_type"], slots, len(values), multiline, len(hidden))
         properties = {"Node name for S&R": api[nid]["class_type"]}
         models = models_property(v for v in values if isinstance(v, str))
         if models:  # what the frontend offers to download when the file is missing
             properties["models"] = models
         nodes.append({"id": ids[nid], "type": api[nid]["class_type"], "pos": [0, 0],
                       "size": size, "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
-                      "outputs": [], "properties": properties, "widgets_values": values})
+                      "outputs": [], "properties": properties, "widgets_values": values,
+                      "_room": WIDGET_ROW * len(hidden)})  # kept free below it: its hidden widgets, once shown
         meta = api[nid].get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get("title"), str):
             nodes[-1]["title"] = meta["title"]
@@ -177,7 +189,7 @@ def api_to_ui(api: dict, specs: dict, note: str | None = None) -> dict:
         y = top
         for i in row[col]:
             nodes[i]["pos"] = [x, y]
-            y += nodes[i]["size"][1] + TITLE + GAP
+            y += nodes[i]["size"][1] + nodes[i].pop("_room") + TITLE + GAP
         width = max(nodes[i]["size"][0] for i in row[col])
         spans[col] = (x, x + width, y - TITLE - GAP)
         x += width + GAP
