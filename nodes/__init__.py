@@ -17,6 +17,7 @@ from .stylerdalle import (
                          StyleKitStylerDALLETrainStyle,
 )
 from .stylestudio import StyleKitAdapterLoader, StyleKitStyleAdapter, StyleKitTeacherLayout
+from .training_images import StyleKitTrainingImages
 
 NODE_CLASS_MAPPINGS = {
     "StyleKitPatchMap": StyleKitPatchMap,
@@ -40,6 +41,7 @@ NODE_CLASS_MAPPINGS = {
     "StyleKitStylerDALLEPretrain": StyleKitStylerDALLEPretrain,
     "StyleKitStylerDALLETrainStyle": StyleKitStylerDALLETrainStyle,
     "StyleKitStylerDALLEConvert": StyleKitStylerDALLEConvert,
+    "StyleKitTrainingImages": StyleKitTrainingImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -64,4 +66,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleKitStylerDALLEPretrain": "StyleKit StylerDALLE Pretrain",
     "StyleKitStylerDALLETrainStyle": "StyleKit StylerDALLE Train Style",
     "StyleKitStylerDALLEConvert": "StyleKit StylerDALLE Convert",
+    "StyleKitTrainingImages": "StyleKit Training Images",
 }

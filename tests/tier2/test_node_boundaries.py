@@ -115,6 +115,7 @@ def valid_call(node_id, w) -> dict:
                                      fusion="cross-modal AdaIN", preset="all", weight=1.0, start_percent=0.0,
                                      end_percent=1.0, block_weights="", mask=torch.ones(1, 64, 64)),
         "StyleKitTeacherLayout": dict(model=w["model"], teacher_fraction=0.4),
+        "StyleKitTrainingImages": dict(image_1=w["image"], side=64, fit="center crop", image_2=torch.rand(2, 48, 80, 3)),
         "StyleKitStylerDALLELoad": dict(dvae_name=f + "/dvae.safetensors", translator_name=f + "/translator.safetensors"),
         "StyleKitStylerDALLEStylize": dict(stylerdalle=w["stylerdalle"], images=w["image"], seed=0, sampling="sample",
                                            official_dropout=False, batch_size=4),
@@ -237,11 +238,12 @@ def test_a_node_takes_the_batch_its_tooltip_states_and_refuses_one_more(world, m
 
 
 def test_every_checked_batch_limit_is_stated():
-    """The nodes that check a batch limit state it in a tooltip (six IMAGE inputs of four nodes)."""
+    """The nodes that check a batch limit state it in a tooltip (twelve IMAGE inputs of five nodes)."""
     assert {(p.values[0], p.values[1]) for p in stated_limits()} == {
         ("StyleKitStyleAdapter", "image"), ("StyleKitStyleAdapter", "negative_style_image"),
         ("StyleKitDEADiffEncode", "image"), ("StyleKitCatVersionScore", "reference"),
-        ("StyleKitCatVersionScore", "generated"), ("StyleKitCatVersionTrain", "images")}
+        ("StyleKitCatVersionScore", "generated"), ("StyleKitCatVersionTrain", "images"),
+        *{("StyleKitTrainingImages", f"image_{i}") for i in range(1, 7)}}
 
 
 def stated_sides():

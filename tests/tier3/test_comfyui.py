@@ -360,21 +360,20 @@ def test_messages_name_files_relative_to_comfyui_never_by_server_path(comfy_node
     assert str(tmp_path) not in str(err.value) and "y.safetensors" in str(err.value)
 
 
-# Deprecated core nodes a shipped workflow may still use, each with why: its replacement is missing from a
-# ComfyUI release StyleKit supports, so the workflow could not load there without it.
-DEPRECATED_ALLOWED = {"ImageBatch": "BatchImagesNode, its replacement since 0.33, is not in ComfyUI 0.3.64"}
+def deprecated(node_class) -> bool:
+    """What ComfyUI marks [DEPR]: DEPRECATED on the class (a V3 node's is_deprecated arrives there too)."""
+    return bool(getattr(node_class, "DEPRECATED", False))
 
 
 def test_shipped_workflows_use_no_deprecated_node(comfy_nodes):
-    """ComfyUI marks a node [DEPR] (DEPRECATED on the class, V1 and V3 alike): no shipped workflow uses one,
-    except where its replacement is absent from a supported release (DEPRECATED_ALLOWED says which)."""
+    """No shipped workflow uses a node this ComfyUI marks [DEPR]. The two that batched images with core's
+    ImageBatch (deprecated in 0.33 for BatchImagesNode, which 0.3.64 lacks) use StyleKit Training Images."""
     nodes, _ = comfy_nodes
     used = {n["class_type"] for p in (ROOT / "example_workflows" / "api").glob("*.json")
             for n in json.loads(p.read_text()).values()}
-    deprecated = {ct for ct in used if getattr(nodes.NODE_CLASS_MAPPINGS[ct], "DEPRECATED", False)}
-    assert deprecated <= set(DEPRECATED_ALLOWED), sorted(deprecated - set(DEPRECATED_ALLOWED))
-    if "BatchImagesNode" in nodes.NODE_CLASS_MAPPINGS:  # the newer release: the allowance is what it says
-        assert "ImageBatch" in deprecated
+    assert sorted(ct for ct in used if deprecated(nodes.NODE_CLASS_MAPPINGS[ct])) == []
+    if "BatchImagesNode" in nodes.NODE_CLASS_MAPPINGS:  # the check sees what the frontend badges
+        assert deprecated(nodes.NODE_CLASS_MAPPINGS["ImageBatch"])
 
 
 FRONTEND_LABELS = ("Templates", "Browse Templates", "Info")  # what README's install section tells users to click

@@ -15,7 +15,7 @@ from pathlib import Path
 
 CORE_NODES = ["CheckpointLoaderSimple", "SaveImage", "PreviewAny", "CLIPTextEncode", "LoadImage", "VAEEncode",
               "VAEDecode", "SamplerCustom", "KSamplerSelect", "ImageScale", "SplitSigmas", "CLIPVisionLoader",
-              "KSampler", "EmptyLatentImage", "ImageBatch", "InvertMask", "CLIPLoader", "ControlNetLoader",
+              "KSampler", "EmptyLatentImage", "InvertMask", "CLIPLoader", "ControlNetLoader",
               "ControlNetApplyAdvanced", "Canny",
               # Flux graphs
               "UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "SamplerCustomAdvanced", "BasicGuider",
