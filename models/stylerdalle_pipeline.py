@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from .dvae import DVAEDecoder, DVAEEncoder
+from .square_images import SQUASH, square
 from .stylerdalle import GRID_IN, GRID_OUT, StylerDALLETranslator, sample_tokens
 from .stylerdalle_train import embed_tokens
 
@@ -41,10 +41,7 @@ def square_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     """IMAGE (B, H, W, C) -> (B, 3, size, size), squashed with an antialiased bicubic resize."""
     if images.ndim != 4 or images.shape[-1] < 3:
         raise InputError(f"expected an IMAGE batch (B, H, W, 3); got shape {tuple(images.shape)}")
-    x = images[..., :3].movedim(-1, 1).float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return x.clamp(0, 1)
+    return square(images[..., :3], size, SQUASH).movedim(-1, 1).float().clamp(0, 1)
 
 
 def training_tokens(encoder: DVAEEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,27 +1,8 @@
-"""Conversions between ComfyUI IMAGE tensors ([B, H, W, C] floats in 0..1) and PIL, and squaring a training set."""
+"""Conversions between ComfyUI IMAGE tensors ([B, H, W, C] floats in 0..1) and PIL."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-CROP, SQUASH = "center crop", "squash"
-
-
-def square(images: torch.Tensor, side: int, fit: str = CROP) -> torch.Tensor:
-    """IMAGE (B, H, W, C) as (B, side, side, C), the way a trainer's data loader squares its images
-    (diffusers' textual-inversion loader, which CatVersion builds on): ``center crop`` keeps the largest
-    centred square (rows and columns from (H - s) // 2, s = min(H, W)), ``squash`` the whole image; then
-    resized bicubically with antialiasing and clamped to 0..1. A square of ``side`` already is returned as is."""
-    if fit == CROP:
-        h, w = images.shape[1:3]
-        s = min(h, w)
-        images = images[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    if tuple(images.shape[1:3]) == (side, side):
-        return images
-    x = torch.nn.functional.interpolate(images.movedim(-1, 1).float(), size=(side, side), mode="bicubic",
-                                        antialias=True, align_corners=False)
-    return x.clamp(0, 1).movedim(1, -1)
-
 
 def pil_to_image(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]

@@ -30,18 +30,27 @@ SHOWN_WITH = "stylekit_shown_with"  # an input option the pack's web extension (
 
 
 def shown_with(widget: str, value: str, declaration: tuple) -> tuple:
-    """An input that acts only while the combo ``widget`` holds ``value`` (a preset's ``custom``): its tooltip
-    says so, and the frontend draws it only then (``web/js/shown_with.js``). Its value is still saved and sent,
-    so saved workflows and API prompts keep their widget order."""
+    """A widget input (INT, FLOAT, STRING or BOOLEAN; nodes/v3.py refuses the option elsewhere) that acts only
+    while the combo ``widget`` holds ``value`` (a preset's ``custom``): its tooltip says so, and the frontend
+    draws it only then (``web/js/shown_with.js``). Its value is still saved and sent, so saved workflows and
+    API prompts keep their widget order."""
     kind, options = declaration
-    return kind, {**options, "tooltip": f"{value} only: {options['tooltip']}", SHOWN_WITH: {widget: value}}
+    return kind, {**options, "tooltip": f"{widget} {value} only: {options['tooltip']}", SHOWN_WITH: {widget: value}}
 
 
-def hidden_inputs(declarations: dict, values: dict) -> list[str]:
-    """The inputs among ``declarations`` (name -> declaration) that web/js/shown_with.js hides while the
-    node's widgets hold ``values`` (name -> value): those whose shown_with rule does not hold."""
-    return [name for name, decl in declarations.items() if len(decl) > 1 and SHOWN_WITH in (decl[1] or {})
-            and any(values.get(k) != v for k, v in decl[1][SHOWN_WITH].items())]
+def shown_with_rules(declarations: dict) -> dict:
+    """``{input: {widget: value}}`` for the inputs among ``declarations`` (name -> declaration) made by
+    :func:`shown_with`."""
+    return {name: decl[1][SHOWN_WITH] for name, decl in declarations.items()
+            if len(decl) > 1 and SHOWN_WITH in (decl[1] or {})}
+
+
+def hidden_inputs(declarations: dict, values: dict, linked=frozenset()) -> list[str]:
+    """The inputs among ``declarations`` that web/js/shown_with.js hides while the node's widgets hold
+    ``values`` (name -> value) and the inputs in ``linked`` are fed by links: those whose shown_with rule
+    does not hold. A linked input stays shown; a rule on a linked widget holds (its value comes at run time)."""
+    return [name for name, when in shown_with_rules(declarations).items() if name not in linked
+            and any(k not in linked and values.get(k) != v for k, v in when.items())]
 
 
 def image(tooltip: str, at_most: int | None = None, max_side: int | None = None) -> tuple:

@@ -1,9 +1,9 @@
 """StyleKit Training Images: a few images of any sizes as one square batch for a trainer."""
 import torch
 
+from ..models.square_images import FITS, SQUASH, square
 from . import checks, specs
 from .checks import InputError, boundary
-from .images import CROP, SQUASH, square
 
 INPUTS = 6  # image_1 .. image_6: the papers' handful (CatVersion: 3-5), no batching node needed
 EACH = 10  # images an input may hold (a multi-frame file): 60 in all, within CatVersion Train's 64
@@ -12,8 +12,8 @@ EACH = 10  # images an input may hold (a multi-frame file): 60 in all, within Ca
 class StyleKitTrainingImages:
     CATEGORY = "StyleKit"
     DESCRIPTION = ("Gathers a few images of any sizes and shapes into one square batch for StyleKit's trainers "
-                   "(CatVersion Train, StylerDALLE Pretrain / Train Style), squared the way a trainer's data loader "
-                   "does: the largest centred square (or the whole image squashed), resized to the side.")
+                   "(CatVersion Train, StylerDALLE Pretrain / Train Style), squared as their data loaders do: the "
+                   "whole image resized to the side (or its largest centred square first).")
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("Every image of every input, in input order, as one batch of side x side images.",)
@@ -25,7 +25,7 @@ class StyleKitTrainingImages:
         return {"required": {
             "image_1": specs.image(one, EACH),
             "side": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 8, "tooltip": "Each image's side after squaring (CatVersion trains at 512 px; StylerDALLE squashes to 256 px itself). A multiple of 8, the VAE's factor."}),
-            "fit": ([CROP, SQUASH], {"default": CROP, "tooltip": "center crop: the largest centred square of each image, as the textual-inversion loader CatVersion builds on; squash: the whole image, its aspect ratio lost."}),
+            "fit": (list(FITS), {"default": SQUASH, "tooltip": "squash: the whole image, its aspect ratio lost, as CatVersion's and StylerDALLE's loaders do; center crop: the largest centred square of each image (the textual-inversion loader's option), its sides lost."}),
         }, "optional": {f"image_{i}": specs.image(one, EACH) for i in range(2, INPUTS + 1)}}
 
     @boundary

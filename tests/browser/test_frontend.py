@@ -65,7 +65,11 @@ def test_inputs_a_preset_ignores_are_drawn_only_under_custom(report):
             for chosen, saved in zip(node["chosen"][::2], node["chosen"][1::2]):
                 if saved["value"] != chosen["value"]:  # shown, then hidden: the node grows, then shrinks back
                     assert chosen["size"][1] > saved["size"][1], (where, chosen, saved)
+                assert saved["size"] == node["size"], (where, "not back to its loaded size", saved)
                 grown = [dict(n, size=chosen["size"]) if n["id"] == node_id else n for n in wf["geometry"]]
                 assert overlaps(grown, wf["title"]) == [], (where, "grown into its neighbour", chosen["value"])
             seen += 1
     assert seen, "no shipped workflow has a node with shown_with inputs"
+    for typ, node in report["fresh"].items():  # a node dragged in new: its defaults decide, and it fits them
+        assert sorted(node["hidden"]) == expected_hidden(typ, node["values"]), typ
+        assert node["size"][1] == node["min"][1], (typ, node)

@@ -1,9 +1,9 @@
-"""StyleKit Training Images and the squaring it does (nodes/images.square)."""
+"""StyleKit Training Images and the squaring it does (models/square_images.square)."""
 import pytest
 import torch
 
 from stylekit.errors import StyleKitError
-from stylekit.nodes.images import CROP, SQUASH, square
+from stylekit.models.square_images import CROP, SQUASH, square
 from stylekit.nodes.training_images import EACH, StyleKitTrainingImages
 
 
@@ -22,9 +22,11 @@ def test_center_crop_keeps_the_middle_square_as_the_textual_inversion_loader_doe
     # 96 x 288: three 96 px stripes; the centred square is exactly the blue one
     out = square(stripes(96, 288, [RED, BLUE, GREEN]), 96, CROP)
     assert out.shape == (1, 96, 96, 3) and torch.equal(out, stripes(96, 96, [BLUE]))
-    # portrait: rows from (h - s) // 2, as diffusers' loader slices them
-    tall = torch.arange(10 * 4 * 3, dtype=torch.float32).reshape(1, 10, 4, 3) / 120
+    # rows / columns from (h - s) // 2, as textual inversion's loader slices them (odd margins round down)
+    tall = torch.arange(11 * 4 * 3, dtype=torch.float32).reshape(1, 11, 4, 3) / 132
     assert torch.equal(square(tall, 4, CROP), tall[:, 3:7])
+    wide = torch.arange(4 * 7 * 3, dtype=torch.float32).reshape(1, 4, 7, 3) / 84
+    assert torch.equal(square(wide, 4, CROP), wide[:, :, 1:5])
 
 
 def test_squash_keeps_the_whole_image():
@@ -48,6 +50,11 @@ def test_resizing_keeps_a_flat_colour_and_the_range():
     assert noisy.min() >= 0 and noisy.max() <= 1
 
 
+def test_an_unknown_fit_is_refused_by_name():
+    with pytest.raises(StyleKitError, match="fit is 'crop'; choose one of"):
+        square(torch.rand(1, 8, 8, 3), 8, "crop")
+
+
 def test_a_square_of_the_side_passes_unchanged():
     x = torch.rand(3, 64, 64, 3)
     assert torch.equal(square(x, 64, CROP), x) and torch.equal(square(x, 64, SQUASH), x)
@@ -56,7 +63,7 @@ def test_a_square_of_the_side_passes_unchanged():
 def test_the_node_gathers_every_input_in_order_at_one_size():
     node = StyleKitTrainingImages()
     a, b, c = stripes(64, 64, [RED]), stripes(96, 48, [BLUE]).expand(2, -1, -1, -1), stripes(40, 120, [GREEN])
-    (out,) = node.gather(image_1=a, side=64, fit=CROP, image_2=b, image_4=c)
+    (out,) = node.gather(image_1=a, side=64, fit=SQUASH, image_2=b, image_4=c)
     assert out.shape == (4, 64, 64, 3)
     for img, colour in zip(out, (RED, BLUE, BLUE, GREEN)):
         assert torch.allclose(img, torch.tensor(colour).expand(64, 64, 3), atol=1e-6)
@@ -70,3 +77,10 @@ def test_the_node_refuses_a_side_off_the_vae_grid_and_an_oversized_input_before_
         node.gather(image_1=torch.rand(1, 64, 64, 3), side=100, fit=CROP)
     with pytest.raises(StyleKitError, match=f"image_3 holds {EACH + 1} images; this node takes at most {EACH}"):
         node.gather(image_1=torch.rand(1, 64, 64, 3), side=64, fit=CROP, image_3=torch.rand(EACH + 1, 8, 8, 3))
+
+
+def test_stylerdalle_squares_its_photos_with_the_same_function():
+    """StylerDALLE's square_pixels is square(..., SQUASH) in (B, C, H, W): one resize for both."""
+    from stylekit.models.stylerdalle_pipeline import square_pixels
+    x = torch.rand(2, 40, 70, 4)
+    assert torch.equal(square_pixels(x, 32), square(x[..., :3], 32, SQUASH).movedim(-1, 1))

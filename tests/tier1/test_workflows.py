@@ -236,3 +236,22 @@ def test_every_template_has_a_small_jpeg_thumbnail(path):
 
 def test_templates_live_where_comfyui_looks_for_them():
     assert ROOT.joinpath("example_workflows").is_dir() and not ROOT.joinpath("workflows").exists()
+
+
+def test_the_widgets_a_preset_hides_follow_its_values_and_links():
+    """specs.hidden_inputs / ui_workflow.hidden_widgets, the Python twin of web/js/shown_with.js: a ruled widget
+    is hidden while its rule fails, shown when the rule holds, when it is fed by a link, or when the widget the
+    rule reads is fed by a link (its value comes at run time); a seed's extra control value does not shift the
+    names (workflow_check.named_values)."""
+    from stylekit.nodes.specs import shown_with
+    from stylekit.tools.dev.ui_workflow import hidden_widgets
+    from stylekit.tools.workflow_check import named_values
+    spec = {"required": {"seed": ["INT", {"default": 0}], "preset": ["COMBO", {"choices": ["A", "custom"]}],
+                         "gamma": list(shown_with("preset", "custom", ("FLOAT", {"tooltip": "g"}))),
+                         "weight": ["FLOAT", {}]}, "optional": {}, "outputs": []}
+    values = [5, "fixed", "A", 0.5, 1.0]
+    assert named_values(spec, values) == {"seed": 5, "preset": "A", "gamma": 0.5, "weight": 1.0}
+    assert hidden_widgets(spec, values, set()) == ["gamma"]
+    assert hidden_widgets(spec, [5, "fixed", "custom", 0.5, 1.0], set()) == []
+    assert hidden_widgets(spec, values, {"gamma"}) == []
+    assert hidden_widgets(spec, values, {"preset"}) == []

@@ -177,7 +177,7 @@ def test_shipped_api_workflows_run_in_process(comfy_nodes, tmp_path):
     write_tiny_stylerdalle(tmp_path)
     folder_paths.add_model_folder_path("dalle", str(tmp_path / "dalle"), is_default=True)
     folder_paths.add_model_folder_path("stylerdalle", str(tmp_path / "stylerdalle"), is_default=True)
-    small = {"width": 128, "height": 128, "steps": 4}  # tiny-model sizes; the graph is as shipped
+    small = {"width": 128, "height": 128, "steps": 4, "side": 64}  # tiny-model sizes; the graph is as shipped
     paths = sorted(p for p in (ROOT / "example_workflows" / "api").glob("*.json")
                    if not p.name.startswith(("flux_", "flux2_", "qwen_image_")))  # the DiT graphs: test_flux_comfy.py,
     # test_dit_workflows_comfy.py

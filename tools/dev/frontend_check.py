@@ -10,7 +10,8 @@ example_workflows/*.json as a user would (``app.loadGraphData``), and writes ``<
 larger than the file says (their size as drawn), the pairs of nodes whose boxes (title bar included)
 overlap, the browser's console errors other than failed resource loads (the workflows name model
 files that are not installed), and for each node with ``specs.shown_with`` inputs its hidden widgets as
-loaded and after choosing each rule's value and then the saved one again (web/js/shown_with.js at work). ``--sizes FILE`` also writes each node type's smallest size as the frontend
+loaded and after choosing each rule's value and then the saved one again, and as a new node of each such
+type has them (web/js/shown_with.js at work). ``--sizes FILE`` also writes each node type's smallest size as the frontend
 computes it, which tools/dev/ui_workflow.py lays workflows out with. Exit 1 when any workflow has a
 missing node or an overlap.
 """
@@ -70,14 +71,25 @@ _MEASURE = """async ([wf, rules]) => {
 }"""
 
 
+_FRESH = """(rules) => Object.fromEntries(Object.keys(rules).map(type => {  // a node dragged in new: its defaults
+    const n = window.LiteGraph.createNode(type);
+    window.app.graph.add(n);
+    const got = {size: Array.from(n.size), min: Array.from(n.computeSize()),
+                 hidden: n.widgets.filter(w => w.hidden).map(w => w.name),
+                 values: Object.fromEntries(n.widgets.map(w => [w.name, w.value]))};
+    window.app.graph.remove(n);
+    return [type, got];
+}))"""
+
+
 def shown_with_rules() -> dict:
     """Each node type's inputs declared with specs.shown_with: {type: [{"name", "when"}]} (what web/js/shown_with.js
     reads from /object_info)."""
     from ...nodes import NODE_CLASS_MAPPINGS
-    from ...nodes.specs import SHOWN_WITH
-    return {node_id: rules for node_id, cls in NODE_CLASS_MAPPINGS.items()
-            if (rules := [{"name": name, "when": decl[1][SHOWN_WITH]} for section in cls.INPUT_TYPES().values()
-                          for name, decl in section.items() if len(decl) > 1 and SHOWN_WITH in decl[1]])}
+    from ...nodes.specs import shown_with_rules as rules_of
+    return {node_id: [{"name": name, "when": when} for name, when in rules.items()]
+            for node_id, cls in NODE_CLASS_MAPPINGS.items()
+            if (rules := rules_of({n: d for section in cls.INPUT_TYPES().values() for n, d in section.items()}))}
 
 
 def overlaps(nodes: list, title: float = TITLE) -> list:
@@ -156,6 +168,7 @@ def check(comfyui: Path, chromium: str, out: Path) -> dict:
                         "widgets": {n["id"]: {k: n[k] for k in ("type", "size", "min", "hidden", "values", "chosen")}
                                     for n in got["nodes"] if n["type"] in rules},
                     }
+                report["fresh"] = page.evaluate(_FRESH, rules)
                 browser.close()
         finally:
             server.terminate()

@@ -53,7 +53,7 @@ def node_size(typ: str, slots: int, widgets: int, multiline: int, hidden: int = 
 def hidden_widgets(spec: dict, widgets_values: list, linked: set) -> list[str]:
     """The widgets web/js/shown_with.js hides on a node holding these values (one fed by a link it shows)."""
     declared = {name: decl for name, decl, _ in widget_names(spec)}
-    return [n for n in hidden_inputs(declared, named_values(spec, widgets_values)) if n not in linked]
+    return hidden_inputs(declared, named_values(spec, widgets_values), linked)
 
 
 @lru_cache(maxsize=1)

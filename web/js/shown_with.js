@@ -3,11 +3,14 @@
 // and content_kv act only under preset "custom"). A hidden widget keeps its value, which is saved and sent
 // as before, so saved workflows and API prompts keep their widget order. Works in the frontends of
 // ComfyUI 0.3.64 (1.27) and 0.33.0 (1.49): both skip a widget with `hidden` when drawing; 1.27 still lays
-// it out, so a hidden widget also takes no height. A widget fed by a link stays shown.
+// it out, so a hidden widget also takes no height. A widget fed by a link stays shown, and a rule whose
+// widget is fed by a link holds (its value arrives when the graph runs). The same rule in Python:
+// nodes/specs.hidden_inputs.
 import { app } from "../../../scripts/app.js";
 
 const OPTION = "stylekit_shown_with";
 const NO_HEIGHT = () => [0, -4]; // LiteGraph adds 4 px between widgets
+const OWN_SIZE = Symbol("stylekit computeSize"); // a widget's own computeSize, put back when it shows again
 
 function rulesOf(nodeData) {
   const rules = [];
@@ -27,23 +30,34 @@ function linked(node, name) {
 // Shows or hides each ruled widget as its node's values say; true when any changed.
 function apply(node, rules) {
   const widget = (name) => node.widgets?.find((w) => w.name === name);
+  const holds = ([other, value]) => linked(node, other) || widget(other)?.value === value;
   let changed = false;
   for (const { name, when } of rules) {
     const w = widget(name);
     if (!w) continue;
-    const shown = linked(node, name) || Object.entries(when).every(([other, value]) => widget(other)?.value === value);
+    const shown = linked(node, name) || Object.entries(when).every(holds);
     if (shown === !w.hidden) continue;
     w.hidden = !shown;
-    if (shown) delete w.computeSize;
-    else w.computeSize = NO_HEIGHT;
+    if (shown) {
+      if (w[OWN_SIZE]) w.computeSize = w[OWN_SIZE];
+      else delete w.computeSize;
+    } else {
+      if (Object.hasOwn(w, "computeSize")) w[OWN_SIZE] = w.computeSize;
+      w.computeSize = NO_HEIGHT;
+    }
     changed = true;
   }
   return changed;
 }
 
-// Fits the node's height to its shown widgets (its width stays the user's).
-function fit(node) {
-  node.setSize([node.size[0], node.computeSize()[1]]);
+// Applies the rules after a change by the user; the node grows or shrinks by what was shown or hidden,
+// so a node the user made taller stays taller, and never gets smaller than its widgets need.
+function update(node, rules) {
+  if (node.__stylekitConfiguring) return; // loading: configure() restores the saved size, then onConfigure
+  const before = node.computeSize()[1];
+  if (!apply(node, rules)) return;
+  const after = node.computeSize()[1];
+  node.setSize([node.size[0], Math.max(after, node.size[1] + after - before)]);
   if (node.graph) node.setDirtyCanvas(true, true);
 }
 
@@ -63,12 +77,24 @@ app.registerExtension({
         const node = this;
         w.callback = function () {
           const out = callback?.apply(this, arguments);
-          if (apply(node, rules)) fit(node);
+          update(node, rules);
           return out;
         };
       }
-      if (apply(this, rules)) fit(this); // a new node: its default values
+      update(this, rules); // a new node: its default values
       return result;
+    };
+
+    // configure() restores the size, then calls onConnectionsChange for each link, then restores the widget
+    // values and calls onConfigure: nothing resizes in between, and onConfigure applies the saved values.
+    const configure = nodeType.prototype.configure;
+    nodeType.prototype.configure = function () {
+      this.__stylekitConfiguring = true;
+      try {
+        return configure.apply(this, arguments);
+      } finally {
+        this.__stylekitConfiguring = false;
+      }
     };
 
     const onConfigure = nodeType.prototype.onConfigure;
@@ -81,7 +107,7 @@ app.registerExtension({
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function () {
       const result = onConnectionsChange?.apply(this, arguments);
-      if (this.graph && apply(this, rules)) fit(this);
+      if (this.graph) update(this, rules);
       return result;
     };
   },
