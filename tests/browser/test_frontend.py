@@ -31,6 +31,12 @@ def workflows():
     return sorted(p.stem for p in (PACK / "example_workflows").glob("*.json"))
 
 
+def test_the_frontend_starts_with_the_pack_and_logs_no_error(report):
+    """The pack's web extensions load once each: a web folder registered twice (WEB_DIRECTORY and pyproject's
+    [tool.comfy] web) serves every script twice, and the second registration is a console error."""
+    assert report["startup_errors"] == []
+
+
 @pytest.mark.parametrize("name", workflows())
 def test_the_frontend_loads_the_workflow_as_saved(report, name):
     wf = report["workflows"][name]

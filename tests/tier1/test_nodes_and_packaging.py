@@ -95,6 +95,9 @@ def test_registry_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     comfy = meta["tool"]["comfy"]
     assert comfy["requires-comfyui"].startswith(">=") and comfy["Icon"].endswith("web/icon.svg")
+    # ComfyUI registers a web folder for WEB_DIRECTORY (under the folder's name, where the help pages are looked
+    # up) and again for [tool.comfy] web (under the project name): every script would load twice
+    assert "web" not in comfy, "[tool.comfy] web registers web/ a second time beside WEB_DIRECTORY"
     assert (ROOT / "web" / "icon.svg").stat().st_size < 4096
     assert "Operating System :: OS Independent" in meta["project"]["classifiers"]
     ignored = (ROOT / ".comfyignore").read_text().split()
