@@ -76,6 +76,12 @@ def test_inputs_a_preset_ignores_are_drawn_only_under_custom(report):
                 assert overlaps(grown, wf["title"]) == [], (where, "grown into its neighbour", chosen["value"])
             seen += 1
     assert seen, "no shipped workflow has a node with shown_with inputs"
-    for typ, node in report["fresh"].items():  # a node dragged in new: its defaults decide, and it fits them
-        assert sorted(node["hidden"]) == expected_hidden(typ, node["values"]), typ
-        assert node["size"][1] == node["min"][1], (typ, node)
+    for typ, seen in report["fresh"].items():
+        fresh, linked, reloaded = seen["fresh"], seen["linked"], seen["reloaded"]
+        # a node dragged in new: its defaults decide, and it fits them
+        assert sorted(fresh["hidden"]) == expected_hidden(typ, fresh["values"]), typ
+        assert fresh["size"][1] == fresh["min"][1], (typ, fresh)
+        # the preset fed by a link: its value comes at run time, so every value it may use is shown
+        assert linked["hidden"] == [] and linked["size"][1] > fresh["size"][1], (typ, linked)
+        # saved and loaded again: configure() keeps the saved size and the widgets stay shown
+        assert reloaded["hidden"] == [] and reloaded["size"] == linked["size"], (typ, reloaded)

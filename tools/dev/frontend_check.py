@@ -73,15 +73,29 @@ _MEASURE = """async ([wf, rules]) => {
 }"""
 
 
-_FRESH = """(rules) => Object.fromEntries(Object.keys(rules).map(type => {  // a node dragged in new: its defaults
-    const n = window.LiteGraph.createNode(type);
-    window.app.graph.add(n);
-    const got = {size: Array.from(n.size), min: Array.from(n.computeSize()),
-                 hidden: n.widgets.filter(w => w.hidden).map(w => w.name),
-                 values: Object.fromEntries(n.widgets.map(w => [w.name, w.value]))};
-    window.app.graph.remove(n);
-    return [type, got];
-}))"""
+_FRESH = """async (rules) => {  // each ruled type dragged in new; then its watched widgets fed by links; then reloaded
+    const app = window.app, LG = window.LiteGraph, out = {};
+    const view = n => ({size: Array.from(n.size), min: Array.from(n.computeSize()),
+                        hidden: n.widgets.filter(w => w.hidden).map(w => w.name),
+                        values: Object.fromEntries(n.widgets.map(w => [w.name, w.value]))});
+    for (const [type, list] of Object.entries(rules)) {
+        await app.loadGraphData({last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                                 extra: {}, version: 0.4});
+        const n = LG.createNode(type);
+        app.graph.add(n);
+        const fresh = view(n);
+        for (const name of new Set(list.flatMap(r => Object.keys(r.when)))) {
+            const p = LG.createNode("PrimitiveNode");
+            p.pos = [n.pos[0] - 300, n.pos[1]];
+            app.graph.add(p);
+            p.connect(0, n, n.inputs.findIndex(i => i.widget?.name === name));
+        }
+        const linked = view(n);
+        await app.loadGraphData(app.graph.serialize());
+        out[type] = {fresh, linked, reloaded: view(app.graph.getNodeById(n.id))};
+    }
+    return out;
+}"""
 
 
 def shown_with_rules() -> dict:
