@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+
 def pil_to_image(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
 

@@ -37,4 +37,3 @@ class StyleKitTrainingImages:
         for name, images in given:
             checks.at_most(images, EACH, name, f"{INPUTS * EACH} in all, the batch a trainer encodes at once")
         return (torch.cat([square(images, side, fit) for _, images in given]),)
-

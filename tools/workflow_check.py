@@ -289,11 +289,10 @@ def check_ui(workflow: dict, specs: dict) -> list[str]:
         if len(values) != sum(n for _, _, n in widgets):
             errs.append(f"{where}: {len(values)} widget values for widgets {[w for w, _, _ in widgets]}")
             continue
-        pos = 0
-        for name, decl, n in widgets:
+        named = named_values(spec, values)
+        for name, decl, _ in widgets:
             if name not in linked:
-                errs += _check_value(where, name, decl, values[pos])
-            pos += n
+                errs += _check_value(where, name, decl, named[name])
         # fewer is fine: ComfyUI adds the outputs a newer version gave a node (SaveImage, PreviewAny)
         if len(node.get("outputs", [])) > len(spec.get("outputs", [])):
             errs.append(f"{where}: {len(node.get('outputs', []))} outputs, the node has {len(spec['outputs'])}")

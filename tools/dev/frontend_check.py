@@ -9,11 +9,11 @@ example_workflows/*.json as a user would (``app.loadGraphData``), and writes ``<
 ``<out>/report.json``: per workflow the node types the frontend does not know, the nodes the frontend drew
 larger than the file says (their size as drawn), the pairs of nodes whose boxes (title bar included)
 overlap, the browser's console errors other than failed resource loads (the workflows name model
-files that are not installed) and while the page starts (the pack's extensions loading), and for each node with ``specs.shown_with`` inputs its hidden widgets as
-loaded and after choosing each rule's value and then the saved one again, and as a new node of each such
-type has them (web/js/shown_with.js at work). ``--sizes FILE`` also writes each node type's smallest size as the frontend
-computes it, which tools/dev/ui_workflow.py lays workflows out with. Exit 1 when any workflow has a
-missing node or an overlap.
+files that are not installed) and while the page starts (the pack's extensions loading), and for each
+node with ``specs.shown_with`` inputs its hidden widgets as loaded and after choosing each rule's value and
+then the saved one again, and as a new node of each such type has them (web/js/shown_with.js at work).
+``--sizes FILE`` also writes each node type's smallest size as the frontend computes it, which
+tools/dev/ui_workflow.py lays workflows out with. Exit 1 when any workflow has a missing node or an overlap.
 """
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ OFFLINE = ("Failed to load resource", "Error fetching file size: TypeError: Fail
 # what frontend 1.49.6 logs while it starts, with no custom node installed at all
 STARTUP = ("ComfyApp graph accessed before initialization",)
 
+# a node as the page reports it: its size, the frontend's smallest size for it, its hidden widgets, its values
+_VIEW = """n => ({size: Array.from(n.size), min: Array.from(n.computeSize()),
+                 hidden: (n.widgets || []).filter(w => w.hidden).map(w => w.name),
+                 values: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))})"""
+
 _MEASURE = """async ([wf, rules]) => {
     await window.app.loadGraphData(wf);
     try { await window.app.extensionManager.command.execute("Comfy.Canvas.FitView"); } catch (e) {}
     await new Promise(r => setTimeout(r, 500));
     const LG = window.LiteGraph;
-    const view = n => ({size: Array.from(n.size), min: Array.from(n.computeSize()),
-                        hidden: (n.widgets || []).filter(w => w.hidden).map(w => w.name),
-                        values: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))});
+    const view = """ + _VIEW + """;
     const choose = (n, name, value) => {  // as the combo's menu does: the value, then the widget's callback
         const w = n.widgets.find(w => w.name === name);
         if (w.setValue) w.setValue(value, {node: n, canvas: window.app.canvas}); else { w.value = value; w.callback?.(value); }
@@ -75,9 +78,7 @@ _MEASURE = """async ([wf, rules]) => {
 
 _FRESH = """async (rules) => {  // each ruled type dragged in new; then its watched widgets fed by links; then reloaded
     const app = window.app, LG = window.LiteGraph, out = {};
-    const view = n => ({size: Array.from(n.size), min: Array.from(n.computeSize()),
-                        hidden: n.widgets.filter(w => w.hidden).map(w => w.name),
-                        values: Object.fromEntries(n.widgets.map(w => [w.name, w.value]))});
+    const view = """ + _VIEW + """;
     for (const [type, list] of Object.entries(rules)) {
         await app.loadGraphData({last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
                                  extra: {}, version: 0.4});
@@ -181,7 +182,6 @@ def check(comfyui: Path, chromium: str, out: Path) -> dict:
                         "title": got["title"],
                         "errors": [e for e in errors if not any(m in e for m in OFFLINE)],
                         "sizes": {n["type"]: n["min"] for n in got["nodes"]},
-                        "hidden_rows": {n["type"]: len(n["hidden"]) for n in got["nodes"] if n["type"] in rules},
                         "widgets": {n["id"]: {k: n[k] for k in ("type", "size", "min", "hidden", "values", "chosen")}
                                     for n in got["nodes"] if n["type"] in rules},
                     }
@@ -200,8 +200,9 @@ def smallest_sizes(report: dict) -> dict:
     from .ui_workflow import WIDGET_ROW
     sizes: dict = {}
     for wf in report["workflows"].values():
+        hidden = {n["type"]: len(n["hidden"]) for n in wf["widgets"].values()}  # by type, the last node, as sizes
         for typ, (w, h) in wf["sizes"].items():
-            h += WIDGET_ROW * wf["hidden_rows"].get(typ, 0)
+            h += WIDGET_ROW * hidden.get(typ, 0)
             old = sizes.get(typ, [0, 0])
             sizes[typ] = [max(old[0], -(-w // 1)), max(old[1], -(-h // 1))]
     return {"frontend": report.get("frontend"), "sizes": {k: [int(v[0]), int(v[1])] for k, v in sorted(sizes.items())}}
